@@ -1,0 +1,17 @@
+//! snapstore: a snapshot store for build systems.
+//!
+//! [`Store`] is the async API for build tools (after obuilder's `STORE`);
+//! [`BlockingStore`] is the same store with blocking calls. Both load the
+//! backend plugin named in a [`Config`].
+
+mod api;
+pub mod config;
+pub mod loader;
+mod lock;
+pub mod names;
+pub mod store;
+
+pub use api::{CacheCopy, Store};
+pub use config::Config;
+pub use store::{BlockingStore, Build, Listing, Released};
+pub use store_api::{ErrorKind, Owner, StoreError};

@@ -1,1 +1,358 @@
-fn main(){}
+//! The `snapstore` command.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use snapstore::loader::{find_plugins, Plugin};
+use snapstore::names::parse_owner;
+use snapstore::{BlockingStore, Config, ErrorKind, Released, StoreError};
+
+/// Exit statuses of snapstore's own failures (after sysexits.h), chosen to
+/// stay clear of the statuses of the commands that `build` and `cache run`
+/// pass through.
+mod exit {
+    pub const USAGE: u8 = 64;
+    pub const NOT_FOUND: u8 = 66;
+    pub const UNAVAILABLE: u8 = 69;
+    pub const SOFTWARE: u8 = 70;
+    pub const EXISTS: u8 = 73;
+    pub const IO: u8 = 74;
+    pub const BUSY: u8 = 75;
+    pub const PERMISSION: u8 = 77;
+}
+
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::INVALID_INPUT | ErrorKind::INCOMPATIBLE => exit::USAGE,
+        ErrorKind::NOT_FOUND => exit::NOT_FOUND,
+        ErrorKind::UNSUPPORTED => exit::UNAVAILABLE,
+        ErrorKind::ALREADY_EXISTS => exit::EXISTS,
+        ErrorKind::IO | ErrorKind::NO_SPACE => exit::IO,
+        ErrorKind::BUSY => exit::BUSY,
+        ErrorKind::PERMISSION => exit::PERMISSION,
+        _ => exit::SOFTWARE,
+    }
+}
+
+#[derive(Parser)]
+#[command(name = "snapstore", version, about = "A snapshot store for build systems")]
+struct Cli {
+    /// Config file [default: $SNAPSTORE_CONFIG, ./snapstore.toml, /etc/snapstore/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print data as one JSON object on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    /// Log what the store does on stderr (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run CMD in a fresh tree (empty, or a clone of BASE); on success save it as result ID
+    Build {
+        id: String,
+        #[arg(long)]
+        base: Option<String>,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Print the path of result ID
+    Result { id: String },
+    /// Delete result ID (no error if absent)
+    Delete { id: String },
+    /// Shared mutable caches
+    #[command(subcommand)]
+    Cache(CacheCmd),
+    /// Free space of the store's filesystem, in percent
+    Df,
+    /// The store's root
+    Root,
+    /// The directory for users' own state
+    StateDir,
+    /// Wait until deleted space is really free
+    CompleteDeletes,
+    /// Results, caches and cache leases
+    List,
+    /// Validate the config, load the plugin and check its prerequisites
+    Check,
+    /// The plugins found in the search path
+    Backends,
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Take a writable copy of cache NAME; prints the lease and the copy's path
+    Acquire {
+        name: String,
+        /// Owner of the cache if it is created now
+        #[arg(long, value_name = "UID:GID")]
+        user: Option<String>,
+    },
+    /// Publish a copy (or discard it if the cache changed since it was taken)
+    Release {
+        lease: String,
+        /// Drop the copy without publishing it (e.g. an abandoned lease)
+        #[arg(long)]
+        discard: bool,
+    },
+    /// Acquire, run CMD in the copy, release; exits with CMD's status
+    Run {
+        name: String,
+        #[arg(long, value_name = "UID:GID")]
+        user: Option<String>,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Delete cache NAME
+    Delete { name: String },
+}
+
+/// What a command leaves behind: data to print, and an exit status.
+struct Output {
+    json: serde_json::Value,
+    text: String,
+    status: u8,
+}
+
+impl Output {
+    fn new(json: serde_json::Value, text: impl Into<String>) -> Self {
+        Output { json, text: text.into(), status: 0 }
+    }
+    fn none() -> Self {
+        Output { json: serde_json::Value::Null, text: String::new(), status: 0 }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let usage_error = err.use_stderr();
+            let _ = err.print();
+            return ExitCode::from(if usage_error { exit::USAGE } else { 0 });
+        }
+    };
+    init_logging(cli.verbose);
+    match run(&cli) {
+        Ok(out) => {
+            if cli.json && !out.json.is_null() {
+                println!("{}", out.json);
+            } else if !cli.json && !out.text.is_empty() {
+                println!("{}", out.text.trim_end());
+            }
+            ExitCode::from(out.status)
+        }
+        Err(err) => {
+            eprintln!("error: {}", err.message());
+            ExitCode::from(exit_code(err.kind()))
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SNAPSTORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+}
+
+fn open(cli: &Cli) -> Result<BlockingStore, StoreError> {
+    BlockingStore::open(&Config::discover(cli.config.as_deref())?)
+}
+
+fn run(cli: &Cli) -> Result<Output, StoreError> {
+    match &cli.command {
+        Cmd::Build { id, base, command } => build(&open(cli)?, base.as_deref(), id, command),
+        Cmd::Result { id } => {
+            let path = open(cli)?.result(id)?;
+            match path {
+                Some(path) => Ok(Output::new(json!({"id": id, "path": path}), path.display().to_string())),
+                None if cli.json => Ok(Output::new(json!({"id": id, "path": null}), "")),
+                None => Err(StoreError::not_found(format!("no result `{id}`"))),
+            }
+        }
+        Cmd::Delete { id } => open(cli)?.delete(id).map(|()| Output::none()),
+        Cmd::Cache(cmd) => cache(&open(cli)?, cmd),
+        Cmd::Df => {
+            let free = open(cli)?.df()?;
+            Ok(Output::new(json!({ "free_percent": free }), format!("{free:.1}")))
+        }
+        Cmd::Root => {
+            let store = open(cli)?;
+            Ok(Output::new(json!({ "root": store.root() }), store.root().display().to_string()))
+        }
+        Cmd::StateDir => {
+            let dir = open(cli)?.state_dir();
+            Ok(Output::new(json!({ "state_dir": dir }), dir.display().to_string()))
+        }
+        Cmd::CompleteDeletes => open(cli)?.complete_deletes().map(|()| Output::none()),
+        Cmd::List => list(&open(cli)?),
+        Cmd::Check => check(cli),
+        Cmd::Backends => backends(cli),
+    }
+}
+
+/// Runs `command` in `dir`, returning the exit status to report: the
+/// command's own, 128+N if signal N killed it, 126/127 if it cannot start.
+fn run_command(command: &[String], dir: &Path) -> Result<u8, StoreError> {
+    let mut child = match Command::new(&command[0])
+        .args(&command[1..])
+        .current_dir(dir)
+        .env("SNAPSTORE_DIR", dir)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(err) => {
+            eprintln!("error: cannot run `{}`: {err}", command[0]);
+            return Ok(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+        }
+    };
+    // Like system(3): a Ctrl-C goes to the command, and we stay to clean up.
+    let _ignore = IgnoreInterrupts::new();
+    let status = child.wait().map_err(|e| StoreError::io("cannot wait for the command", &e))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => code.clamp(0, 255) as u8,
+        (None, Some(signal)) => (128 + signal).clamp(0, 255) as u8,
+        _ => 1,
+    })
+}
+
+struct IgnoreInterrupts(Vec<(nix::sys::signal::Signal, nix::sys::signal::SigAction)>);
+
+impl IgnoreInterrupts {
+    fn new() -> Self {
+        use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        let saved = [Signal::SIGINT, Signal::SIGQUIT]
+            .into_iter()
+            // SAFETY: installs SIG_IGN, which runs no code in the handler.
+            .filter_map(|sig| unsafe { sigaction(sig, &ignore) }.ok().map(|old| (sig, old)))
+            .collect();
+        IgnoreInterrupts(saved)
+    }
+}
+
+impl Drop for IgnoreInterrupts {
+    fn drop(&mut self) {
+        for (sig, old) in &self.0 {
+            // SAFETY: restores the disposition saved above.
+            let _ = unsafe { nix::sys::signal::sigaction(*sig, old) };
+        }
+    }
+}
+
+fn build(store: &BlockingStore, base: Option<&str>, id: &str, command: &[String]) -> Result<Output, StoreError> {
+    let build = store.begin_build(base, id)?;
+    let status = run_command(command, build.path())?;
+    if status != 0 {
+        build.abort()?;
+        eprintln!("error: `{}` failed with status {status}; result `{id}` not recorded", command[0]);
+        return Ok(Output { status, ..Output::none() });
+    }
+    let path = build.commit()?;
+    Ok(Output::new(json!({"id": id, "path": path}), path.display().to_string()))
+}
+
+fn cache(store: &BlockingStore, cmd: &CacheCmd) -> Result<Output, StoreError> {
+    let owner = |user: &Option<String>| user.as_deref().map(parse_owner).transpose();
+    match cmd {
+        CacheCmd::Acquire { name, user } => {
+            let lease = store.acquire(name, owner(user)?, false)?;
+            let text = format!("{} {}", lease.id, lease.path.display());
+            Ok(Output::new(json!({"lease": lease.id, "path": lease.path}), text))
+        }
+        CacheCmd::Release { lease, discard } => {
+            let released = store.release_id(lease, *discard)?;
+            let published = released == Released::Published;
+            let text = if published { "published" } else { "discarded" };
+            Ok(Output::new(json!({"lease": lease, "published": published}), text))
+        }
+        CacheCmd::Run { name, user, command } => {
+            let lease = store.acquire(name, owner(user)?, true)?;
+            let status = run_command(command, &lease.path);
+            // Released whatever the command's status: the copy is published
+            // unless the cache changed meanwhile.
+            let released = store.release(lease)?;
+            let status = status?;
+            let published = released == Released::Published;
+            let json = json!({"cache": name, "published": published, "status": status});
+            Ok(Output { json, text: String::new(), status })
+        }
+        CacheCmd::Delete { name } => store.delete_cache(name).map(|()| Output::none()),
+    }
+}
+
+fn list(store: &BlockingStore) -> Result<Output, StoreError> {
+    let listing = store.list()?;
+    let mut text = String::new();
+    for r in &listing.results {
+        text += &format!("result {} {}\n", r.id, r.path.display());
+    }
+    for c in &listing.caches {
+        text += &format!("cache {:?} generation {}\n", c.name, c.generation);
+    }
+    for l in &listing.leases {
+        let kind = if l.record.bound { "bound" } else { "held" };
+        text += &format!(
+            "lease {} cache {:?} {kind} age {}s\n",
+            l.record.lease, l.record.cache, l.age_seconds
+        );
+    }
+    let json = serde_json::to_value(&listing).map_err(|e| StoreError::other(e.to_string()))?;
+    Ok(Output::new(json, text))
+}
+
+fn check(cli: &Cli) -> Result<Output, StoreError> {
+    let config = Config::discover(cli.config.as_deref())?;
+    let plugin = Plugin::for_config(&config)?;
+    let store = BlockingStore::open(&config)?;
+    let found = store.backend().check()?;
+    let mut text = format!(
+        "config: {}\nbackend: {} {} (store-api {}) from {}\nroot: {}\n",
+        config.file.display(),
+        plugin.info.name,
+        plugin.info.version,
+        plugin.info.api_version,
+        plugin.info.file.display(),
+        store.root().display()
+    );
+    for line in &found {
+        text += &format!("ok: {line}\n");
+    }
+    let json = json!({"config": config.file, "plugin": plugin.info, "root": store.root(), "checks": found});
+    Ok(Output::new(json, text))
+}
+
+fn backends(cli: &Cli) -> Result<Output, StoreError> {
+    // The config only adds plugin_dirs: `backends` works without one.
+    let dirs = match Config::discover(cli.config.as_deref()) {
+        Ok(config) => config.plugin_dirs,
+        Err(_) if cli.config.is_none() => Vec::new(),
+        Err(err) => return Err(err),
+    };
+    let found = find_plugins(&dirs);
+    let mut text = String::new();
+    for f in &found {
+        text += &match (&f.info, &f.error) {
+            (Some(i), _) => format!("{} {} store-api {} {}\n", i.name, i.version, i.api_version, f.file.display()),
+            (None, Some(e)) => format!("unusable {}: {e}\n", f.file.display()),
+            (None, None) => String::new(),
+        };
+    }
+    if found.is_empty() {
+        text = "no plugins found (search path: plugin_dirs, $SNAPSTORE_PLUGIN_PATH, the executable's directory, ../lib/snapstore)".into();
+    }
+    let json = json!({ "backends": found });
+    Ok(Output::new(json, text))
+}

@@ -202,22 +202,22 @@ macro_rules! export_backend {
         #[no_mangle]
         #[allow(non_upper_case_globals)]
         pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::abi_stable::library::LibHeader = {
-            extern "C" fn open(
+            extern "C" fn __snapstore_open(
                 root: $crate::abi_stable::std_types::RStr<'_>,
                 options: $crate::abi_stable::std_types::RStr<'_>,
             ) -> $crate::abi_stable::std_types::RResult<$crate::abi::BackendBox, $crate::StoreError>
             {
                 $crate::plugin::open_guarded(root, options, $open)
             }
-            fn module() -> $crate::abi::PluginModRef {
-                $crate::plugin::module($name, $version, open)
+            fn __snapstore_module() -> $crate::abi::PluginModRef {
+                $crate::plugin::module($name, $version, __snapstore_open)
             }
-            extern "C" fn load() -> $crate::abi_stable::library::RootModuleResult {
-                $crate::abi_stable::library::__call_root_module_loader(module)
+            extern "C" fn __snapstore_load() -> $crate::abi_stable::library::RootModuleResult {
+                $crate::abi_stable::library::__call_root_module_loader(__snapstore_module)
             }
             unsafe {
                 $crate::abi_stable::library::LibHeader::from_constructor::<$crate::abi::PluginModRef>(
-                    load,
+                    __snapstore_load,
                     $crate::abi_stable::library::CheckTypeLayout::Yes,
                 )
             }

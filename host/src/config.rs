@@ -1,0 +1,165 @@
+//! The TOML config: where it is found and what it may contain.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use store_api::StoreError;
+
+/// The backend used when the config names none.
+pub const DEFAULT_BACKEND: &str = "rsync";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file the config was read from (for error messages).
+    pub file: PathBuf,
+    /// A plugin name, or a path to a plugin library.
+    pub backend: String,
+    /// The store's root directory (absolute).
+    pub root: PathBuf,
+    /// Extra directories searched for plugins first (absolute).
+    pub plugin_dirs: Vec<PathBuf>,
+    /// The `[backend]` table, passed to the plugin.
+    pub backend_options: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    store: RawStore,
+    #[serde(default)]
+    backend: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    backend: Option<String>,
+    root: PathBuf,
+    #[serde(default)]
+    plugin_dirs: Vec<PathBuf>,
+}
+
+fn config_error(file: &Path, message: impl std::fmt::Display) -> StoreError {
+    StoreError::invalid(format!("{}: {message}", file.display()))
+}
+
+impl Config {
+    /// Finds the config: `explicit`, else `$SNAPSTORE_CONFIG`, else
+    /// `./snapstore.toml`, else `/etc/snapstore/config.toml`.
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, StoreError> {
+        if let Some(file) = explicit {
+            return Self::load(file);
+        }
+        if let Some(file) = env::var_os("SNAPSTORE_CONFIG").filter(|f| !f.is_empty()) {
+            return Self::load(Path::new(&file));
+        }
+        for file in ["snapstore.toml", "/etc/snapstore/config.toml"] {
+            if Path::new(file).exists() {
+                return Self::load(Path::new(file));
+            }
+        }
+        Err(StoreError::invalid(
+            "no config found: pass --config FILE, set SNAPSTORE_CONFIG, or create ./snapstore.toml \
+             or /etc/snapstore/config.toml",
+        ))
+    }
+
+    pub fn load(file: &Path) -> Result<Config, StoreError> {
+        let text = fs::read_to_string(file)
+            .map_err(|e| config_error(file, format_args!("cannot read config: {e}")))?;
+        Self::parse(file, &text)
+    }
+
+    /// Parses config text; relative paths are relative to the file's directory.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, StoreError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|err| {
+            let place = err.span().map(|span| {
+                let line = text[..span.start].matches('\n').count() + 1;
+                format!(" (line {line})")
+            });
+            config_error(file, format_args!("{}{}", err.message(), place.unwrap_or_default()))
+        })?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let absolute = |p: &Path| {
+            let joined = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+            std::path::absolute(&joined).unwrap_or(joined)
+        };
+        if raw.store.root.as_os_str().is_empty() {
+            return Err(config_error(file, "[store] root is empty; set it to the store's directory"));
+        }
+        if raw.store.root.to_str().is_none() {
+            return Err(config_error(file, "[store] root must be valid UTF-8"));
+        }
+        let mut backend = raw.store.backend.unwrap_or_else(|| DEFAULT_BACKEND.to_string());
+        if backend.is_empty() {
+            return Err(config_error(file, "[store] backend is empty; name a plugin, e.g. \"rsync\""));
+        }
+        if backend.contains('/') {
+            backend = absolute(Path::new(&backend)).to_string_lossy().into_owned();
+        }
+        Ok(Config {
+            file: file.to_path_buf(),
+            backend,
+            root: absolute(&raw.store.root),
+            plugin_dirs: raw.store.plugin_dirs.iter().map(|d| absolute(d)).collect(),
+            backend_options: raw.backend,
+        })
+    }
+
+    /// A config built in code, for embedders that have no file.
+    pub fn new(backend: &str, root: &Path) -> Config {
+        Config {
+            file: PathBuf::from("<built-in config>"),
+            backend: backend.to_string(),
+            root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
+            plugin_dirs: Vec::new(),
+            backend_options: toml::Table::new(),
+        }
+    }
+
+    pub fn error(&self, message: impl std::fmt::Display) -> StoreError {
+        config_error(&self.file, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, StoreError> {
+        Config::parse(Path::new("/etc/s.toml"), text)
+    }
+
+    #[test]
+    fn minimal_config() {
+        let c = parse("[store]\nroot = \"data\"\n").unwrap();
+        assert_eq!(c.backend, "rsync");
+        assert_eq!(c.root, Path::new("/etc/data"));
+    }
+
+    #[test]
+    fn unknown_keys_name_file_key_and_line() {
+        let err = parse("[store]\nroot = \"/x\"\nbackends = \"zfs\"\n").unwrap_err();
+        let msg = err.message();
+        assert!(msg.contains("/etc/s.toml") && msg.contains("backends") && msg.contains("line 3"), "{msg}");
+        let err = parse("[store]\nroot = \"/x\"\n[extra]\n").unwrap_err();
+        assert!(err.message().contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn malformed_and_incomplete() {
+        assert!(parse("[store\nroot=1").unwrap_err().message().contains("/etc/s.toml"));
+        assert!(parse("[store]\n").unwrap_err().message().contains("root"));
+        assert!(!parse("[store]\nroot = 5\n").unwrap_err().message().contains('\n'));
+    }
+
+    #[test]
+    fn backend_table_is_passed_through() {
+        let c = parse("[store]\nroot=\"/x\"\nbackend=\"./p/libx.so\"\n[backend]\nmode=\"hardlink\"\n").unwrap();
+        assert_eq!(c.backend, "/etc/p/libx.so");
+        assert_eq!(c.backend_options["mode"].as_str(), Some("hardlink"));
+    }
+}

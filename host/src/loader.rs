@@ -1,0 +1,208 @@
+//! Finding and loading backend plugins.
+
+use std::env;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use abi_stable::library::{lib_header_from_path, LibraryError};
+use store_api::abi::PluginModRef;
+use store_api::plugin::RemoteBackend;
+use store_api::{ErrorKind, StoreError};
+
+use crate::config::Config;
+
+/// The file name of plugin `name`: `libsnapstore_NAME.so`, hyphens as underscores.
+pub fn library_file_name(name: &str) -> String {
+    format!("libsnapstore_{}.so", name.replace('-', "_"))
+}
+
+/// Directories searched for plugins, in order: `plugin_dirs` of the config,
+/// `$SNAPSTORE_PLUGIN_PATH`, the directory of the running executable and
+/// `../lib/snapstore` beside it. Never the current directory.
+pub fn search_path(config_dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = config_dirs.to_vec();
+    if let Some(path) = env::var_os("SNAPSTORE_PLUGIN_PATH") {
+        dirs.extend(env::split_paths(&path).filter(|d| d.is_absolute()));
+    }
+    if let Some(exe_dir) = env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+        dirs.push(exe_dir.join("../lib/snapstore"));
+        dirs.insert(dirs.len() - 1, exe_dir);
+    }
+    dirs
+}
+
+/// A loaded plugin's identity.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    /// The store-api version the plugin was built against.
+    pub api_version: String,
+    pub file: PathBuf,
+}
+
+/// A plugin library, loaded and checked.
+pub struct Plugin {
+    pub info: PluginInfo,
+    module: PluginModRef,
+}
+
+fn incompatible(message: String) -> StoreError {
+    StoreError::new(ErrorKind::INCOMPATIBLE, message)
+}
+
+/// When running as root, refuse a library that others could have replaced
+/// (the rule sudo and ssh apply to their files).
+fn check_ownership(file: &Path) -> Result<(), StoreError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let dir = file.parent().unwrap_or(Path::new("/"));
+    for path in [file, dir] {
+        let meta = fs::metadata(path)
+            .map_err(|e| StoreError::io(format_args!("cannot read {}", path.display()), &e))?;
+        let writable_by_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
+        if meta.uid() != 0 || writable_by_others {
+            return Err(incompatible(format!(
+                "refusing to load {}: {} is {} while snapstore runs as root; \
+                 fix with: chown root {} && chmod go-w {}",
+                file.display(),
+                path.display(),
+                if meta.uid() != 0 { "not owned by root" } else { "writable by other users" },
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Plugin {
+    /// Loads and checks the library at `file`.
+    pub fn load(file: &Path) -> Result<Plugin, StoreError> {
+        check_ownership(file)?;
+        let shown = file.display();
+        let header = lib_header_from_path(file).map_err(|err| match err {
+            LibraryError::OpenError { .. } => incompatible(format!(
+                "cannot load plugin {shown}: {}",
+                err.to_string().lines().last().unwrap_or("").trim()
+            )),
+            LibraryError::GetSymbolError { .. } => incompatible(format!(
+                "{shown} is not a snapstore plugin (it exports no abi_stable root module)"
+            )),
+            other => incompatible(format!("cannot load plugin {shown}: {other}")),
+        })?;
+        let library_version = header.version_strings().version.to_string();
+        let module = header.init_root_module::<PluginModRef>().map_err(|err| match err {
+            LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
+                incompatible(format!(
+                    "plugin {shown} was built against store-api {actual_version}, \
+                     but this snapstore uses store-api {expected_version} (the major versions must match); \
+                     rebuild the plugin against store-api {}.x",
+                    expected_version.major
+                ))
+            }
+            LibraryError::AbiInstability(_) => incompatible(format!(
+                "plugin {shown} has an interface layout incompatible with this snapstore \
+                 (store-api {library_version} in the plugin, {} here); rebuild it",
+                store_api::API_VERSION
+            )),
+            LibraryError::InvalidAbiHeader(_) => incompatible(format!(
+                "plugin {shown} was built with an incompatible abi_stable version; rebuild it"
+            )),
+            other => {
+                let text = other.to_string();
+                incompatible(format!("cannot load plugin {shown}: {}", text.lines().next().unwrap_or("")))
+            }
+        })?;
+        let info = PluginInfo {
+            name: module.name().to_string(),
+            version: module.version().to_string(),
+            api_version: library_version,
+            file: file.to_path_buf(),
+        };
+        Ok(Plugin { info, module })
+    }
+
+    /// Finds and loads the plugin the config names, checking its declared name.
+    pub fn for_config(config: &Config) -> Result<Plugin, StoreError> {
+        let by_path = config.backend.contains('/');
+        let file = if by_path {
+            PathBuf::from(&config.backend)
+        } else {
+            let wanted = library_file_name(&config.backend);
+            let dirs = search_path(&config.plugin_dirs);
+            dirs.iter().map(|d| d.join(&wanted)).find(|f| f.is_file()).ok_or_else(|| {
+                let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+                config.error(format_args!(
+                    "[store] backend = \"{}\": no plugin {wanted} in {}; build it, add its directory \
+                     to plugin_dirs or SNAPSTORE_PLUGIN_PATH, or run `snapstore backends`",
+                    config.backend,
+                    list.join(", ")
+                ))
+            })?
+        };
+        if by_path && !file.is_file() {
+            return Err(config.error(format_args!("[store] backend: no plugin file {}", file.display())));
+        }
+        let plugin = Plugin::load(&file).map_err(|e| e.context(config.file.display()))?;
+        if !by_path && plugin.info.name != config.backend {
+            return Err(config.error(format_args!(
+                "[store] backend = \"{}\", but plugin {} declares itself as `{}`",
+                config.backend,
+                file.display(),
+                plugin.info.name
+            )));
+        }
+        Ok(plugin)
+    }
+
+    /// Opens the backend on `root` with the config's `[backend]` options.
+    pub fn open(&self, root: &Path, options: &toml::Table) -> Result<RemoteBackend, StoreError> {
+        let root = root.to_str().ok_or_else(|| StoreError::invalid("the store root must be UTF-8"))?;
+        let options = toml::to_string(options).map_err(|e| StoreError::invalid(e.to_string()))?;
+        let open = self.module.open();
+        let backend = open(root.into(), options.as_str().into()).into_result()?;
+        Ok(RemoteBackend(backend))
+    }
+}
+
+/// What `snapstore backends` reports for one library in the search path.
+#[derive(Debug, serde::Serialize)]
+pub struct Found {
+    pub file: PathBuf,
+    #[serde(flatten)]
+    pub info: Option<PluginInfo>,
+    pub error: Option<String>,
+}
+
+/// Every `libsnapstore_*.so` in the search path, loaded to read its identity.
+pub fn find_plugins(config_dirs: &[PathBuf]) -> Vec<Found> {
+    let mut found = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for dir in search_path(config_dirs) {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                name.starts_with("libsnapstore_") && name.ends_with(".so")
+            })
+            .collect();
+        files.sort();
+        for file in files {
+            let canonical = fs::canonicalize(&file).unwrap_or_else(|_| file.clone());
+            if !seen.insert(canonical) {
+                continue;
+            }
+            match Plugin::load(&file) {
+                Ok(plugin) => found.push(Found { file, info: Some(plugin.info), error: None }),
+                Err(err) => found.push(Found { file, info: None, error: Some(err.message().to_string()) }),
+            }
+        }
+    }
+    found
+}
+
