@@ -6,10 +6,12 @@
 
 mod api;
 pub mod config;
+pub mod conformance;
 pub mod loader;
 mod lock;
 pub mod names;
 pub mod store;
+pub mod stress;
 
 pub use api::{CacheCopy, Store};
 pub use config::Config;

@@ -83,6 +83,17 @@ enum Cmd {
     Check,
     /// The plugins found in the search path
     Backends,
+    /// Run the store-contract suite on the configured backend (in a scratch namespace)
+    Conformance,
+    /// obuilder's stress test: random 4-step builds sharing bases and a cache
+    Stress {
+        /// Number of jobs
+        #[arg(long, default_value_t = 100)]
+        jobs: usize,
+        /// Jobs run at a time
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -163,7 +174,9 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SNAPSTORE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).without_time().init();
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).without_time().init();
 }
 
 fn open(cli: &Cli) -> Result<BlockingStore, StoreError> {
@@ -199,6 +212,8 @@ fn run(cli: &Cli) -> Result<Output, StoreError> {
         Cmd::List => list(&open(cli)?),
         Cmd::Check => check(cli),
         Cmd::Backends => backends(cli),
+        Cmd::Conformance => conformance(cli, &open(cli)?),
+        Cmd::Stress { jobs, parallel } => stress(&open(cli)?, *jobs, *parallel),
     }
 }
 
@@ -355,4 +370,36 @@ fn backends(cli: &Cli) -> Result<Output, StoreError> {
     }
     let json = json!({ "backends": found });
     Ok(Output::new(json, text))
+}
+
+fn conformance(cli: &Cli, store: &BlockingStore) -> Result<Output, StoreError> {
+    let json = cli.json;
+    let report = snapstore::conformance::run(store, |case| {
+        if !json {
+            println!("{case}");
+        }
+    });
+    let cases: Vec<_> = report
+        .cases
+        .iter()
+        .map(|c| json!({"case": c.name, "passed": c.outcome.is_ok(), "error": c.outcome.as_ref().err()}))
+        .collect();
+    let failures = report.failures();
+    let text = format!("{} cases, {failures} failed", report.cases.len());
+    let status = if failures == 0 { 0 } else { 1 };
+    Ok(Output { json: json!({"backend": store.backend_name(), "cases": cases, "failures": failures}), text, status })
+}
+
+fn stress(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Output, StoreError> {
+    let report = snapstore::stress::run(store, jobs, parallel)?;
+    let text = format!(
+        "jobs {} failures {} seconds {:.2} jobs/s {:.1}",
+        report.jobs, report.failures, report.seconds, report.jobs_per_second
+    );
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    let status = if report.failures == 0 { 0 } else { 1 };
+    let json = serde_json::to_value(&report).map_err(|e| StoreError::other(e.to_string()))?;
+    Ok(Output { json, text, status })
 }

@@ -163,12 +163,14 @@ impl BlockingStore {
     /// Loads the plugin the config names and opens the store at its root.
     pub fn open(config: &Config) -> Result<BlockingStore, StoreError> {
         let plugin = Plugin::for_config(config)?;
-        // The marker is checked before the plugin touches the root.
-        prepare_root(&config.root, &plugin.info.name)?;
+        // The marker is checked before the plugin touches the root, and
+        // written only once the plugin has accepted it.
+        check_marker(&config.root, &plugin.info.name)?;
         let backend = plugin.open(&config.root, &config.backend_options).map_err(|e| {
             let file = config.file.display();
             if e.kind() == ErrorKind::INVALID_INPUT { e.context(file) } else { e }
         })?;
+        prepare_root(&config.root, &plugin.info.name)?;
         Ok(Self::assemble(&config.root, &plugin.info.name, Box::new(backend)))
     }
 
@@ -664,7 +666,7 @@ fn prepare_root(root: &Path, backend: &str) -> Result<(), StoreError> {
     let state = root.join(STATE_DIR);
     fs::create_dir_all(&state).context(format_args!("cannot create {}", state.display()))?;
     let marker = meta.join(MARKER);
-    if !marker.exists() {
+    if !check_marker(root, backend)? {
         let text = toml::to_string(&Marker { backend: backend.to_string(), format: FORMAT })
             .map_err(|e| StoreError::other(e.to_string()))?;
         // Written aside and hard-linked into place: of two processes
@@ -678,6 +680,17 @@ fn prepare_root(root: &Path, backend: &str) -> Result<(), StoreError> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(StoreError::io("cannot write store marker", &e)),
         }
+        check_marker(root, backend)?;
+    }
+    Ok(())
+}
+
+/// Checks that the store at `root`, if it has a marker, belongs to
+/// `backend`. Returns whether there is a marker.
+fn check_marker(root: &Path, backend: &str) -> Result<bool, StoreError> {
+    let marker = root.join(META_DIR).join(MARKER);
+    if !marker.exists() {
+        return Ok(false);
     }
     let text = fs::read_to_string(&marker).context(format_args!("cannot read {}", marker.display()))?;
     let found: Marker = toml::from_str(&text)
@@ -697,7 +710,7 @@ fn prepare_root(root: &Path, backend: &str) -> Result<(), StoreError> {
             format!("store {} has format {}; this snapstore reads format {FORMAT}", root.display(), found.format),
         ));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A build in progress: a writable tree that becomes result `id` on
