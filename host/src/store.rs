@@ -536,6 +536,7 @@ impl BlockingStore {
     /// cache trees nobody holds. Live trees are never touched: their lock
     /// is held.
     pub fn recover(&self) -> Result<Recovered, StoreError> {
+        self.backend().recover()?;
         let mut recovered = Recovered {
             temporary_trees: self.recover_temporary(Namespace::ResultTmp)?,
             ..Default::default()

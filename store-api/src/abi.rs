@@ -23,26 +23,46 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// The backend as seen through the boundary. Plugin authors implement
-/// [`crate::SnapshotBackend`] instead; the adapter in [`crate::plugin`]
-/// validates keys and catches panics around every call.
-#[sabi_trait]
-pub trait BackendAbi: Send + Sync {
-    fn create(&self, key: RStr<'_>, owner: ROption<Owner>) -> RResult<RString, StoreError>;
-    fn clone_tree(&self, src: RStr<'_>, dst: RStr<'_>) -> RResult<RString, StoreError>;
-    fn commit(
-        &self,
-        tmp: RStr<'_>,
-        dst: RStr<'_>,
-        parent: ROption<RStr<'_>>,
-    ) -> RResult<RString, StoreError>;
-    fn remove(&self, key: RStr<'_>) -> RResult<(), StoreError>;
-    fn path(&self, key: RStr<'_>) -> RResult<ROption<RString>, StoreError>;
-    fn list(&self, namespace: RStr<'_>) -> RResult<RVec<RString>, StoreError>;
-    fn free_percent(&self) -> RResult<f64, StoreError>;
-    fn complete_deletes(&self) -> RResult<(), StoreError>;
-    #[sabi(last_prefix_field)]
-    fn check(&self) -> RResult<RVec<RString>, StoreError>;
+/// Declares [`BackendAbi`] with the methods of 1.0 followed by `$later`,
+/// so that the `abi-1-0` feature can build the 1.0 interface exactly.
+macro_rules! backend_abi {
+    ($($later:tt)*) => {
+        /// The backend as seen through the boundary. Plugin authors implement
+        /// [`crate::SnapshotBackend`] instead; the adapter in [`crate::plugin`]
+        /// validates keys and catches panics around every call.
+        #[sabi_trait]
+        pub trait BackendAbi: Send + Sync {
+            fn create(&self, key: RStr<'_>, owner: ROption<Owner>) -> RResult<RString, StoreError>;
+            fn clone_tree(&self, src: RStr<'_>, dst: RStr<'_>) -> RResult<RString, StoreError>;
+            fn commit(
+                &self,
+                tmp: RStr<'_>,
+                dst: RStr<'_>,
+                parent: ROption<RStr<'_>>,
+            ) -> RResult<RString, StoreError>;
+            fn remove(&self, key: RStr<'_>) -> RResult<(), StoreError>;
+            fn path(&self, key: RStr<'_>) -> RResult<ROption<RString>, StoreError>;
+            fn list(&self, namespace: RStr<'_>) -> RResult<RVec<RString>, StoreError>;
+            fn free_percent(&self) -> RResult<f64, StoreError>;
+            fn complete_deletes(&self) -> RResult<(), StoreError>;
+            #[sabi(last_prefix_field)]
+            fn check(&self) -> RResult<RVec<RString>, StoreError>;
+            $($later)*
+        }
+    };
+}
+
+#[cfg(feature = "abi-1-0")]
+backend_abi! {}
+
+#[cfg(not(feature = "abi-1-0"))]
+backend_abi! {
+    // ----- added in 1.1: plugins built against 1.0 get these defaults -----
+
+    /// Removes the backend's own leftovers of dead processes.
+    fn recover(&self) -> RResult<(), StoreError> {
+        RResult::ROk(())
+    }
 }
 
 /// An opened backend, owned by the host.
@@ -72,5 +92,9 @@ impl RootModule for PluginModRef {
     const NAME: &'static str = "snapstore backend";
     // The version of store-api the plugin was built against; the loader
     // refuses a different major version.
-    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+    const VERSION_STRINGS: VersionStrings = if cfg!(feature = "abi-1-0") {
+        VersionStrings::new("1.0.0")
+    } else {
+        package_version_strings!()
+    };
 }

@@ -52,4 +52,11 @@ pub trait SnapshotBackend: Send + Sync + 'static {
     /// Checks prerequisites (tools, filesystem, permissions). Returns lines
     /// describing what was found; errors say what is wrong and how to fix it.
     fn check(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Removes the backend's own leftovers of dead processes (e.g. trees
+    /// half-way through a commit or remove), quickly and without waiting
+    /// for deletes to complete. Called by the host's recovery pass. (1.1)
+    fn recover(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

@@ -117,6 +117,10 @@ impl<B: SnapshotBackend> BackendAbi for Guarded<B> {
     fn check(&self) -> RResult<RVec<RString>, StoreError> {
         guard(|| Ok(self.0.check()?.into_iter().map(RString::from).collect())).into()
     }
+    #[cfg(not(feature = "abi-1-0"))]
+    fn recover(&self) -> RResult<(), StoreError> {
+        guard(|| self.0.recover()).into()
+    }
 }
 
 /// Plugin side: the body of the exported `open` (see [`crate::export_backend!`]).
@@ -182,6 +186,10 @@ impl SnapshotBackend for RemoteBackend {
     }
     fn check(&self) -> Result<Vec<String>, StoreError> {
         Ok(self.0.check().into_result()?.into_iter().map(RString::into_string).collect())
+    }
+    #[cfg(not(feature = "abi-1-0"))]
+    fn recover(&self) -> Result<(), StoreError> {
+        self.0.recover().into_result()
     }
 }
 
