@@ -55,13 +55,21 @@ pub fn open(root: &Path, options: &str) -> Result<Rsync, StoreError> {
         let path = root.join(dir);
         fs::create_dir_all(&path).context(format_args!("cannot create {}", path.display()))?;
     }
-    Ok(Rsync { root: root.to_path_buf(), mode })
+    Ok(Rsync {
+        root: root.to_path_buf(),
+        mode,
+    })
 }
 
 fn rsync_version() -> Result<String, StoreError> {
-    let out = Command::new("rsync").arg("--version").output().map_err(|_| {
-        StoreError::unsupported("`rsync` was not found in PATH; install it (apt-get install rsync)")
-    })?;
+    let out = Command::new("rsync")
+        .arg("--version")
+        .output()
+        .map_err(|_| {
+            StoreError::unsupported(
+                "`rsync` was not found in PATH; install it (apt-get install rsync)",
+            )
+        })?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text.lines().next().unwrap_or("rsync").trim().to_string())
 }
@@ -81,22 +89,37 @@ fn rsync(src: &Path, dst: &Path, extra: &[&OsStr]) -> Result<(), StoreError> {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim();
-    let message =
-        format!("rsync {} {} failed ({}): {last}", src.display(), dst.display(), out.status);
-    Err(if stderr.contains("No space left") || stderr.contains("Disk quota") {
-        StoreError::new(store_api::ErrorKind::NO_SPACE, message)
-    } else {
-        StoreError::new(store_api::ErrorKind::IO, message)
-    })
+    let last = stderr
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
+    let message = format!(
+        "rsync {} {} failed ({}): {last}",
+        src.display(),
+        dst.display(),
+        out.status
+    );
+    Err(
+        if stderr.contains("No space left") || stderr.contains("Disk quota") {
+            StoreError::new(store_api::ErrorKind::NO_SPACE, message)
+        } else {
+            StoreError::new(store_api::ErrorKind::IO, message)
+        },
+    )
 }
 
 /// A short random name, unique across processes.
 fn unique(prefix: &str) -> String {
     let mut bytes = [0u8; 8];
     // /dev/urandom never fails on Linux; fall back to the clock if it does.
-    if fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)).is_err() {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    if fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         bytes = (nanos.as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes();
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -113,19 +136,25 @@ fn delete_tree(path: &Path) -> Result<(), StoreError> {
     }
     make_writable(path);
     match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(StoreError::io(format_args!("cannot delete {}", path.display()), &e))
-        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(
+            format_args!("cannot delete {}", path.display()),
+            &e,
+        )),
         _ => Ok(()),
     }
 }
 
 fn make_writable(path: &Path) {
-    let Ok(meta) = fs::symlink_metadata(path) else { return };
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return;
+    };
     if !meta.is_dir() {
         return;
     }
-    let _ = fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
+    let _ = fs::set_permissions(
+        path,
+        fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
+    );
     if let Ok(entries) = fs::read_dir(path) {
         for entry in entries.flatten() {
             make_writable(&entry.path());
@@ -187,7 +216,10 @@ impl Rsync {
         match fs::rename(path, &doomed) {
             Ok(()) => delete_tree(&doomed),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(format_args!("cannot remove {}", path.display()), &e)),
+            Err(e) => Err(StoreError::io(
+                format_args!("cannot remove {}", path.display()),
+                &e,
+            )),
         }
     }
 
@@ -223,8 +255,10 @@ impl SnapshotBackend for Rsync {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
             .context(format_args!("cannot chmod {}", path.display()))?;
         if let Some(Owner { uid, gid }) = owner {
-            chown(&path, Some(uid), Some(gid))
-                .context(format_args!("cannot chown {} to {uid}:{gid}", path.display()))?;
+            chown(&path, Some(uid), Some(gid)).context(format_args!(
+                "cannot chown {} to {uid}:{gid}",
+                path.display()
+            ))?;
         }
         Ok(path)
     }
@@ -293,7 +327,10 @@ impl SnapshotBackend for Rsync {
     }
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
-        let found = vec![rsync_version()?, format!("mode: {:?}", self.mode).to_lowercase()];
+        let found = vec![
+            rsync_version()?,
+            format!("mode: {:?}", self.mode).to_lowercase(),
+        ];
         let probe = self.trash().join(unique("probe"));
         fs::write(&probe, b"").context(format_args!(
             "cannot write in {}; run as a user who owns the store root",

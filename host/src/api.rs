@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use store_api::{Owner, StoreError};
 
 use crate::config::Config;
+use crate::prune::{prune, PruneOptions, PruneReport};
 use crate::store::{BlockingStore, Lease, Listing, Released};
 
 /// A snapshot store. Cheap to clone.
@@ -83,7 +84,13 @@ impl Store {
     pub async fn cache(&self, user: Owner, name: &str) -> Result<(PathBuf, CacheCopy), StoreError> {
         let (store, name) = (self.inner.clone(), name.to_string());
         let lease = blocking(move || store.acquire(&name, Some(user), true)).await?;
-        Ok((lease.path.clone(), CacheCopy { store: self.inner.clone(), lease }))
+        Ok((
+            lease.path.clone(),
+            CacheCopy {
+                store: self.inner.clone(),
+                lease,
+            },
+        ))
     }
 
     /// Deletes cache `name`; copies in use are discarded when released.
@@ -109,6 +116,13 @@ impl Store {
     pub async fn list(&self) -> Result<Listing, StoreError> {
         let store = self.inner.clone();
         blocking(move || store.list()).await
+    }
+
+    /// Deletes least-recently-used results nothing is built on, never a
+    /// base in use, until `options` say stop.
+    pub async fn prune(&self, options: PruneOptions) -> Result<PruneReport, StoreError> {
+        let store = self.inner.clone();
+        blocking(move || prune(&store, &options, |_| ())).await
     }
 
     pub fn root(&self) -> &Path {

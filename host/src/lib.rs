@@ -8,8 +8,10 @@ mod api;
 pub mod config;
 pub mod conformance;
 pub mod loader;
-mod lock;
+pub(crate) mod lock;
 pub mod names;
+pub mod prune;
+pub mod records;
 pub mod store;
 pub mod stress;
 

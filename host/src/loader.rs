@@ -25,7 +25,10 @@ pub fn search_path(config_dirs: &[PathBuf]) -> Vec<PathBuf> {
     if let Some(path) = env::var_os("SNAPSTORE_PLUGIN_PATH") {
         dirs.extend(env::split_paths(&path).filter(|d| d.is_absolute()));
     }
-    if let Some(exe_dir) = env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
+    if let Some(exe_dir) = env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
         dirs.push(exe_dir.join("../lib/snapstore"));
         dirs.insert(dirs.len() - 1, exe_dir);
     }
@@ -69,7 +72,11 @@ fn check_ownership(file: &Path) -> Result<(), StoreError> {
                  fix with: chown root {} && chmod go-w {}",
                 file.display(),
                 path.display(),
-                if meta.uid() != 0 { "not owned by root" } else { "writable by other users" },
+                if meta.uid() != 0 {
+                    "not owned by root"
+                } else {
+                    "writable by other users"
+                },
                 path.display(),
                 path.display()
             )));
@@ -144,7 +151,10 @@ impl Plugin {
             })?
         };
         if by_path && !file.is_file() {
-            return Err(config.error(format_args!("[store] backend: no plugin file {}", file.display())));
+            return Err(config.error(format_args!(
+                "[store] backend: no plugin file {}",
+                file.display()
+            )));
         }
         let plugin = Plugin::load(&file).map_err(|e| e.context(config.file.display()))?;
         if !by_path && plugin.info.name != config.backend {
@@ -160,7 +170,9 @@ impl Plugin {
 
     /// Opens the backend on `root` with the config's `[backend]` options.
     pub fn open(&self, root: &Path, options: &toml::Table) -> Result<RemoteBackend, StoreError> {
-        let root = root.to_str().ok_or_else(|| StoreError::invalid("the store root must be UTF-8"))?;
+        let root = root
+            .to_str()
+            .ok_or_else(|| StoreError::invalid("the store root must be UTF-8"))?;
         let options = toml::to_string(options).map_err(|e| StoreError::invalid(e.to_string()))?;
         let open = self.module.open();
         let backend = open(root.into(), options.as_str().into()).into_result()?;
@@ -182,7 +194,9 @@ pub fn find_plugins(config_dirs: &[PathBuf]) -> Vec<Found> {
     let mut found = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for dir in search_path(config_dirs) {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
         let mut files: Vec<PathBuf> = entries
             .flatten()
             .map(|e| e.path())
@@ -198,11 +212,18 @@ pub fn find_plugins(config_dirs: &[PathBuf]) -> Vec<Found> {
                 continue;
             }
             match Plugin::load(&file) {
-                Ok(plugin) => found.push(Found { file, info: Some(plugin.info), error: None }),
-                Err(err) => found.push(Found { file, info: None, error: Some(err.message().to_string()) }),
+                Ok(plugin) => found.push(Found {
+                    file,
+                    info: Some(plugin.info),
+                    error: None,
+                }),
+                Err(err) => found.push(Found {
+                    file,
+                    info: None,
+                    error: Some(err.message().to_string()),
+                }),
             }
         }
     }
     found
 }
-

@@ -37,7 +37,11 @@ fn exit_code(kind: ErrorKind) -> u8 {
 }
 
 #[derive(Parser)]
-#[command(name = "snapstore", version, about = "A snapshot store for build systems")]
+#[command(
+    name = "snapstore",
+    version,
+    about = "A snapshot store for build systems"
+)]
 struct Cli {
     /// Config file [default: $SNAPSTORE_CONFIG, ./snapstore.toml, /etc/snapstore/config.toml]
     #[arg(long, global = true, value_name = "FILE")]
@@ -77,8 +81,24 @@ enum Cmd {
     StateDir,
     /// Wait until deleted space is really free
     CompleteDeletes,
-    /// Results, caches and cache leases
-    List,
+    /// Results (with base, creation and last use), caches and cache leases
+    List {
+        /// Order of the results
+        #[arg(long, value_enum, default_value_t = SortBy::Id)]
+        sort: SortBy,
+    },
+    /// Delete least-recently-used results that nothing is built on
+    Prune {
+        /// Delete at most N results
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Only results unused for this long (e.g. 30d, 12h, 90m)
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Stop once this percentage of space is free
+        #[arg(long, value_name = "PCT", value_parser = parse_percent)]
+        until_free: Option<f64>,
+    },
     /// Validate the config, load the plugin and check its prerequisites
     Check,
     /// The plugins found in the search path
@@ -94,6 +114,20 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         parallel: usize,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SortBy {
+    Id,
+    Created,
+    LastUsed,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("`{s}` is not a percentage from 0 to 100")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -133,10 +167,18 @@ struct Output {
 
 impl Output {
     fn new(json: serde_json::Value, text: impl Into<String>) -> Self {
-        Output { json, text: text.into(), status: 0 }
+        Output {
+            json,
+            text: text.into(),
+            status: 0,
+        }
     }
     fn none() -> Self {
-        Output { json: serde_json::Value::Null, text: String::new(), status: 0 }
+        Output {
+            json: serde_json::Value::Null,
+            text: String::new(),
+            status: 0,
+        }
     }
 }
 
@@ -176,7 +218,12 @@ fn init_logging(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).without_time().init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .without_time()
+        .init();
 }
 
 fn open(cli: &Cli) -> Result<BlockingStore, StoreError> {
@@ -189,7 +236,10 @@ fn run(cli: &Cli) -> Result<Output, StoreError> {
         Cmd::Result { id } => {
             let path = open(cli)?.result(id)?;
             match path {
-                Some(path) => Ok(Output::new(json!({"id": id, "path": path}), path.display().to_string())),
+                Some(path) => Ok(Output::new(
+                    json!({"id": id, "path": path}),
+                    path.display().to_string(),
+                )),
                 None if cli.json => Ok(Output::new(json!({"id": id, "path": null}), "")),
                 None => Err(StoreError::not_found(format!("no result `{id}`"))),
             }
@@ -198,18 +248,39 @@ fn run(cli: &Cli) -> Result<Output, StoreError> {
         Cmd::Cache(cmd) => cache(&open(cli)?, cmd),
         Cmd::Df => {
             let free = open(cli)?.df()?;
-            Ok(Output::new(json!({ "free_percent": free }), format!("{free:.1}")))
+            Ok(Output::new(
+                json!({ "free_percent": free }),
+                format!("{free:.1}"),
+            ))
         }
         Cmd::Root => {
             let store = open(cli)?;
-            Ok(Output::new(json!({ "root": store.root() }), store.root().display().to_string()))
+            Ok(Output::new(
+                json!({ "root": store.root() }),
+                store.root().display().to_string(),
+            ))
         }
         Cmd::StateDir => {
             let dir = open(cli)?.state_dir();
-            Ok(Output::new(json!({ "state_dir": dir }), dir.display().to_string()))
+            Ok(Output::new(
+                json!({ "state_dir": dir }),
+                dir.display().to_string(),
+            ))
         }
         Cmd::CompleteDeletes => open(cli)?.complete_deletes().map(|()| Output::none()),
-        Cmd::List => list(&open(cli)?),
+        Cmd::List { sort } => list(&open(cli)?, *sort),
+        Cmd::Prune {
+            limit,
+            older_than,
+            until_free,
+        } => {
+            let options = snapstore::prune::PruneOptions {
+                limit: *limit,
+                older_than: *older_than,
+                until_free: *until_free,
+            };
+            prune(cli, &open(cli)?, &options)
+        }
         Cmd::Check => check(cli),
         Cmd::Backends => backends(cli),
         Cmd::Conformance => conformance(cli, &open(cli)?),
@@ -229,12 +300,18 @@ fn run_command(command: &[String], dir: &Path) -> Result<u8, StoreError> {
         Ok(child) => child,
         Err(err) => {
             eprintln!("error: cannot run `{}`: {err}", command[0]);
-            return Ok(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+            return Ok(if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
         }
     };
     // Like system(3): a Ctrl-C goes to the command, and we stay to clean up.
     let _ignore = IgnoreInterrupts::new();
-    let status = child.wait().map_err(|e| StoreError::io("cannot wait for the command", &e))?;
+    let status = child
+        .wait()
+        .map_err(|e| StoreError::io("cannot wait for the command", &e))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => code.clamp(0, 255) as u8,
@@ -252,7 +329,11 @@ impl IgnoreInterrupts {
         let saved = [Signal::SIGINT, Signal::SIGQUIT]
             .into_iter()
             // SAFETY: installs SIG_IGN, which runs no code in the handler.
-            .filter_map(|sig| unsafe { sigaction(sig, &ignore) }.ok().map(|old| (sig, old)))
+            .filter_map(|sig| {
+                unsafe { sigaction(sig, &ignore) }
+                    .ok()
+                    .map(|old| (sig, old))
+            })
             .collect();
         IgnoreInterrupts(saved)
     }
@@ -267,16 +348,30 @@ impl Drop for IgnoreInterrupts {
     }
 }
 
-fn build(store: &BlockingStore, base: Option<&str>, id: &str, command: &[String]) -> Result<Output, StoreError> {
+fn build(
+    store: &BlockingStore,
+    base: Option<&str>,
+    id: &str,
+    command: &[String],
+) -> Result<Output, StoreError> {
     let build = store.begin_build(base, id)?;
     let status = run_command(command, build.path())?;
     if status != 0 {
         build.abort()?;
-        eprintln!("error: `{}` failed with status {status}; result `{id}` not recorded", command[0]);
-        return Ok(Output { status, ..Output::none() });
+        eprintln!(
+            "error: `{}` failed with status {status}; result `{id}` not recorded",
+            command[0]
+        );
+        return Ok(Output {
+            status,
+            ..Output::none()
+        });
     }
     let path = build.commit()?;
-    Ok(Output::new(json!({"id": id, "path": path}), path.display().to_string()))
+    Ok(Output::new(
+        json!({"id": id, "path": path}),
+        path.display().to_string(),
+    ))
 }
 
 fn cache(store: &BlockingStore, cmd: &CacheCmd) -> Result<Output, StoreError> {
@@ -285,15 +380,25 @@ fn cache(store: &BlockingStore, cmd: &CacheCmd) -> Result<Output, StoreError> {
         CacheCmd::Acquire { name, user } => {
             let lease = store.acquire(name, owner(user)?, false)?;
             let text = format!("{} {}", lease.id, lease.path.display());
-            Ok(Output::new(json!({"lease": lease.id, "path": lease.path}), text))
+            Ok(Output::new(
+                json!({"lease": lease.id, "path": lease.path}),
+                text,
+            ))
         }
         CacheCmd::Release { lease, discard } => {
             let released = store.release_id(lease, *discard)?;
             let published = released == Released::Published;
             let text = if published { "published" } else { "discarded" };
-            Ok(Output::new(json!({"lease": lease, "published": published}), text))
+            Ok(Output::new(
+                json!({"lease": lease, "published": published}),
+                text,
+            ))
         }
-        CacheCmd::Run { name, user, command } => {
+        CacheCmd::Run {
+            name,
+            user,
+            command,
+        } => {
             let lease = store.acquire(name, owner(user)?, true)?;
             let status = run_command(command, &lease.path);
             // Released whatever the command's status: the copy is published
@@ -302,17 +407,45 @@ fn cache(store: &BlockingStore, cmd: &CacheCmd) -> Result<Output, StoreError> {
             let status = status?;
             let published = released == Released::Published;
             let json = json!({"cache": name, "published": published, "status": status});
-            Ok(Output { json, text: String::new(), status })
+            Ok(Output {
+                json,
+                text: String::new(),
+                status,
+            })
         }
         CacheCmd::Delete { name } => store.delete_cache(name).map(|()| Output::none()),
     }
 }
 
-fn list(store: &BlockingStore) -> Result<Output, StoreError> {
-    let listing = store.list()?;
+fn list(store: &BlockingStore, sort: SortBy) -> Result<Output, StoreError> {
+    let mut listing = store.list()?;
+    match sort {
+        SortBy::Id => {}
+        SortBy::Created => listing
+            .results
+            .sort_by(|a, b| a.created.total_cmp(&b.created)),
+        SortBy::LastUsed => listing
+            .results
+            .sort_by(|a, b| a.last_used.total_cmp(&b.last_used)),
+    }
     let mut text = String::new();
+    let when = |t: f64| {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
+        humantime::format_rfc3339_seconds(time).to_string()
+    };
     for r in &listing.results {
-        text += &format!("result {} {}\n", r.id, r.path.display());
+        let base = r
+            .base
+            .as_deref()
+            .map(|b| format!(" base {b}"))
+            .unwrap_or_default();
+        text += &format!(
+            "result {} created {} used {}{base} {}\n",
+            r.id,
+            when(r.created),
+            when(r.last_used),
+            r.path.display()
+        );
     }
     for c in &listing.caches {
         text += &format!("cache {:?} generation {}\n", c.name, c.generation);
@@ -360,7 +493,13 @@ fn backends(cli: &Cli) -> Result<Output, StoreError> {
     let mut text = String::new();
     for f in &found {
         text += &match (&f.info, &f.error) {
-            (Some(i), _) => format!("{} {} store-api {} {}\n", i.name, i.version, i.api_version, f.file.display()),
+            (Some(i), _) => format!(
+                "{} {} store-api {} {}\n",
+                i.name,
+                i.version,
+                i.api_version,
+                f.file.display()
+            ),
             (None, Some(e)) => format!("unusable {}: {e}\n", f.file.display()),
             (None, None) => String::new(),
         };
@@ -387,7 +526,11 @@ fn conformance(cli: &Cli, store: &BlockingStore) -> Result<Output, StoreError> {
     let failures = report.failures();
     let text = format!("{} cases, {failures} failed", report.cases.len());
     let status = if failures == 0 { 0 } else { 1 };
-    Ok(Output { json: json!({"backend": store.backend_name(), "cases": cases, "failures": failures}), text, status })
+    Ok(Output {
+        json: json!({"backend": store.backend_name(), "cases": cases, "failures": failures}),
+        text,
+        status,
+    })
 }
 
 fn stress(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Output, StoreError> {
@@ -402,4 +545,31 @@ fn stress(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Output,
     let status = if report.failures == 0 { 0 } else { 1 };
     let json = serde_json::to_value(&report).map_err(|e| StoreError::other(e.to_string()))?;
     Ok(Output { json, text, status })
+}
+
+fn prune(
+    cli: &Cli,
+    store: &BlockingStore,
+    options: &snapstore::prune::PruneOptions,
+) -> Result<Output, StoreError> {
+    let started = std::time::Instant::now();
+    let mut last_progress = started;
+    let mut count = 0;
+    let report = snapstore::prune::prune(store, options, |id| {
+        count += 1;
+        if !cli.json {
+            println!("deleted {id}");
+        }
+        // A progress line on long runs, for the operator watching stderr.
+        if last_progress.elapsed().as_secs() >= 5 {
+            eprintln!(
+                "prune: {count} deleted in {:.0}s",
+                started.elapsed().as_secs_f64()
+            );
+            last_progress = std::time::Instant::now();
+        }
+    })?;
+    let text = format!("stopped: {}", report.stopped);
+    let json = json!({"deleted": report.deleted, "stopped": report.stopped});
+    Ok(Output::new(json, text))
 }

@@ -28,7 +28,9 @@ pub fn check_cache_name(name: &str) -> Result<(), StoreError> {
         )));
     }
     if name.contains('\0') {
-        return Err(StoreError::invalid("invalid cache name: it contains a NUL byte"));
+        return Err(StoreError::invalid(
+            "invalid cache name: it contains a NUL byte",
+        ));
     }
     Ok(())
 }
@@ -49,7 +51,13 @@ pub fn escape_cache_name(name: &str) -> String {
     }
     if out.len() > MAX_ESCAPED {
         let digest = Sha256::digest(name.as_bytes());
-        out = format!("__{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        out = format!(
+            "__{}",
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
     }
     out
 }
@@ -82,7 +90,10 @@ pub fn unescape_cache_name(escaped: &str) -> Option<String> {
 /// Parses `UID:GID`, numbers or user and group names.
 pub fn parse_owner(spec: &str) -> Result<Owner, StoreError> {
     let bad = |why: &str| {
-        StoreError::invalid(format!("invalid owner `{}`: {why}; write UID:GID, e.g. 1000:1000", spec.escape_debug()))
+        StoreError::invalid(format!(
+            "invalid owner `{}`: {why}; write UID:GID, e.g. 1000:1000",
+            spec.escape_debug()
+        ))
     };
     let (user, group) = spec.split_once(':').ok_or_else(|| bad("no `:`"))?;
     let uid = match user.parse::<u32>() {
@@ -119,11 +130,16 @@ mod tests {
 
     #[test]
     fn escaping_is_injective_and_safe() {
-        let names = ["a", "A", "_", "_5F", "../../x", "a.b", "a b", "é", "x/y", "--", "%41"];
+        let names = [
+            "a", "A", "_", "_5F", "../../x", "a.b", "a b", "é", "x/y", "--", "%41",
+        ];
         let escaped: Vec<String> = names.iter().map(|n| escape_cache_name(n)).collect();
         for (name, esc) in names.iter().zip(&escaped) {
             store_api::key::check_name(&format!("{esc}.1")).unwrap();
-            assert!(!esc.contains('.') && !esc.contains('/') && !is_hashed(esc), "{esc}");
+            assert!(
+                !esc.contains('.') && !esc.contains('/') && !is_hashed(esc),
+                "{esc}"
+            );
             assert_eq!(unescape_cache_name(esc).as_deref(), Some(*name));
         }
         let unique: std::collections::HashSet<_> = escaped.iter().collect();
@@ -143,7 +159,13 @@ mod tests {
 
     #[test]
     fn owners_parse() {
-        assert_eq!(parse_owner("1000:100").unwrap(), Owner { uid: 1000, gid: 100 });
+        assert_eq!(
+            parse_owner("1000:100").unwrap(),
+            Owner {
+                uid: 1000,
+                gid: 100
+            }
+        );
         assert_eq!(parse_owner("root:root").unwrap(), Owner { uid: 0, gid: 0 });
         for bad in ["1000", ":1", "1:", "nosuchuser:1", "1:2:3"] {
             assert!(parse_owner(bad).is_err(), "{bad}");

@@ -8,9 +8,12 @@
 //!   shared while it is cloned or committed against as a base;
 //! * `locks/cache/<escaped>` — held while a cache is acquired, released or deleted;
 //! * `locks/tmp/<token>` — held by the live owner of a temporary tree;
+//! * `locks/use/<id>` — held shared by every build on base `<id>`, from
+//!   clone to commit, so that `prune` never takes a base in use;
 //! * `locks/lease/<lease>` — held by the process a bound lease belongs to;
 //! * `leases/<lease>.json` — one record per cache copy handed out;
-//! * `generation` — the last cache generation number given out.
+//! * `generation` — the last cache generation number given out;
+//! * `results.sqlite` — when each result was created and last used (see `records`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,6 +28,7 @@ use crate::config::Config;
 use crate::loader::Plugin;
 use crate::lock::{FileLock, Mode};
 use crate::names::{check_cache_name, check_id, escape_cache_name, is_hashed, unescape_cache_name};
+use crate::records::{Records, ResultRecord};
 
 /// The host's bookkeeping directory under the root.
 pub const META_DIR: &str = ".snapstore";
@@ -45,6 +49,7 @@ struct Inner {
     meta: PathBuf,
     backend_name: String,
     backend: Box<dyn SnapshotBackend>,
+    records: Records,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -108,6 +113,13 @@ pub struct LeaseInfo {
 pub struct ResultInfo {
     pub id: String,
     pub path: PathBuf,
+    pub base: Option<String>,
+    /// Unix seconds.
+    pub created: f64,
+    /// Unix seconds of the last lookup or use as a base.
+    pub last_used: f64,
+    /// How many results are built on this one.
+    pub children: u64,
 }
 
 /// Everything in the store.
@@ -126,14 +138,20 @@ pub struct Recovered {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A random 16-hex-digit token, unique across processes.
 pub fn random_token() -> String {
     let mut bytes = [0u8; 8];
     if getrandom::getrandom(&mut bytes).is_err() {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
         bytes = ((nanos as u64) ^ ((std::process::id() as u64) << 32)).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -166,12 +184,18 @@ impl BlockingStore {
         // The marker is checked before the plugin touches the root, and
         // written only once the plugin has accepted it.
         check_marker(&config.root, &plugin.info.name)?;
-        let backend = plugin.open(&config.root, &config.backend_options).map_err(|e| {
-            let file = config.file.display();
-            if e.kind() == ErrorKind::INVALID_INPUT { e.context(file) } else { e }
-        })?;
+        let backend = plugin
+            .open(&config.root, &config.backend_options)
+            .map_err(|e| {
+                let file = config.file.display();
+                if e.kind() == ErrorKind::INVALID_INPUT {
+                    e.context(file)
+                } else {
+                    e
+                }
+            })?;
         prepare_root(&config.root, &plugin.info.name)?;
-        Ok(Self::assemble(&config.root, &plugin.info.name, Box::new(backend)))
+        Self::assemble(&config.root, &plugin.info.name, Box::new(backend))
     }
 
     /// Opens a store on a backend object, e.g. one linked into the program.
@@ -181,17 +205,38 @@ impl BlockingStore {
         backend: Box<dyn SnapshotBackend>,
     ) -> Result<BlockingStore, StoreError> {
         prepare_root(root, backend_name)?;
-        Ok(Self::assemble(root, backend_name, backend))
+        Self::assemble(root, backend_name, backend)
     }
 
-    fn assemble(root: &Path, backend_name: &str, backend: Box<dyn SnapshotBackend>) -> Self {
+    fn assemble(
+        root: &Path,
+        backend_name: &str,
+        backend: Box<dyn SnapshotBackend>,
+    ) -> Result<Self, StoreError> {
+        let meta = root.join(META_DIR);
+        let records = Records::open(&meta.join("results.sqlite"))?;
         let inner = Inner {
             root: root.to_path_buf(),
-            meta: root.join(META_DIR),
+            meta,
             backend_name: backend_name.to_string(),
             backend,
+            records,
         };
-        BlockingStore { inner: Arc::new(inner) }
+        Ok(BlockingStore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub(crate) fn records(&self) -> &Records {
+        &self.inner.records
+    }
+
+    /// Notes a use of result `id`; the record is an aid, so a failure to
+    /// write it never fails the operation (reconcile repairs it).
+    fn note_use(&self, id: &str) {
+        if let Err(e) = self.inner.records.used(id) {
+            warn!(id, "cannot record the use of a result: {e}");
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -210,7 +255,7 @@ impl BlockingStore {
         self.inner.backend.as_ref()
     }
 
-    fn lock_path(&self, kind: &str, name: &str) -> PathBuf {
+    pub(crate) fn lock_path(&self, kind: &str, name: &str) -> PathBuf {
         self.inner.meta.join("locks").join(kind).join(name)
     }
 
@@ -223,7 +268,11 @@ impl BlockingStore {
     /// The path of result `id` if it is committed.
     pub fn result(&self, id: &str) -> Result<Option<PathBuf>, StoreError> {
         check_id(id)?;
-        self.backend().path(&key(Namespace::Result, id)?)
+        let path = self.backend().path(&key(Namespace::Result, id)?)?;
+        if path.is_some() {
+            self.note_use(id);
+        }
+        Ok(path)
     }
 
     /// Starts building `id`, on a clone of `base` or on an empty tree. The
@@ -242,6 +291,14 @@ impl BlockingStore {
                 "result `{id}` already exists; delete it first to build it again"
             )));
         }
+        // Held until commit or abort: prune leaves a base in use alone.
+        let using = match base {
+            Some(base) => Some(FileLock::acquire(
+                &self.lock_path("use", base),
+                Mode::Shared,
+            )?),
+            None => None,
+        };
         let token = random_token();
         let tmp_lock = FileLock::acquire(&self.lock_path("tmp", &token), Mode::Exclusive)?;
         let tmp = key(Namespace::ResultTmp, &token)?;
@@ -258,6 +315,9 @@ impl BlockingStore {
                 return Err(err);
             }
         };
+        if let Some(base) = base {
+            self.note_use(base);
+        }
         debug!(id, ?base, tmp = %tmp, "build started");
         Ok(Build {
             store: self.clone(),
@@ -266,6 +326,7 @@ impl BlockingStore {
             tmp,
             path,
             locks: Some((id_lock, tmp_lock)),
+            _using: using,
         })
     }
 
@@ -273,7 +334,9 @@ impl BlockingStore {
         let _using = self.use_base(base)?;
         let base_key = key(Namespace::Result, base)?;
         if self.backend().path(&base_key)?.is_none() {
-            return Err(StoreError::not_found(format!("base `{base}` does not exist")));
+            return Err(StoreError::not_found(format!(
+                "base `{base}` does not exist"
+            )));
         }
         self.backend().clone_tree(&base_key, tmp)
     }
@@ -287,8 +350,14 @@ impl BlockingStore {
             if let Some(lock) = FileLock::try_acquire(&path, Mode::Shared)? {
                 return Ok(lock);
             }
-            if self.backend().path(&key(Namespace::Result, base)?)?.is_none() {
-                return Err(StoreError::not_found(format!("base `{base}` does not exist")));
+            if self
+                .backend()
+                .path(&key(Namespace::Result, base)?)?
+                .is_none()
+            {
+                return Err(StoreError::not_found(format!(
+                    "base `{base}` does not exist"
+                )));
             }
             // It exists and is being deleted: wait for the delete to finish.
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -317,9 +386,30 @@ impl BlockingStore {
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
         check_id(id)?;
         let lock = FileLock::acquire(&self.lock_path("build", id), Mode::Exclusive)?;
+        self.remove_result(id, lock)
+    }
+
+    /// Removes result `id`, whose build lock the caller holds.
+    pub(crate) fn remove_result(&self, id: &str, lock: FileLock) -> Result<(), StoreError> {
         self.backend().remove(&key(Namespace::Result, id)?)?;
+        if let Err(e) = self.inner.records.deleted(id) {
+            warn!(id, "cannot drop the record of a deleted result: {e}");
+        }
+        if let Some(unused) = FileLock::try_acquire(&self.lock_path("use", id), Mode::Exclusive)? {
+            unused.release_and_remove();
+        }
         lock.release_and_remove();
         info!(id, "deleted");
+        Ok(())
+    }
+
+    /// Brings the result record in line with what the backend holds.
+    pub fn reconcile_records(&self) -> Result<(), StoreError> {
+        let present = self.backend().list(Namespace::Result)?;
+        let (adopted, dropped) = self.inner.records.reconcile(&present)?;
+        if adopted + dropped > 0 {
+            info!(adopted, dropped, "result record reconciled");
+        }
         Ok(())
     }
 
@@ -329,7 +419,12 @@ impl BlockingStore {
     /// directory owned by `owner` if it does not exist. A bound lease is
     /// discarded automatically once this process is gone; an unbound one
     /// lives until [`release`](Self::release)d.
-    pub fn acquire(&self, name: &str, owner: Option<Owner>, bound: bool) -> Result<Lease, StoreError> {
+    pub fn acquire(
+        &self,
+        name: &str,
+        owner: Option<Owner>,
+        bound: bool,
+    ) -> Result<Lease, StoreError> {
         check_cache_name(name)?;
         self.recover_temporary(Namespace::CacheTmp)?;
         self.recover_leases()?;
@@ -342,20 +437,36 @@ impl BlockingStore {
         };
         let lease = random_token();
         let holder = if bound {
-            Some(FileLock::acquire(&self.lock_path("lease", &lease), Mode::Exclusive)?)
+            Some(FileLock::acquire(
+                &self.lock_path("lease", &lease),
+                Mode::Exclusive,
+            )?)
         } else {
             None
         };
-        let record =
-            LeaseRecord { lease: lease.clone(), cache: name.to_string(), generation, created: now(), bound };
-        let json = serde_json::to_vec_pretty(&record).map_err(|e| StoreError::other(e.to_string()))?;
+        let record = LeaseRecord {
+            lease: lease.clone(),
+            cache: name.to_string(),
+            generation,
+            created: now(),
+            bound,
+        };
+        let json =
+            serde_json::to_vec_pretty(&record).map_err(|e| StoreError::other(e.to_string()))?;
         // The record comes first: a tree in cache-tmp without one is stale.
         write_atomic(&self.lease_path(&lease), &json)?;
         let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
-        match self.backend().clone_tree(&snapshot, &key(Namespace::CacheTmp, &lease)?) {
+        match self
+            .backend()
+            .clone_tree(&snapshot, &key(Namespace::CacheTmp, &lease)?)
+        {
             Ok(path) => {
                 debug!(name, lease, generation, "cache acquired");
-                Ok(Lease { id: lease, path, _holder: holder })
+                Ok(Lease {
+                    id: lease,
+                    path,
+                    _holder: holder,
+                })
             }
             Err(err) => {
                 let _ = self.backend().remove(&key(Namespace::CacheTmp, &lease)?);
@@ -372,7 +483,10 @@ impl BlockingStore {
         let tmp = key(Namespace::CacheTmp, &token)?;
         let generation = self.next_generation()?;
         let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
-        let made = self.backend().create(&tmp, owner).and_then(|_| self.backend().commit(&tmp, &snapshot, None));
+        let made = self
+            .backend()
+            .create(&tmp, owner)
+            .and_then(|_| self.backend().commit(&tmp, &snapshot, None));
         if made.is_err() {
             let _ = self.backend().remove(&tmp);
         }
@@ -401,9 +515,8 @@ impl BlockingStore {
         let _cache_lock = FileLock::acquire(&self.lock_path("cache", &escaped), Mode::Exclusive)?;
         let copy = key(Namespace::CacheTmp, lease)?;
         let latest = self.latest_generation(&escaped)?;
-        let publish = !discard
-            && latest == Some(record.generation)
-            && self.backend().path(&copy)?.is_some();
+        let publish =
+            !discard && latest == Some(record.generation) && self.backend().path(&copy)?.is_some();
         let released = if publish {
             let generation = self.next_generation()?;
             let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
@@ -412,7 +525,10 @@ impl BlockingStore {
                 // discarded, and the cache keeps its previous snapshot.
                 let _ = self.backend().remove(&copy);
                 let _ = fs::remove_file(self.lease_path(lease));
-                return Err(err.context(format_args!("cache `{}` keeps its previous state", record.cache)));
+                return Err(err.context(format_args!(
+                    "cache `{}` keeps its previous state",
+                    record.cache
+                )));
             }
             self.remove_generations_before(&escaped, generation)?;
             Released::Published
@@ -448,7 +564,8 @@ impl BlockingStore {
         let _cache_lock = FileLock::acquire(&self.lock_path("cache", &escaped), Mode::Exclusive)?;
         self.check_hashed_name(name, &escaped)?;
         for generation in self.generations(&escaped)? {
-            self.backend().remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
+            self.backend()
+                .remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
         }
         info!(name, "cache deleted");
         Ok(())
@@ -507,7 +624,8 @@ impl BlockingStore {
 
     fn remove_generations_before(&self, escaped: &str, keep: u64) -> Result<(), StoreError> {
         for generation in self.generations(escaped)?.into_iter().filter(|g| *g < keep) {
-            self.backend().remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
+            self.backend()
+                .remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
         }
         Ok(())
     }
@@ -545,7 +663,10 @@ impl BlockingStore {
         recovered.abandoned_leases = self.recover_leases()?;
         // Lock files of tmp trees whose owner died before making the tree.
         let dir = self.inner.meta.join("locks").join("tmp");
-        for entry in fs::read_dir(&dir).context("cannot read tmp locks")?.flatten() {
+        for entry in fs::read_dir(&dir)
+            .context("cannot read tmp locks")?
+            .flatten()
+        {
             if let Some(lock) = FileLock::try_acquire(&entry.path(), Mode::Exclusive)? {
                 lock.release_and_remove();
             }
@@ -557,14 +678,22 @@ impl BlockingStore {
     fn recover_leases(&self) -> Result<usize, StoreError> {
         let mut discarded = 0;
         for lease in self.lease_ids()? {
-            let Ok(record) = self.read_lease(&lease) else { continue };
+            let Ok(record) = self.read_lease(&lease) else {
+                continue;
+            };
             if !record.bound {
                 continue;
             }
-            let Some(_dead) = FileLock::try_acquire(&self.lock_path("lease", &lease), Mode::Exclusive)? else {
+            let Some(_dead) =
+                FileLock::try_acquire(&self.lock_path("lease", &lease), Mode::Exclusive)?
+            else {
                 continue;
             };
-            warn!(lease, cache = record.cache, "discarding the cache copy of a dead process");
+            warn!(
+                lease,
+                cache = record.cache,
+                "discarding the cache copy of a dead process"
+            );
             match self.release_id(&lease, true) {
                 Ok(_) => discarded += 1,
                 // Another process recovered it first.
@@ -583,7 +712,9 @@ impl BlockingStore {
                 // A leased copy: its lease decides (see `recover`).
                 continue;
             }
-            if let Some(lock) = FileLock::try_acquire(&self.lock_path("tmp", &name), Mode::Exclusive)? {
+            if let Some(lock) =
+                FileLock::try_acquire(&self.lock_path("tmp", &name), Mode::Exclusive)?
+            {
                 warn!(tree = %tree, "removing a temporary tree left by a dead process");
                 self.backend().remove(&tree)?;
                 lock.release_and_remove();
@@ -598,7 +729,12 @@ impl BlockingStore {
         let mut ids: Vec<String> = fs::read_dir(&dir)
             .context(format_args!("cannot read {}", dir.display()))?
             .flatten()
-            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
             .collect();
         ids.sort();
         Ok(ids)
@@ -608,13 +744,28 @@ impl BlockingStore {
 
     /// Results, caches and leases.
     pub fn list(&self) -> Result<Listing, StoreError> {
-        let mut ids = self.backend().list(Namespace::Result)?;
-        ids.sort();
-        let mut results = Vec::with_capacity(ids.len());
-        for id in ids {
-            // Skips a result deleted since the listing.
+        self.reconcile_records()?;
+        let mut results = Vec::new();
+        for ResultRecord {
+            id,
+            base,
+            created,
+            last_used,
+            children,
+        } in self.inner.records.all()?
+        {
+            // Skips a result deleted since the reconciliation.
             if let Some(path) = self.backend().path(&key(Namespace::Result, &id)?)? {
-                results.push(ResultInfo { id, path });
+                let seconds = |ns: i64| ns as f64 / 1e9;
+                let (created, last_used) = (seconds(created), seconds(last_used));
+                results.push(ResultInfo {
+                    id,
+                    path,
+                    base,
+                    created,
+                    last_used,
+                    children,
+                });
             }
         }
         let mut latest: std::collections::BTreeMap<String, u64> = Default::default();
@@ -631,17 +782,31 @@ impl BlockingStore {
             .map(|(escaped, generation)| {
                 let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
                 let path = self.backend().path(&snapshot)?;
-                Ok(CacheInfo { name: self.cache_display_name(&escaped), generation, path })
+                Ok(CacheInfo {
+                    name: self.cache_display_name(&escaped),
+                    generation,
+                    path,
+                })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let mut leases = Vec::new();
         for lease in self.lease_ids()? {
-            let Ok(record) = self.read_lease(&lease) else { continue };
+            let Ok(record) = self.read_lease(&lease) else {
+                continue;
+            };
             let path = self.backend().path(&key(Namespace::CacheTmp, &lease)?)?;
             let age_seconds = now().saturating_sub(record.created);
-            leases.push(LeaseInfo { record, age_seconds, path });
+            leases.push(LeaseInfo {
+                record,
+                age_seconds,
+                path,
+            });
         }
-        Ok(Listing { results, caches, leases })
+        Ok(Listing {
+            results,
+            caches,
+            leases,
+        })
     }
 
     /// Waits until space freed by deletes so far is really free.
@@ -660,7 +825,15 @@ impl BlockingStore {
 /// marker that records which backend the store belongs to.
 fn prepare_root(root: &Path, backend: &str) -> Result<(), StoreError> {
     let meta = root.join(META_DIR);
-    for dir in ["locks/build", "locks/cache", "locks/tmp", "locks/lease", "leases", "cache-names"] {
+    for dir in [
+        "locks/build",
+        "locks/use",
+        "locks/cache",
+        "locks/tmp",
+        "locks/lease",
+        "leases",
+        "cache-names",
+    ] {
         let dir = meta.join(dir);
         fs::create_dir_all(&dir).context(format_args!("cannot create {}", dir.display()))?;
     }
@@ -668,8 +841,11 @@ fn prepare_root(root: &Path, backend: &str) -> Result<(), StoreError> {
     fs::create_dir_all(&state).context(format_args!("cannot create {}", state.display()))?;
     let marker = meta.join(MARKER);
     if !check_marker(root, backend)? {
-        let text = toml::to_string(&Marker { backend: backend.to_string(), format: FORMAT })
-            .map_err(|e| StoreError::other(e.to_string()))?;
+        let text = toml::to_string(&Marker {
+            backend: backend.to_string(),
+            format: FORMAT,
+        })
+        .map_err(|e| StoreError::other(e.to_string()))?;
         // Written aside and hard-linked into place: of two processes
         // creating the store at once, exactly one marker wins.
         let staged = meta.join(format!("store.toml.{}", random_token()));
@@ -693,9 +869,15 @@ fn check_marker(root: &Path, backend: &str) -> Result<bool, StoreError> {
     if !marker.exists() {
         return Ok(false);
     }
-    let text = fs::read_to_string(&marker).context(format_args!("cannot read {}", marker.display()))?;
-    let found: Marker = toml::from_str(&text)
-        .map_err(|e| StoreError::other(format!("corrupt store marker {}: {}", marker.display(), e.message())))?;
+    let text =
+        fs::read_to_string(&marker).context(format_args!("cannot read {}", marker.display()))?;
+    let found: Marker = toml::from_str(&text).map_err(|e| {
+        StoreError::other(format!(
+            "corrupt store marker {}: {}",
+            marker.display(),
+            e.message()
+        ))
+    })?;
     if found.backend != backend {
         return Err(StoreError::invalid(format!(
             "store {} was created by backend `{}`, but the config selects `{backend}`; \
@@ -708,7 +890,11 @@ fn check_marker(root: &Path, backend: &str) -> Result<bool, StoreError> {
     if found.format != FORMAT {
         return Err(StoreError::new(
             ErrorKind::INCOMPATIBLE,
-            format!("store {} has format {}; this snapstore reads format {FORMAT}", root.display(), found.format),
+            format!(
+                "store {} has format {}; this snapstore reads format {FORMAT}",
+                root.display(),
+                found.format
+            ),
         ));
     }
     Ok(true)
@@ -723,6 +909,7 @@ pub struct Build {
     tmp: Key,
     path: PathBuf,
     locks: Option<(FileLock, FileLock)>,
+    _using: Option<FileLock>,
 }
 
 impl Build {
@@ -748,6 +935,13 @@ impl Build {
         };
         match committed {
             Ok(path) => {
+                if let Err(e) = store
+                    .inner
+                    .records
+                    .committed(&self.id, self.base.as_deref())
+                {
+                    warn!(id = self.id, "cannot record the new result: {e}");
+                }
                 if let Some((_id_lock, tmp_lock)) = self.locks.take() {
                     tmp_lock.release_and_remove();
                 }
@@ -768,12 +962,17 @@ impl Build {
 
     fn discard(&mut self) {
         if let Err(err) = self.discard_checked() {
-            warn!(id = self.id, "cannot discard build tree (a later operation will): {err}");
+            warn!(
+                id = self.id,
+                "cannot discard build tree (a later operation will): {err}"
+            );
         }
     }
 
     fn discard_checked(&mut self) -> Result<(), StoreError> {
-        let Some((id_lock, tmp_lock)) = self.locks.take() else { return Ok(()) };
+        let Some((id_lock, tmp_lock)) = self.locks.take() else {
+            return Ok(());
+        };
         let removed = self.store.backend().remove(&self.tmp);
         if removed.is_ok() {
             tmp_lock.release_and_remove();

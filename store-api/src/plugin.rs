@@ -26,7 +26,9 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreErr
     // reports it as a one-line error.
     QUIET_HOOK.call_once(|| {
         panic::set_hook(Box::new(|info| {
-            let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line()));
+            let place = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()));
             let message = info
                 .payload()
                 .downcast_ref::<&str>()
@@ -40,8 +42,13 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreErr
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result,
         Err(_) => {
-            let what = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
-            Err(StoreError::new(crate::ErrorKind::PANIC, format!("backend panicked: {what}")))
+            let what = LAST_PANIC
+                .with(|p| p.borrow_mut().take())
+                .unwrap_or_default();
+            Err(StoreError::new(
+                crate::ErrorKind::PANIC,
+                format!("backend panicked: {what}"),
+            ))
         }
     }
 }
@@ -60,7 +67,9 @@ fn key(raw: RStr<'_>) -> Result<Key, StoreError> {
 fn tmp_key(raw: RStr<'_>) -> Result<Key, StoreError> {
     let key = key(raw)?;
     if key.namespace().is_committed() {
-        return Err(StoreError::invalid(format!("`{key}` is not a temporary key")));
+        return Err(StoreError::invalid(format!(
+            "`{key}` is not a temporary key"
+        )));
     }
     Ok(key)
 }
@@ -68,7 +77,9 @@ fn tmp_key(raw: RStr<'_>) -> Result<Key, StoreError> {
 fn committed_key(raw: RStr<'_>) -> Result<Key, StoreError> {
     let key = key(raw)?;
     if !key.namespace().is_committed() {
-        return Err(StoreError::invalid(format!("`{key}` is not a committed key")));
+        return Err(StoreError::invalid(format!(
+            "`{key}` is not a committed key"
+        )));
     }
     Ok(key)
 }
@@ -91,7 +102,10 @@ impl<B: SnapshotBackend> BackendAbi for Guarded<B> {
     ) -> RResult<RString, StoreError> {
         guard(|| {
             let parent = parent.into_option().map(committed_key).transpose()?;
-            path_string(self.0.commit(&tmp_key(tmp)?, &committed_key(dst)?, parent.as_ref())?)
+            path_string(
+                self.0
+                    .commit(&tmp_key(tmp)?, &committed_key(dst)?, parent.as_ref())?,
+            )
         })
         .into()
     }
@@ -99,7 +113,15 @@ impl<B: SnapshotBackend> BackendAbi for Guarded<B> {
         guard(|| self.0.remove(&key(raw)?)).into()
     }
     fn path(&self, raw: RStr<'_>) -> RResult<ROption<RString>, StoreError> {
-        guard(|| Ok(self.0.path(&key(raw)?)?.map(path_string).transpose()?.into())).into()
+        guard(|| {
+            Ok(self
+                .0
+                .path(&key(raw)?)?
+                .map(path_string)
+                .transpose()?
+                .into())
+        })
+        .into()
     }
     fn list(&self, namespace: RStr<'_>) -> RResult<RVec<RString>, StoreError> {
         guard(|| {
@@ -138,8 +160,12 @@ pub fn open_guarded<B: SnapshotBackend>(
 
 /// Plugin side: builds the root module (see [`crate::export_backend!`]).
 pub fn module(name: &'static str, version: &'static str, open: OpenFn) -> PluginModRef {
-    PluginMod { name: RStr::from_str(name), version: RStr::from_str(version), open }
-        .leak_into_prefix()
+    PluginMod {
+        name: RStr::from_str(name),
+        version: RStr::from_str(version),
+        open,
+    }
+    .leak_into_prefix()
 }
 
 /// Host side: a backend reached through the boundary, as a [`SnapshotBackend`].
@@ -152,11 +178,17 @@ fn local_path(path: RString) -> PathBuf {
 impl SnapshotBackend for RemoteBackend {
     fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
         let key = key.to_string();
-        self.0.create(key.as_str().into(), owner.into()).into_result().map(local_path)
+        self.0
+            .create(key.as_str().into(), owner.into())
+            .into_result()
+            .map(local_path)
     }
     fn clone_tree(&self, src: &Key, dst: &Key) -> Result<PathBuf, StoreError> {
         let (src, dst) = (src.to_string(), dst.to_string());
-        self.0.clone_tree(src.as_str().into(), dst.as_str().into()).into_result().map(local_path)
+        self.0
+            .clone_tree(src.as_str().into(), dst.as_str().into())
+            .into_result()
+            .map(local_path)
     }
     fn commit(&self, tmp: &Key, dst: &Key, parent: Option<&Key>) -> Result<PathBuf, StoreError> {
         let (tmp, dst) = (tmp.to_string(), dst.to_string());
@@ -185,7 +217,13 @@ impl SnapshotBackend for RemoteBackend {
         self.0.complete_deletes().into_result()
     }
     fn check(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self.0.check().into_result()?.into_iter().map(RString::into_string).collect())
+        Ok(self
+            .0
+            .check()
+            .into_result()?
+            .into_iter()
+            .map(RString::into_string)
+            .collect())
     }
     #[cfg(not(feature = "abi-1-0"))]
     fn recover(&self) -> Result<(), StoreError> {

@@ -1,0 +1,313 @@
+//! snapstore backend `xfs-reflink`: results and caches are plain directory
+//! trees under `ROOT/NAMESPACE/NAME`; a tree is cloned by walking it and
+//! sharing every regular file's extents with the `FICLONE` ioctl, so a
+//! clone costs metadata, not data. Works on XFS made with `reflink=1`,
+//! btrfs and bcachefs; anywhere else `open` and `check` refuse (there is no
+//! silent fallback to copying).
+//!
+//! Layout: `ROOT/{result,result-tmp,cache,cache-tmp}/NAME` are the trees;
+//! `ROOT/trash/` holds trees being deleted. The host owns `ROOT/.snapstore/`
+//! and `ROOT/state/`.
+
+mod clone;
+mod delete;
+mod sys;
+
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::errno::Errno;
+use nix::fcntl::{renameat2, RenameFlags};
+use nix::unistd::{access, AccessFlags, Gid, Uid};
+use rayon::prelude::*;
+use serde::Deserialize;
+use store_api::{IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError};
+
+use crate::sys::errno;
+
+store_api::export_backend!(name: "xfs-reflink", version: env!("CARGO_PKG_VERSION"), open: open);
+
+/// The `[backend]` options.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// Threads for cloning and deleting trees (default: two per core).
+    pub threads: Option<usize>,
+    /// Flush the filesystem before a commit, so that a committed tree
+    /// survives a crash with its data (default: true).
+    pub sync_on_commit: Option<bool>,
+}
+
+pub struct XfsReflink {
+    root: PathBuf,
+    pool: rayon::ThreadPool,
+    threads: usize,
+    sync_on_commit: bool,
+}
+
+const TRASH: &str = "trash";
+
+/// Opens (creating if needed) a store at `root`; refuses a filesystem
+/// without reflinks.
+pub fn open(root: &Path, options: &str) -> Result<XfsReflink, StoreError> {
+    let options: Options = store_api::parse_options(options)?;
+    let threads = match options.threads {
+        Some(0) => return Err(StoreError::invalid("[backend]: threads must be at least 1")),
+        Some(n) => n,
+        // Cloning and deleting are system calls that often wait (inode and
+        // journal locks): more threads than cores keep the cores busy.
+        None => 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    fs::create_dir_all(root).context(format!("create {}", root.display()))?;
+    // Refuse before leaving anything behind.
+    sys::probe_reflink(root)?;
+    for dir in Namespace::ALL.iter().map(|ns| ns.as_str()).chain([TRASH]) {
+        let path = root.join(dir);
+        fs::create_dir_all(&path).context(format!("create {}", path.display()))?;
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("xfs-reflink-{i}"))
+        // The walk recurses once per directory level.
+        .stack_size(16 << 20)
+        .build()
+        .map_err(|e| StoreError::other(format!("cannot start {threads} worker threads: {e}")))?;
+    Ok(XfsReflink {
+        root: root.to_path_buf(),
+        pool,
+        threads,
+        sync_on_commit: options.sync_on_commit.unwrap_or(true),
+    })
+}
+
+impl XfsReflink {
+    fn key_path(&self, key: &Key) -> PathBuf {
+        self.root.join(key.namespace().as_str()).join(key.name())
+    }
+
+    fn exists(path: &Path) -> Result<bool, StoreError> {
+        match fs::symlink_metadata(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(StoreError::io(format!("stat {}", path.display()), &e)),
+        }
+    }
+
+    /// A fresh name in the trash, unique across processes and calls.
+    fn trash_name() -> String {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!(
+            "{}-{nanos}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Deletes the trash entry `name`, in parallel.
+    fn delete_trash_entry(&self, name: &CString) -> Result<(), StoreError> {
+        let trash = self.root.join(TRASH);
+        let dir = sys::open_dir_at(None, &trash)
+            .map_err(|e| errno(format!("open {}", trash.display()), e))?;
+        self.pool
+            .install(|| delete::delete_entry(&dir, &trash, name, None))
+    }
+}
+
+impl SnapshotBackend for XfsReflink {
+    fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
+        let path = self.key_path(key);
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&path)
+            .context(format!("create {}", path.display()))?;
+        // The umask may have narrowed the mode.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+            .context(format!("chmod {}", path.display()))?;
+        if let Some(Owner { uid, gid }) = owner {
+            nix::unistd::chown(&path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+                .map_err(|e| errno(format!("chown {} to {uid}:{gid}", path.display()), e))?;
+        }
+        Ok(path)
+    }
+
+    fn clone_tree(&self, src: &Key, dst: &Key) -> Result<PathBuf, StoreError> {
+        let (from, to) = (self.key_path(src), self.key_path(dst));
+        if !Self::exists(&from)? {
+            return Err(StoreError::not_found(format!("`{src}` does not exist")));
+        }
+        if Self::exists(&to)? {
+            return Err(StoreError::already_exists(format!(
+                "`{dst}` already exists"
+            )));
+        }
+        if let Err(e) = self.pool.install(|| clone::clone_tree(&from, &to)) {
+            // Don't leave a half-clone behind; if this fails too, the
+            // host's recovery removes it later.
+            let _ = self.remove(dst);
+            return Err(e.context(format!("clone `{src}` to `{dst}`")));
+        }
+        Ok(to)
+    }
+
+    fn commit(&self, tmp: &Key, dst: &Key, _parent: Option<&Key>) -> Result<PathBuf, StoreError> {
+        // `parent` is not needed: the clone already shares every extent.
+        let (from, to) = (self.key_path(tmp), self.key_path(dst));
+        if self.sync_on_commit {
+            // The rename below must not become durable before the data and
+            // metadata of the tree it publishes.
+            let dir = sys::open_dir_at(None, &from)
+                .map_err(|e| errno(format!("open {}", from.display()), e))?;
+            nix::unistd::syncfs(dir.as_raw_fd())
+                .map_err(|e| errno(format!("sync {}", from.display()), e))?;
+        }
+        // Atomic, and never replaces an existing tree (not even an empty one).
+        match renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => {}
+            Err(Errno::EEXIST | Errno::ENOTEMPTY) => {
+                return Err(StoreError::already_exists(format!(
+                    "`{dst}` already exists"
+                )))
+            }
+            Err(Errno::ENOENT) => {
+                return Err(StoreError::not_found(format!("`{tmp}` does not exist")))
+            }
+            Err(e) => {
+                return Err(errno(
+                    format!("rename {} to {}", from.display(), to.display()),
+                    e,
+                ))
+            }
+        }
+        if self.sync_on_commit {
+            let ns = self.root.join(dst.namespace().as_str());
+            let dir = sys::open_dir_at(None, &ns)
+                .map_err(|e| errno(format!("open {}", ns.display()), e))?;
+            nix::unistd::fsync(dir.as_raw_fd())
+                .map_err(|e| errno(format!("sync {}", ns.display()), e))?;
+        }
+        Ok(to)
+    }
+
+    fn remove(&self, key: &Key) -> Result<(), StoreError> {
+        let path = self.key_path(key);
+        let name = Self::trash_name();
+        let trashed = self.root.join(TRASH).join(&name);
+        // Out of view at once; the slow part happens in the trash.
+        match renameat2(None, &path, None, &trashed, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => {}
+            Err(Errno::ENOENT) => return Ok(()),
+            Err(e) => {
+                return Err(errno(
+                    format!("move {} to {}", path.display(), trashed.display()),
+                    e,
+                ))
+            }
+        }
+        // The key is gone whatever happens next: if deleting fails (or the
+        // process dies), complete_deletes finishes the job and reports.
+        if let Ok(name) = CString::new(name) {
+            let _ = self.delete_trash_entry(&name);
+        }
+        Ok(())
+    }
+
+    fn path(&self, key: &Key) -> Result<Option<PathBuf>, StoreError> {
+        let path = self.key_path(key);
+        Ok(Self::exists(&path)?.then_some(path))
+    }
+
+    fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
+        let dir = self.root.join(namespace.as_str());
+        let entries = fs::read_dir(&dir).context(format!("list {}", dir.display()))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.context(format!("list {}", dir.display()))?;
+            // Only names a key can have; anything else is not ours to report.
+            if let Some(name) = entry.file_name().to_str() {
+                if store_api::key::check_name(name).is_ok() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn free_percent(&self) -> Result<f64, StoreError> {
+        let st = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| errno(format!("statvfs {}", self.root.display()), e))?;
+        if st.blocks() == 0 {
+            return Ok(0.0);
+        }
+        Ok(st.blocks_available() as f64 * 100.0 / st.blocks() as f64)
+    }
+
+    fn complete_deletes(&self) -> Result<(), StoreError> {
+        // Deletes are done by remove itself; what is left in the trash was
+        // left by a failure or a killed process. Finish it (other processes
+        // may be doing the same: entries already gone are fine).
+        let trash = self.root.join(TRASH);
+        let dir = sys::open_dir_at(None, &trash)
+            .map_err(|e| errno(format!("open {}", trash.display()), e))?;
+        let names =
+            sys::read_dir(&dir).map_err(|e| errno(format!("read {}", trash.display()), e))?;
+        self.pool.install(|| {
+            names
+                .par_iter()
+                .try_for_each(|(name, is_dir)| delete::delete_entry(&dir, &trash, name, *is_dir))
+        })
+    }
+
+    fn check(&self) -> Result<Vec<String>, StoreError> {
+        let root = self.root.display();
+        let mut lines = vec![format!("root {root} is on {}", sys::fs_name(&self.root))];
+        sys::probe_reflink(&self.root)?;
+        lines.push(format!("reflinks: FICLONE works in {root}"));
+        let root_dev = fs::metadata(&self.root)
+            .context(format!("stat {root}"))?
+            .dev();
+        for dir in Namespace::ALL.iter().map(|ns| ns.as_str()).chain([TRASH]) {
+            let path = self.root.join(dir);
+            let meta = fs::metadata(&path).context(format!("stat {}", path.display()))?;
+            if meta.dev() != root_dev {
+                return Err(StoreError::unsupported(format!(
+                    "{} is on another filesystem than {root}; trees can only be cloned and renamed within one",
+                    path.display()
+                )));
+            }
+            access(&path, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
+                errno(
+                    format!(
+                        "{} is not writable (fix its owner or mode, or run as its owner)",
+                        path.display()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        lines.push(format!(
+            "{root}/{{result,result-tmp,cache,cache-tmp,trash}} are writable and on one filesystem"
+        ));
+        if Uid::effective().is_root() {
+            lines
+                .push("running as root: owners, device nodes and trusted.* xattrs are kept".into());
+        } else {
+            lines.push(format!(
+                "warning: not running as root (uid {}): trees holding other users' files, device nodes or trusted.* xattrs cannot be cloned",
+                Uid::effective()
+            ));
+        }
+        lines.push(format!(
+            "{} worker threads; sync on commit: {}",
+            self.threads, self.sync_on_commit
+        ));
+        Ok(lines)
+    }
+}
