@@ -89,9 +89,12 @@ fn rsync(src: &Path, dst: &Path, extra: &[&OsStr]) -> Result<(), StoreError> {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The cause, when there is one, comes before rsync's follow-up errors.
+    let full = |l: &str| l.contains("No space left") || l.contains("Disk quota");
     let last = stderr
         .lines()
-        .rfind(|l| !l.trim().is_empty())
+        .find(|l| full(l))
+        .or_else(|| stderr.lines().rfind(|l| !l.trim().is_empty()))
         .unwrap_or("")
         .trim();
     let message = format!(
@@ -101,7 +104,7 @@ fn rsync(src: &Path, dst: &Path, extra: &[&OsStr]) -> Result<(), StoreError> {
         out.status
     );
     Err(
-        if stderr.contains("No space left") || stderr.contains("Disk quota") {
+        if full(&stderr) {
             StoreError::new(store_api::ErrorKind::NO_SPACE, message)
         } else {
             StoreError::new(store_api::ErrorKind::IO, message)

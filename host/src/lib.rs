@@ -6,6 +6,7 @@
 
 mod api;
 pub mod config;
+pub mod fault;
 pub mod conformance;
 pub mod loader;
 pub(crate) mod lock;

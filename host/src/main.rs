@@ -291,12 +291,24 @@ fn run(cli: &Cli) -> Result<Output, StoreError> {
 /// Runs `command` in `dir`, returning the exit status to report: the
 /// command's own, 128+N if signal N killed it, 126/127 if it cannot start.
 fn run_command(command: &[String], dir: &Path) -> Result<u8, StoreError> {
-    let mut child = match Command::new(&command[0])
-        .args(&command[1..])
-        .current_dir(dir)
-        .env("SNAPSTORE_DIR", dir)
-        .spawn()
-    {
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]).current_dir(dir).env("SNAPSTORE_DIR", dir);
+    // If snapstore dies, its tree will never be committed: take the command
+    // down with it rather than let it write into a tree being recovered.
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    let parent = nix::unistd::getpid();
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                // The parent died before the line above took effect.
+                nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL)?;
+            }
+            Ok(())
+        });
+    }
+    let mut child = match cmd.spawn() {
         Ok(child) => child,
         Err(err) => {
             eprintln!("error: cannot run `{}`: {err}", command[0]);

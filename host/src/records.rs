@@ -43,11 +43,13 @@ pub fn now_ns() -> i64 {
 impl Records {
     pub fn open(path: &Path) -> Result<Records, StoreError> {
         let conn = Connection::open(path).map_err(db_error)?;
-        // WAL: readers never block the writer; NORMAL sync survives kill -9
-        // (a power loss may lose the last records, which reconcile repairs).
+        // A rollback journal, not WAL: WAL's shared memory is an mmap that
+        // raises SIGBUS when the filesystem is full, and stores do fill up.
+        // NORMAL sync survives kill -9; a power loss may lose the last
+        // records, which reconcile repairs.
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(db_error)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
+        conn.pragma_update(None, "journal_mode", "TRUNCATE")
             .map_err(db_error)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db_error)?;
@@ -114,7 +116,9 @@ impl Records {
     pub fn reconcile(&self, present: &[String]) -> Result<(usize, usize), StoreError> {
         let now = now_ns();
         self.with(|c| {
-            let tx = c.transaction()?;
+            // IMMEDIATE: take the write lock up front; a deferred transaction
+            // that reads then writes gets SQLITE_BUSY without waiting.
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let recorded: std::collections::HashSet<String> = {
                 let mut stmt = tx.prepare("SELECT id FROM results")?;
                 let ids = stmt.query_map([], |row| row.get::<_, String>(0))?;

@@ -25,6 +25,7 @@ use store_api::{ErrorKind, IoContext, Key, Namespace, Owner, SnapshotBackend, St
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::fault;
 use crate::loader::Plugin;
 use crate::lock::{FileLock, Mode};
 use crate::names::{check_cache_name, check_id, escape_cache_name, is_hashed, unescape_cache_name};
@@ -318,6 +319,7 @@ impl BlockingStore {
         if let Some(base) = base {
             self.note_use(base);
         }
+        fault::point("build:cloned");
         debug!(id, ?base, tmp = %tmp, "build started");
         Ok(Build {
             store: self.clone(),
@@ -392,6 +394,7 @@ impl BlockingStore {
     /// Removes result `id`, whose build lock the caller holds.
     pub(crate) fn remove_result(&self, id: &str, lock: FileLock) -> Result<(), StoreError> {
         self.backend().remove(&key(Namespace::Result, id)?)?;
+        fault::point("delete:removed");
         if let Err(e) = self.inner.records.deleted(id) {
             warn!(id, "cannot drop the record of a deleted result: {e}");
         }
@@ -435,6 +438,7 @@ impl BlockingStore {
             Some(generation) => generation,
             None => self.create_cache(&escaped, owner)?,
         };
+        fault::point("acquire:created");
         let lease = random_token();
         let holder = if bound {
             Some(FileLock::acquire(
@@ -455,12 +459,14 @@ impl BlockingStore {
             serde_json::to_vec_pretty(&record).map_err(|e| StoreError::other(e.to_string()))?;
         // The record comes first: a tree in cache-tmp without one is stale.
         write_atomic(&self.lease_path(&lease), &json)?;
+        fault::point("acquire:recorded");
         let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
         match self
             .backend()
             .clone_tree(&snapshot, &key(Namespace::CacheTmp, &lease)?)
         {
             Ok(path) => {
+                fault::point("acquire:cloned");
                 debug!(name, lease, generation, "cache acquired");
                 Ok(Lease {
                     id: lease,
@@ -530,12 +536,14 @@ impl BlockingStore {
                     record.cache
                 )));
             }
+            fault::point("release:published");
             self.remove_generations_before(&escaped, generation)?;
             Released::Published
         } else {
             self.backend().remove(&copy)?;
             Released::Discarded
         };
+        fault::point("release:cleaned");
         fs::remove_file(self.lease_path(lease)).or_else(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Ok(()),
             _ => Err(StoreError::io("cannot remove lease record", &e)),
@@ -921,6 +929,7 @@ impl Build {
     /// Saves the tree as result `id`; returns its path.
     pub fn commit(mut self) -> Result<PathBuf, StoreError> {
         let store = self.store.clone();
+        fault::point("build:before-commit");
         let result = key(Namespace::Result, &self.id)?;
         let committed = match &self.base {
             Some(base) => {
@@ -935,6 +944,7 @@ impl Build {
         };
         match committed {
             Ok(path) => {
+                fault::point("build:committed");
                 if let Err(e) = store
                     .inner
                     .records
