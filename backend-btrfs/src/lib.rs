@@ -438,32 +438,12 @@ impl SnapshotBackend for Btrfs {
     }
 
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
-        let dir = self.ns_dir(namespace);
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&dir).context(format!("reading {}", dir.display()))? {
-            let entry = entry.context(format!("reading {}", dir.display()))?;
-            // Skip trees in transit and anything that is not a valid key name.
-            if let Some(name) = entry.file_name().to_str() {
-                if store_api::key::check_name(name).is_ok() {
-                    names.push(name.to_string());
-                }
-            }
-        }
-        Ok(names)
+        // Trees in transit have `.` names, which are not key names.
+        store_api::util::list_key_names(&self.ns_dir(namespace))
     }
 
     fn free_percent(&self) -> Result<f64, StoreError> {
-        // On btrfs, f_bavail counts free space in allocated data chunks plus
-        // unallocated space (scaled by the data profile): it matches "Free
-        // (estimated)" of `btrfs filesystem usage`, unlike f_bfree.
-        let st = nix::sys::statvfs::statvfs(&self.root)
-            .map_err(io::Error::from)
-            .context(format!("statvfs {}", self.root.display()))?;
-        if st.blocks() == 0 {
-            return Ok(0.0);
-        }
-        let free = st.blocks_available() as f64 / st.blocks() as f64 * 100.0;
-        Ok(free.clamp(0.0, 100.0))
+        store_api::util::free_percent(&self.root)
     }
 
     fn complete_deletes(&self) -> Result<(), StoreError> {

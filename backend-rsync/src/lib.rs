@@ -304,22 +304,11 @@ impl SnapshotBackend for Rsync {
     }
 
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
-        let dir = self.root.join(namespace.as_str());
-        let entries = fs::read_dir(&dir).context(format_args!("cannot read {}", dir.display()))?;
-        Ok(entries
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| store_api::key::check_name(name).is_ok())
-            .collect())
+        store_api::util::list_key_names(&self.root.join(namespace.as_str()))
     }
 
     fn free_percent(&self) -> Result<f64, StoreError> {
-        let stat = nix::sys::statvfs::statvfs(&self.root)
-            .map_err(|e| StoreError::io("statvfs", &e.into()))?;
-        if stat.blocks() == 0 {
-            return Ok(0.0);
-        }
-        Ok(100.0 * stat.blocks_available() as f64 / stat.blocks() as f64)
+        store_api::util::free_percent(&self.root)
     }
 
     fn complete_deletes(&self) -> Result<(), StoreError> {

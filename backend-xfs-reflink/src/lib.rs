@@ -225,28 +225,11 @@ impl SnapshotBackend for XfsReflink {
     }
 
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
-        let dir = self.root.join(namespace.as_str());
-        let entries = fs::read_dir(&dir).context(format!("list {}", dir.display()))?;
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.context(format!("list {}", dir.display()))?;
-            // Only names a key can have; anything else is not ours to report.
-            if let Some(name) = entry.file_name().to_str() {
-                if store_api::key::check_name(name).is_ok() {
-                    names.push(name.to_string());
-                }
-            }
-        }
-        Ok(names)
+        store_api::util::list_key_names(&self.root.join(namespace.as_str()))
     }
 
     fn free_percent(&self) -> Result<f64, StoreError> {
-        let st = nix::sys::statvfs::statvfs(&self.root)
-            .map_err(|e| errno(format!("statvfs {}", self.root.display()), e))?;
-        if st.blocks() == 0 {
-            return Ok(0.0);
-        }
-        Ok(st.blocks_available() as f64 * 100.0 / st.blocks() as f64)
+        store_api::util::free_percent(&self.root)
     }
 
     fn complete_deletes(&self) -> Result<(), StoreError> {

@@ -11,6 +11,7 @@ mod error;
 pub mod key;
 mod options;
 pub mod plugin;
+pub mod util;
 
 pub use abi::Owner;
 pub use backend::SnapshotBackend;

@@ -242,3 +242,63 @@ pub fn loop_store(
     let fixture = Fixture::with_config(tempfile::tempdir().unwrap(), &root, &text);
     Some((fs, fixture))
 }
+
+/// A ZFS pool on a file (zfs-fuse), destroyed on drop.
+pub struct ZfsPool {
+    _dir: tempfile::TempDir,
+    pub name: String,
+    pub mount: PathBuf,
+}
+
+impl ZfsPool {
+    /// Starts the zfs-fuse daemon if needed and makes a pool; `None`
+    /// (after a loud skip) where that is impossible here.
+    pub fn new() -> Option<ZfsPool> {
+        if !is_root() {
+            skip("ZFS pools need root");
+            return None;
+        }
+        if Command::new("zpool").arg("list").output().is_err() {
+            skip("zfs-fuse is not installed (apt-get install zfs-fuse)");
+            return None;
+        }
+        let running = Command::new("pgrep").arg("-x").arg("zfs-fuse").output().map(|o| o.status.success());
+        if !running.unwrap_or(false) {
+            let started = Command::new("zfs-fuse").status().map(|s| s.success()).unwrap_or(false);
+            assert!(started, "cannot start the zfs-fuse daemon");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("pool.img");
+        let mount = dir.path().join("mnt");
+        assert!(Command::new("truncate").args(["-s", "512M"]).arg(&image).status().unwrap().success());
+        let name = format!("snapstoretest{}", std::process::id() as u64 * 1000 + rand_suffix());
+        // The daemon may take a moment to accept commands after starting.
+        let mut last = String::new();
+        for _ in 0..50 {
+            let out = Command::new("zpool").args(["create", "-m"]).arg(&mount).arg(&name).arg(&image).output().unwrap();
+            if out.status.success() {
+                return Some(ZfsPool { _dir: dir, name, mount });
+            }
+            last = String::from_utf8_lossy(&out.stderr).into_owned();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("zpool create failed: {last}");
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 1000
+}
+
+impl Drop for ZfsPool {
+    fn drop(&mut self) {
+        for _ in 0..20 {
+            let out = Command::new("zpool").args(["destroy", "-f", &self.name]).output();
+            if matches!(out, Ok(ref o) if o.status.success()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        eprintln!("warning: could not destroy zfs pool {}", self.name);
+    }
+}
