@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
-use store_api::abi::PluginModRef;
+use store_api::abi::{v1_0, PluginModRef};
 use store_api::plugin::RemoteBackend;
 use store_api::{ErrorKind, StoreError};
 
@@ -48,7 +48,39 @@ pub struct PluginInfo {
 /// A plugin library, loaded and checked.
 pub struct Plugin {
     pub info: PluginInfo,
-    module: PluginModRef,
+    module: Module,
+}
+
+/// The root module, in the interface version the plugin was built against.
+#[derive(Clone, Copy)]
+enum Module {
+    Current(PluginModRef),
+    V1_0(v1_0::PluginModRef),
+}
+
+/// A one-line message for a library abi_stable would not load.
+fn load_error(err: LibraryError, file: &Path, library_version: &str) -> StoreError {
+    let shown = file.display();
+    match err {
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => incompatible(format!(
+            "plugin {shown} was built against store-api {actual_version}, \
+             but this snapstore uses store-api {expected_version} (the major versions must match); \
+             rebuild the plugin against store-api {}.x",
+            expected_version.major
+        )),
+        LibraryError::AbiInstability(_) => incompatible(format!(
+            "plugin {shown} has an interface layout incompatible with this snapstore \
+             (store-api {library_version} in the plugin, {} here); rebuild it",
+            store_api::API_VERSION
+        )),
+        LibraryError::InvalidAbiHeader(_) => incompatible(format!(
+            "plugin {shown} was built with an incompatible abi_stable version; rebuild it"
+        )),
+        other => {
+            let text = other.to_string();
+            incompatible(format!("cannot load plugin {shown}: {}", text.lines().next().unwrap_or("")))
+        }
+    }
 }
 
 fn incompatible(message: String) -> StoreError {
@@ -93,7 +125,7 @@ impl Plugin {
         let header = lib_header_from_path(file).map_err(|err| match err {
             LibraryError::OpenError { .. } => incompatible(format!(
                 "cannot load plugin {shown}: {}",
-                err.to_string().lines().last().unwrap_or("").trim()
+                err.to_string().lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
             )),
             LibraryError::GetSymbolError { .. } => incompatible(format!(
                 "{shown} is not a snapstore plugin (it exports no abi_stable root module)"
@@ -101,31 +133,23 @@ impl Plugin {
             other => incompatible(format!("cannot load plugin {shown}: {other}")),
         })?;
         let library_version = header.version_strings().version.to_string();
-        let module = header.init_root_module::<PluginModRef>().map_err(|err| match err {
-            LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
-                incompatible(format!(
-                    "plugin {shown} was built against store-api {actual_version}, \
-                     but this snapstore uses store-api {expected_version} (the major versions must match); \
-                     rebuild the plugin against store-api {}.x",
-                    expected_version.major
-                ))
+        let module = match header.init_root_module::<PluginModRef>() {
+            Ok(module) => Module::Current(module),
+            // abi_stable refuses a vtable shorter than ours: a plugin of an
+            // earlier minor version loads through that version's frozen interface.
+            Err(LibraryError::AbiInstability(_)) if library_version.starts_with("1.0.") => {
+                let module = header.init_root_module::<v1_0::PluginModRef>();
+                Module::V1_0(module.map_err(|err| load_error(err, file, &library_version))?)
             }
-            LibraryError::AbiInstability(_) => incompatible(format!(
-                "plugin {shown} has an interface layout incompatible with this snapstore \
-                 (store-api {library_version} in the plugin, {} here); rebuild it",
-                store_api::API_VERSION
-            )),
-            LibraryError::InvalidAbiHeader(_) => incompatible(format!(
-                "plugin {shown} was built with an incompatible abi_stable version; rebuild it"
-            )),
-            other => {
-                let text = other.to_string();
-                incompatible(format!("cannot load plugin {shown}: {}", text.lines().next().unwrap_or("")))
-            }
-        })?;
+            Err(err) => return Err(load_error(err, file, &library_version)),
+        };
+        let (name, version) = match module {
+            Module::Current(m) => (m.name(), m.version()),
+            Module::V1_0(m) => (m.name(), m.version()),
+        };
         let info = PluginInfo {
-            name: module.name().to_string(),
-            version: module.version().to_string(),
+            name: name.to_string(),
+            version: version.to_string(),
             api_version: library_version,
             file: file.to_path_buf(),
         };
@@ -174,19 +198,20 @@ impl Plugin {
             .to_str()
             .ok_or_else(|| StoreError::invalid("the store root must be UTF-8"))?;
         let options = toml::to_string(options).map_err(|e| StoreError::invalid(e.to_string()))?;
-        let open = self.module.open();
-        let backend = open(root.into(), options.as_str().into()).into_result()?;
-        Ok(RemoteBackend(backend))
+        let (root, options) = (root.into(), options.as_str().into());
+        Ok(match self.module {
+            Module::Current(m) => RemoteBackend::Current(m.open()(root, options).into_result()?),
+            Module::V1_0(m) => RemoteBackend::V1_0(m.open()(root, options).into_result()?),
+        })
     }
 }
 
 /// What `snapstore backends` reports for one library in the search path.
 #[derive(Debug, serde::Serialize)]
-pub struct Found {
-    pub file: PathBuf,
-    #[serde(flatten)]
-    pub info: Option<PluginInfo>,
-    pub error: Option<String>,
+#[serde(untagged)]
+pub enum Found {
+    Usable(PluginInfo),
+    Unusable { file: PathBuf, error: String },
 }
 
 /// Every `libsnapstore_*.so` in the search path, loaded to read its identity.
@@ -211,18 +236,10 @@ pub fn find_plugins(config_dirs: &[PathBuf]) -> Vec<Found> {
             if !seen.insert(canonical) {
                 continue;
             }
-            match Plugin::load(&file) {
-                Ok(plugin) => found.push(Found {
-                    file,
-                    info: Some(plugin.info),
-                    error: None,
-                }),
-                Err(err) => found.push(Found {
-                    file,
-                    info: None,
-                    error: Some(err.message().to_string()),
-                }),
-            }
+            found.push(match Plugin::load(&file) {
+                Ok(plugin) => Found::Usable(plugin.info),
+                Err(err) => Found::Unusable { file, error: err.message().to_string() },
+            });
         }
     }
     found

@@ -5,7 +5,7 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use snapstore::loader::{find_plugins, Plugin};
+use snapstore::loader::{find_plugins, Found, Plugin};
 use snapstore::names::parse_owner;
 use snapstore::{BlockingStore, Config, ErrorKind, Released, StoreError};
 
@@ -504,16 +504,11 @@ fn backends(cli: &Cli) -> Result<Output, StoreError> {
     let found = find_plugins(&dirs);
     let mut text = String::new();
     for f in &found {
-        text += &match (&f.info, &f.error) {
-            (Some(i), _) => format!(
-                "{} {} store-api {} {}\n",
-                i.name,
-                i.version,
-                i.api_version,
-                f.file.display()
-            ),
-            (None, Some(e)) => format!("unusable {}: {e}\n", f.file.display()),
-            (None, None) => String::new(),
+        text += &match f {
+            Found::Usable(i) => {
+                format!("{} {} store-api {} {}\n", i.name, i.version, i.api_version, i.file.display())
+            }
+            Found::Unusable { file, error } => format!("unusable {}: {error}\n", file.display()),
         };
     }
     if found.is_empty() {

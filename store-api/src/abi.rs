@@ -1,17 +1,17 @@
 //! The types that cross the plugin boundary. Only `abi_stable` types here.
 //!
-//! Evolution rules: new methods of [`BackendAbi`] go after the last one and
-//! have a default body (used when an older plugin lacks them); new fields of
-//! [`PluginMod`] go at the end with `#[sabi(missing_field(option))]`. Both
-//! are minor versions of `store-api`; anything else is a new major version,
-//! which the host refuses to load.
+//! Evolution rules: a minor version of `store-api` adds methods to
+//! [`BackendAbi`] after the last one, with a default body, and freezes the
+//! previous version's interface in a module (like [`v1_0`]) through which
+//! the host still loads older plugins. Anything else is a new major
+//! version, which the host refuses to load.
 
 #![allow(non_local_definitions)] // from the #[sabi_trait] expansion
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
 use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};
-use abi_stable::{declare_root_module_statics, package_version_strings, sabi_trait, StableAbi};
+use abi_stable::{declare_root_module_statics, sabi_trait, StableAbi};
 
 use crate::StoreError;
 
@@ -23,9 +23,10 @@ pub struct Owner {
     pub gid: u32,
 }
 
-/// Declares [`BackendAbi`] with the methods of 1.0 followed by `$later`,
-/// so that the `abi-1-0` feature can build the 1.0 interface exactly.
-macro_rules! backend_abi {
+/// Declares one version of the interface: [`BackendAbi`] with the methods
+/// of 1.0 followed by `$later`, its trait object [`BackendBox`], and the
+/// root module [`PluginMod`] whose `open` returns it.
+macro_rules! plugin_interface {
     ($($later:tt)*) => {
         /// The backend as seen through the boundary. Plugin authors implement
         /// [`crate::SnapshotBackend`] instead; the adapter in [`crate::plugin`]
@@ -49,52 +50,70 @@ macro_rules! backend_abi {
             fn check(&self) -> RResult<RVec<RString>, StoreError>;
             $($later)*
         }
+
+        /// An opened backend, owned by the host.
+        pub type BackendBox = BackendAbi_TO<'static, RBox<()>>;
+
+        /// The root module every plugin exports (through [`crate::export_backend!`]).
+        #[repr(C)]
+        #[derive(StableAbi)]
+        #[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
+        #[sabi(missing_field(panic))]
+        pub struct PluginMod {
+            /// The backend's name, as written in `backend = "..."`.
+            pub name: RStr<'static>,
+            /// The plugin's own version.
+            pub version: RStr<'static>,
+            /// Opens the store at a root with the config's `[backend]` table
+            /// as TOML.
+            #[sabi(last_prefix_field)]
+            pub open: extern "C" fn(RStr<'_>, RStr<'_>) -> RResult<BackendBox, StoreError>,
+        }
+    };
+}
+
+/// Implements `RootModule` for a version's module, declaring `$version`.
+macro_rules! root_module {
+    ($version:expr) => {
+        impl RootModule for PluginModRef {
+            declare_root_module_statics! {PluginModRef}
+            const BASE_NAME: &'static str = "snapstore";
+            const NAME: &'static str = "snapstore backend";
+            // The version of store-api the plugin was built against; the
+            // loader refuses a different major version.
+            const VERSION_STRINGS: VersionStrings = $version;
+        }
     };
 }
 
 #[cfg(feature = "abi-1-0")]
-backend_abi! {}
+plugin_interface! {}
+#[cfg(feature = "abi-1-0")]
+root_module!(VersionStrings::new("1.0.0"));
 
 #[cfg(not(feature = "abi-1-0"))]
-backend_abi! {
-    // ----- added in 1.1: plugins built against 1.0 get these defaults -----
+plugin_interface! {
+    // ----- added in 1.1 -----
 
     /// Removes the backend's own leftovers of dead processes.
     fn recover(&self) -> RResult<(), StoreError> {
         RResult::ROk(())
     }
 }
+#[cfg(not(feature = "abi-1-0"))]
+root_module!(abi_stable::package_version_strings!());
 
-/// An opened backend, owned by the host.
-pub type BackendBox = BackendAbi_TO<'static, RBox<()>>;
+/// The interface exactly as it was in store-api 1.0, frozen. abi_stable
+/// refuses a plugin whose vtable is shorter than the host's, so the host
+/// loads plugins built against 1.0 through this copy (see the loader).
+/// Each minor version that adds methods freezes its predecessor like this.
+#[cfg(not(feature = "abi-1-0"))]
+pub mod v1_0 {
+    use super::*;
 
-/// The signature of a plugin's `open`: store root and the `[backend]` table
-/// of the config, serialized as TOML.
+    plugin_interface! {}
+    root_module!(VersionStrings::new("1.0.0"));
+}
+
+/// The signature of a plugin's `open`.
 pub type OpenFn = extern "C" fn(RStr<'_>, RStr<'_>) -> RResult<BackendBox, StoreError>;
-
-/// The root module every plugin exports (through [`crate::export_backend!`]).
-#[repr(C)]
-#[derive(StableAbi)]
-#[sabi(kind(Prefix(prefix_ref = PluginModRef)))]
-#[sabi(missing_field(panic))]
-pub struct PluginMod {
-    /// The backend's name, as written in `backend = "..."`.
-    pub name: RStr<'static>,
-    /// The plugin's own version.
-    pub version: RStr<'static>,
-    #[sabi(last_prefix_field)]
-    pub open: extern "C" fn(RStr<'_>, RStr<'_>) -> RResult<BackendBox, StoreError>,
-}
-
-impl RootModule for PluginModRef {
-    declare_root_module_statics! {PluginModRef}
-    const BASE_NAME: &'static str = "snapstore";
-    const NAME: &'static str = "snapstore backend";
-    // The version of store-api the plugin was built against; the loader
-    // refuses a different major version.
-    const VERSION_STRINGS: VersionStrings = if cfg!(feature = "abi-1-0") {
-        VersionStrings::new("1.0.0")
-    } else {
-        package_version_strings!()
-    };
-}

@@ -168,8 +168,24 @@ pub fn module(name: &'static str, version: &'static str, open: OpenFn) -> Plugin
     .leak_into_prefix()
 }
 
-/// Host side: a backend reached through the boundary, as a [`SnapshotBackend`].
-pub struct RemoteBackend(pub BackendBox);
+/// Host side: a backend reached through the boundary, as a [`SnapshotBackend`],
+/// whichever interface version its plugin was built against.
+pub enum RemoteBackend {
+    Current(BackendBox),
+    #[cfg(not(feature = "abi-1-0"))]
+    V1_0(crate::abi::v1_0::BackendBox),
+}
+
+/// Calls the same method on whichever version `$remote` holds.
+macro_rules! on_any {
+    ($remote:expr, $backend:ident => $call:expr) => {
+        match $remote {
+            RemoteBackend::Current($backend) => $call,
+            #[cfg(not(feature = "abi-1-0"))]
+            RemoteBackend::V1_0($backend) => $call,
+        }
+    };
+}
 
 fn local_path(path: RString) -> PathBuf {
     PathBuf::from(path.into_string())
@@ -178,15 +194,11 @@ fn local_path(path: RString) -> PathBuf {
 impl SnapshotBackend for RemoteBackend {
     fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
         let key = key.to_string();
-        self.0
-            .create(key.as_str().into(), owner.into())
-            .into_result()
-            .map(local_path)
+        on_any!(self, b => b.create(key.as_str().into(), owner.into())).into_result().map(local_path)
     }
     fn clone_tree(&self, src: &Key, dst: &Key) -> Result<PathBuf, StoreError> {
         let (src, dst) = (src.to_string(), dst.to_string());
-        self.0
-            .clone_tree(src.as_str().into(), dst.as_str().into())
+        on_any!(self, b => b.clone_tree(src.as_str().into(), dst.as_str().into()))
             .into_result()
             .map(local_path)
     }
@@ -194,40 +206,40 @@ impl SnapshotBackend for RemoteBackend {
         let (tmp, dst) = (tmp.to_string(), dst.to_string());
         let parent = parent.map(Key::to_string);
         let parent = parent.as_deref().map(RStr::from_str);
-        self.0
-            .commit(tmp.as_str().into(), dst.as_str().into(), parent.into())
+        on_any!(self, b => b.commit(tmp.as_str().into(), dst.as_str().into(), parent.into()))
             .into_result()
             .map(local_path)
     }
     fn remove(&self, key: &Key) -> Result<(), StoreError> {
-        self.0.remove(key.to_string().as_str().into()).into_result()
+        let key = key.to_string();
+        on_any!(self, b => b.remove(key.as_str().into())).into_result()
     }
     fn path(&self, key: &Key) -> Result<Option<PathBuf>, StoreError> {
-        let found = self.0.path(key.to_string().as_str().into()).into_result()?;
+        let key = key.to_string();
+        let found = on_any!(self, b => b.path(key.as_str().into())).into_result()?;
         Ok(found.into_option().map(local_path))
     }
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
-        let names = self.0.list(namespace.as_str().into()).into_result()?;
+        let names = on_any!(self, b => b.list(namespace.as_str().into())).into_result()?;
         Ok(names.into_iter().map(RString::into_string).collect())
     }
     fn free_percent(&self) -> Result<f64, StoreError> {
-        self.0.free_percent().into_result()
+        on_any!(self, b => b.free_percent()).into_result()
     }
     fn complete_deletes(&self) -> Result<(), StoreError> {
-        self.0.complete_deletes().into_result()
+        on_any!(self, b => b.complete_deletes()).into_result()
     }
     fn check(&self) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .0
-            .check()
-            .into_result()?
-            .into_iter()
-            .map(RString::into_string)
-            .collect())
+        let found = on_any!(self, b => b.check()).into_result()?;
+        Ok(found.into_iter().map(RString::into_string).collect())
     }
-    #[cfg(not(feature = "abi-1-0"))]
     fn recover(&self) -> Result<(), StoreError> {
-        self.0.recover().into_result()
+        match self {
+            #[cfg(not(feature = "abi-1-0"))]
+            RemoteBackend::Current(b) => b.recover().into_result(),
+            // Plugins built against 1.0 have no `recover`: the default.
+            _ => Ok(()),
+        }
     }
 }
 
