@@ -132,19 +132,22 @@ fn unique(prefix: &str) -> String {
 /// Deletes a tree, coping with a concurrent deleter and with directories
 /// that a build left without write permission.
 fn delete_tree(path: &Path) -> Result<(), StoreError> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(_) => {}
+    let mut made_writable = false;
+    // Another process may be deleting the same tree (a `complete_deletes`
+    // racing a `remove`): entries vanishing under us are progress, not errors.
+    for _ in 0..100 {
+        match fs::remove_dir_all(path) {
+            Ok(()) => return Ok(()),
+            Err(_) if !exists(path) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) if !made_writable => {
+                make_writable(path);
+                made_writable = true;
+            }
+            Err(e) => return Err(StoreError::io(format_args!("cannot delete {}", path.display()), &e)),
+        }
     }
-    make_writable(path);
-    match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StoreError::io(
-            format_args!("cannot delete {}", path.display()),
-            &e,
-        )),
-        _ => Ok(()),
-    }
+    Err(StoreError::other(format!("cannot delete {}: it keeps changing", path.display())))
 }
 
 fn make_writable(path: &Path) {

@@ -354,6 +354,20 @@ fn nothing_leaks(s: &Suite) -> Outcome {
             .collect();
         ensure!(left.is_empty(), "{ns} still holds {left:?}");
     }
+    // Nor any of the host's own files for them (locks, records).
+    let locks = s.store.root().join(crate::store::META_DIR).join("locks");
+    for kind in ["build", "use", "cache"] {
+        let dir = locks.join(kind);
+        let left: Vec<String> = fs::read_dir(&dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&s.prefix) || n.starts_with(&escaped))
+            .collect();
+        ensure!(left.is_empty(), "lock files left in {}: {left:?}", dir.display());
+    }
+    let recorded = s.store.records().all().map_err(store_err)?;
+    ensure!(!recorded.iter().any(|r| r.id.starts_with(&s.prefix)), "the result record keeps deleted results");
     Ok(())
 }
 

@@ -292,6 +292,13 @@ impl BlockingStore {
                 "result `{id}` already exists; delete it first to build it again"
             )));
         }
+        if let Some(base) = base {
+            // Fails fast, before any lock file is made for a missing base.
+            if self.backend().path(&key(Namespace::Result, base)?)?.is_none() {
+                id_lock.release_and_remove();
+                return Err(StoreError::not_found(format!("base `{base}` does not exist")));
+            }
+        }
         // Held until commit or abort: prune leaves a base in use alone.
         let using = match base {
             Some(base) => Some(FileLock::acquire(
@@ -569,12 +576,16 @@ impl BlockingStore {
     pub fn delete_cache(&self, name: &str) -> Result<(), StoreError> {
         check_cache_name(name)?;
         let escaped = escape_cache_name(name);
-        let _cache_lock = FileLock::acquire(&self.lock_path("cache", &escaped), Mode::Exclusive)?;
+        let cache_lock = FileLock::acquire(&self.lock_path("cache", &escaped), Mode::Exclusive)?;
         self.check_hashed_name(name, &escaped)?;
         for generation in self.generations(&escaped)? {
             self.backend()
                 .remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
         }
+        if is_hashed(&escaped) {
+            let _ = fs::remove_file(self.inner.meta.join("cache-names").join(&escaped));
+        }
+        cache_lock.release_and_remove();
         info!(name, "cache deleted");
         Ok(())
     }

@@ -42,6 +42,8 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub root: PathBuf,
+    /// Kill any command that runs longer (for filesystems that can hang).
+    pub timeout_secs: Option<u32>,
 }
 
 impl Fixture {
@@ -61,15 +63,18 @@ impl Fixture {
     pub fn with_config(dir: tempfile::TempDir, root: &Path, text: &str) -> Fixture {
         let config = dir.path().join("snapstore.toml");
         fs::write(&config, text).unwrap();
-        Fixture {
-            dir,
-            config,
-            root: root.to_path_buf(),
-        }
+        Fixture { dir, config, root: root.to_path_buf(), timeout_secs: None }
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(snapstore_bin());
+        let mut cmd = match self.timeout_secs {
+            Some(secs) => {
+                let mut cmd = Command::new("timeout");
+                cmd.args(["-s", "KILL", &secs.to_string()]).arg(snapstore_bin());
+                cmd
+            }
+            None => Command::new(snapstore_bin()),
+        };
         cmd.arg("--config").arg(&self.config).args(args);
         cmd.env_remove("SNAPSTORE_PLUGIN_PATH")
             .env_remove("SNAPSTORE_CONFIG");

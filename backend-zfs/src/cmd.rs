@@ -1,0 +1,120 @@
+//! Running the `zfs` and `zpool` commands and classifying their errors.
+
+use std::io;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::Duration;
+
+use store_api::{ErrorKind, StoreError};
+
+/// How often a "busy" command is retried, and the first pause (doubled each
+/// time, at most `MAX_PAUSE`): about 6 s in all. Busy is usually transient
+/// (a FUSE mount releasing its inodes, a process leaving a directory).
+const BUSY_ATTEMPTS: u32 = 10;
+const FIRST_PAUSE: Duration = Duration::from_millis(25);
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs `tool args…` and returns its stdout, or an error classified from
+/// its stderr.
+pub fn run(tool: &str, args: &[&str]) -> Result<String, StoreError> {
+    let output = Command::new(tool)
+        // Stable, untranslated messages: the error kind is read from them.
+        .env("LC_ALL", "C")
+        .args(args)
+        .output()
+        .map_err(|err| spawn_error(tool, &err))?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // zfs often adds usage text after the first line; the first lines say it.
+    let message: Vec<&str> =
+        stderr.lines().map(str::trim).filter(|l| !l.is_empty()).take(3).collect();
+    let message = if message.is_empty() {
+        format!("exited with {}", output.status)
+    } else {
+        message.join("; ")
+    };
+    Err(StoreError::new(classify(&message), format!("`{tool} {}`: {message}", args.join(" "))))
+}
+
+/// `zfs args…`, retrying while ZFS says the dataset is busy.
+pub fn zfs(args: &[&str]) -> Result<String, StoreError> {
+    let mut pause = FIRST_PAUSE;
+    let mut attempt = 1;
+    loop {
+        match run("zfs", args) {
+            Err(err) if err.kind() == ErrorKind::BUSY && attempt < BUSY_ATTEMPTS => {
+                sleep(pause);
+                pause = (pause * 2).min(MAX_PAUSE);
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+pub fn zpool(args: &[&str]) -> Result<String, StoreError> {
+    run("zpool", args)
+}
+
+fn spawn_error(tool: &str, err: &io::Error) -> StoreError {
+    if err.kind() == io::ErrorKind::NotFound {
+        StoreError::unsupported(format!(
+            "`{tool}` command not found: install the ZFS tools \
+             (Debian: `apt-get install zfsutils-linux`, or `zfs-fuse`) and make sure `{tool}` is in PATH"
+        ))
+    } else {
+        StoreError::io(format!("cannot run `{tool}`"), err)
+    }
+}
+
+/// The error kind of a zfs/zpool message.
+fn classify(message: &str) -> ErrorKind {
+    let m = message.to_ascii_lowercase();
+    if m.contains("permission denied") || m.contains("must be run as root") {
+        ErrorKind::PERMISSION
+    } else if m.contains("connect:") || m.contains("/dev/zfs") || m.contains("failed to initialize") {
+        // No daemon (zfs-fuse) or no kernel module.
+        ErrorKind::UNSUPPORTED
+    } else if m.contains("busy") {
+        ErrorKind::BUSY
+    } else if m.contains("does not exist") || m.contains("no such pool") {
+        ErrorKind::NOT_FOUND
+    } else if m.contains("already exists") {
+        ErrorKind::ALREADY_EXISTS
+    } else if m.contains("out of space") || m.contains("no space") || m.contains("quota exceeded") {
+        ErrorKind::NO_SPACE
+    } else {
+        ErrorKind::OTHER
+    }
+}
+
+/// Whether a failed destroy was refused because clones still depend on a
+/// snapshot (the deletion then waits for them).
+pub fn has_dependent_clones(err: &StoreError) -> bool {
+    err.message().contains("dependent clones")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_classified() {
+        assert_eq!(classify("cannot destroy 'p/x': dataset is busy"), ErrorKind::BUSY);
+        assert_eq!(classify("umount: /x: target is busy."), ErrorKind::BUSY);
+        assert_eq!(classify("cannot open 'p/x': dataset does not exist"), ErrorKind::NOT_FOUND);
+        assert_eq!(classify("cannot create 'p/x': dataset already exists"), ErrorKind::ALREADY_EXISTS);
+        assert_eq!(classify("connect: Permission denied"), ErrorKind::PERMISSION);
+        assert_eq!(classify("connect: No such file or directory"), ErrorKind::UNSUPPORTED);
+        assert_eq!(classify("cannot destroy: filesystem has dependent clones"), ErrorKind::OTHER);
+    }
+
+    #[test]
+    fn missing_tool_says_how_to_install() {
+        let err = run("zfs-no-such-tool", &[]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::UNSUPPORTED);
+        assert!(err.message().contains("apt-get install"), "{err}");
+    }
+}
