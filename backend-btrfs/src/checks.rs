@@ -15,12 +15,8 @@ const CAP_SYS_ADMIN: u32 = 21;
 /// Checks that `path` is on btrfs, that the kernel is recent enough and
 /// that we have the needed privileges. Returns what was found.
 pub fn check_environment(path: &Path) -> Result<Vec<String>, StoreError> {
-    let fs = statfs(path).map_err(|err| {
-        StoreError::io(
-            format!("statfs {}", path.display()),
-            &std::io::Error::from(err),
-        )
-    })?;
+    let fs = statfs(path)
+        .map_err(|err| StoreError::io(format!("statfs {}", path.display()), &std::io::Error::from(err)))?;
     if fs.filesystem_type() != BTRFS_SUPER_MAGIC {
         return Err(StoreError::unsupported(format!(
             "{} is not on a btrfs filesystem (filesystem magic {:#x}): set the store root to a directory on btrfs \
@@ -57,10 +53,7 @@ pub fn check_environment(path: &Path) -> Result<Vec<String>, StoreError> {
 
     Ok(vec![
         format!("filesystem: btrfs at {}", path.display()),
-        format!(
-            "kernel: {release} (needs {}.{} or later)",
-            MIN_KERNEL.0, MIN_KERNEL.1
-        ),
+        format!("kernel: {release} (needs {}.{} or later)", MIN_KERNEL.0, MIN_KERNEL.1),
         "permissions: CAP_SYS_ADMIN".to_string(),
     ])
 }

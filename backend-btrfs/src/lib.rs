@@ -43,28 +43,20 @@ pub fn open(root: &Path, options: &str) -> Result<Btrfs, StoreError> {
     let _: Options = store_api::parse_options(options)?;
     // Check on the nearest existing ancestor, so that nothing is created on
     // the wrong filesystem.
-    let existing = root
-        .ancestors()
-        .find(|p| p.exists())
-        .unwrap_or(Path::new("/"));
+    let existing = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     checks::check_environment(existing)?;
     for ns in Namespace::ALL {
         let dir = root.join(ns.as_str());
         fs::create_dir_all(&dir).context(format!("creating {}", dir.display()))?;
     }
-    Ok(Btrfs {
-        root: root.to_path_buf(),
-    })
+    Ok(Btrfs { root: root.to_path_buf() })
 }
 
 store_api::export_backend!(name: "btrfs", version: env!("CARGO_PKG_VERSION"), open: open);
 
 fn open_dir(path: &Path) -> io::Result<File> {
     // O_NOFOLLOW: a symlink planted in a tree must not redirect our ioctls.
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
-        .open(path)
+    fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW).open(path)
 }
 
 /// Takes an exclusive flock without waiting; `false` if someone holds it.
@@ -82,24 +74,15 @@ fn try_lock(file: &File) -> io::Result<bool> {
 /// A name for a tree in transit, unique among all processes and never reused.
 fn transit_name(what: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!(".{what}-{}-{nanos}-{n}", std::process::id())
 }
 
 /// Renames within or across directories, never replacing anything.
 fn rename_noreplace(from_dir: &File, from: &str, to_dir: &File, to: &str) -> io::Result<()> {
-    renameat2(
-        Some(from_dir.as_raw_fd()),
-        from,
-        Some(to_dir.as_raw_fd()),
-        to,
-        RenameFlags::RENAME_NOREPLACE,
-    )
-    .map_err(io::Error::from)
+    renameat2(Some(from_dir.as_raw_fd()), from, Some(to_dir.as_raw_fd()), to, RenameFlags::RENAME_NOREPLACE)
+        .map_err(io::Error::from)
 }
 
 fn is_errno(err: &io::Error, errno: Errno) -> bool {
@@ -156,10 +139,7 @@ fn delete_entry(dir: &Path, name: &OsStr) -> io::Result<()> {
 /// The subvolumes directly inside the subvolume `sub` (at `path`), as
 /// (directory holding it, its name).
 fn nested_subvolumes(sub: &File, path: &Path) -> io::Result<Vec<(PathBuf, OsString)>> {
-    let mut dirids: Vec<u64> = sys::child_subvolumes(sub)?
-        .into_iter()
-        .map(|(_, dirid)| dirid)
-        .collect();
+    let mut dirids: Vec<u64> = sys::child_subvolumes(sub)?.into_iter().map(|(_, dirid)| dirid).collect();
     dirids.sort_unstable();
     dirids.dedup();
     let mut found = Vec::new();
@@ -204,8 +184,8 @@ impl Btrfs {
     /// Marks the subvolume `sub` (at `path`) and every subvolume nested in
     /// it read-only, innermost first.
     fn make_readonly(sub: &File, path: &Path) -> Result<(), StoreError> {
-        let nested = nested_subvolumes(sub, path)
-            .context(format!("listing subvolumes in {}", path.display()))?;
+        let nested =
+            nested_subvolumes(sub, path).context(format!("listing subvolumes in {}", path.display()))?;
         for (holder, name) in nested {
             let child = holder.join(name);
             let file = open_dir(&child).context(format!("opening {}", child.display()))?;
@@ -249,14 +229,7 @@ impl Btrfs {
             if is_errno(&err, Errno::EEXIST) {
                 StoreError::already_exists(format!("`{dst}` already exists"))
             } else {
-                StoreError::io(
-                    format!(
-                        "renaming {} to {}",
-                        transit_path.display(),
-                        dst_path.display()
-                    ),
-                    &err,
-                )
+                StoreError::io(format!("renaming {} to {}", transit_path.display(), dst_path.display()), &err)
             }
         })?;
         // setflags committed the flag; commit the rename too, so that a
@@ -309,8 +282,7 @@ impl SnapshotBackend for Btrfs {
         sub.set_permissions(fs::Permissions::from_mode(0o755))
             .context(format!("chmod {}", path.display()))?;
         if let Some(Owner { uid, gid }) = owner {
-            fchown(&sub, Some(uid), Some(gid))
-                .context(format!("chown {uid}:{gid} {}", path.display()))?;
+            fchown(&sub, Some(uid), Some(gid)).context(format!("chown {uid}:{gid} {}", path.display()))?;
         }
         Ok(path)
     }
@@ -338,14 +310,12 @@ impl SnapshotBackend for Btrfs {
         // The host serialises calls on `dst`, so this check is reliable; the
         // kernel refuses to replace anyway.
         if dst_path.symlink_metadata().is_ok() {
-            return Err(StoreError::already_exists(format!(
-                "`{dst}` already exists"
-            )));
+            return Err(StoreError::already_exists(format!("`{dst}` already exists")));
         }
         let tmp_path = self.key_path(tmp);
         let tree = self.open_key(tmp)?;
-        let nested = sys::child_subvolumes(&tree)
-            .context(format!("listing subvolumes in {}", tmp_path.display()))?;
+        let nested =
+            sys::child_subvolumes(&tree).context(format!("listing subvolumes in {}", tmp_path.display()))?;
         if !nested.is_empty() {
             return self.commit_by_rename(tmp, tree, dst);
         }
@@ -354,22 +324,13 @@ impl SnapshotBackend for Btrfs {
             if is_errno(&err, Errno::EEXIST) {
                 StoreError::already_exists(format!("`{dst}` already exists"))
             } else {
-                StoreError::io(
-                    format!(
-                        "snapshotting {} to {}",
-                        tmp_path.display(),
-                        dst_path.display()
-                    ),
-                    &err,
-                )
+                StoreError::io(format!("snapshotting {} to {}", tmp_path.display(), dst_path.display()), &err)
             }
         })?;
         drop(tree);
         // Were we killed here, the host would find `tmp` and remove it.
-        delete_entry(&self.ns_dir(tmp.namespace()), tmp.name().as_ref()).context(format!(
-            "deleting {} after committing it",
-            tmp_path.display()
-        ))?;
+        delete_entry(&self.ns_dir(tmp.namespace()), tmp.name().as_ref())
+            .context(format!("deleting {} after committing it", tmp_path.display()))?;
         Ok(dst_path)
     }
 
@@ -386,12 +347,7 @@ impl SnapshotBackend for Btrfs {
             Errno::ENOENT => return Ok(()),
             // Nested subvolumes, a plain directory, a file: handled below.
             Errno::ENOTEMPTY | Errno::EINVAL | Errno::ENOTDIR => {}
-            _ => {
-                return Err(StoreError::io(
-                    format!("deleting subvolume {}", path.display()),
-                    &err,
-                ))
-            }
+            _ => return Err(StoreError::io(format!("deleting subvolume {}", path.display()), &err)),
         }
         // These take several steps: first rename the tree out of view (a
         // same-directory rename, allowed even when read-only), holding its
@@ -412,12 +368,7 @@ impl SnapshotBackend for Btrfs {
         match rename_noreplace(&dir, key.name(), &dir, &transit) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => {
-                return Err(StoreError::io(
-                    format!("moving {} out of view", path.display()),
-                    &err,
-                ))
-            }
+            Err(err) => return Err(StoreError::io(format!("moving {} out of view", path.display()), &err)),
         }
         // Keep the lock until the transit name is gone.
         let result = delete_entry(&self.ns_dir(key.namespace()), transit.as_ref());
@@ -430,10 +381,7 @@ impl SnapshotBackend for Btrfs {
         match path.symlink_metadata() {
             Ok(_) => Ok(Some(path)),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(StoreError::io(
-                format!("looking up {}", path.display()),
-                &err,
-            )),
+            Err(err) => Err(StoreError::io(format!("looking up {}", path.display()), &err)),
         }
     }
 
@@ -449,10 +397,7 @@ impl SnapshotBackend for Btrfs {
     fn complete_deletes(&self) -> Result<(), StoreError> {
         self.sweep()?;
         let root = open_dir(&self.root).context(format!("opening {}", self.root.display()))?;
-        let what = format!(
-            "waiting for btrfs to clean deleted subvolumes under {}",
-            self.root.display()
-        );
+        let what = format!("waiting for btrfs to clean deleted subvolumes under {}", self.root.display());
         // Wait for the subvolumes deleted so far, not for ones other
         // processes delete meanwhile (that could go on forever).
         let pending = sys::deleted_subvolumes(&root).context(&what)?;

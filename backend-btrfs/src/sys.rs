@@ -117,23 +117,14 @@ const _: () = assert!(std::mem::size_of::<RootRefArgs>() == 4096);
 fn fill_name(buf: &mut [u8], name: &OsStr) -> io::Result<()> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() >= buf.len() || bytes.contains(&0) || bytes.contains(&b'/') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad subvolume name {name:?}"),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad subvolume name {name:?}")));
     }
     buf[..bytes.len()].copy_from_slice(bytes);
     Ok(())
 }
 
 fn vol_args_v2(fd: i64, flags: u64, name: &OsStr) -> io::Result<Box<VolArgsV2>> {
-    let mut args = Box::new(VolArgsV2 {
-        fd,
-        transid: 0,
-        flags,
-        unused: [0; 4],
-        name: [0; 4040],
-    });
+    let mut args = Box::new(VolArgsV2 { fd, transid: 0, flags, unused: [0; 4], name: [0; 4040] });
     fill_name(&mut args.name, name)?;
     Ok(args)
 }
@@ -159,10 +150,7 @@ pub fn snapshot(src: &File, dir: &File, name: &OsStr, readonly: bool) -> io::Res
 /// it holds other subvolumes, `EINVAL` if it is a plain directory,
 /// `ENOTDIR` if it is not a directory.
 pub fn snap_destroy(dir: &File, name: &OsStr) -> io::Result<()> {
-    let mut args = Box::new(VolArgs {
-        fd: 0,
-        name: [0; 4088],
-    });
+    let mut args = Box::new(VolArgs { fd: 0, name: [0; 4088] });
     fill_name(&mut args.name, name)?;
     check(unsafe { ioc_snap_destroy(dir.as_raw_fd(), &*args) })
 }
@@ -172,11 +160,7 @@ pub fn snap_destroy(dir: &File, name: &OsStr) -> io::Result<()> {
 pub fn set_readonly(subvol: &File, readonly: bool) -> io::Result<()> {
     let mut flags = 0u64;
     check(unsafe { ioc_subvol_getflags(subvol.as_raw_fd(), &mut flags) })?;
-    let new = if readonly {
-        flags | SUBVOL_RDONLY
-    } else {
-        flags & !SUBVOL_RDONLY
-    };
+    let new = if readonly { flags | SUBVOL_RDONLY } else { flags & !SUBVOL_RDONLY };
     if new == flags {
         return Ok(());
     }
@@ -226,17 +210,9 @@ pub fn child_subvolumes(subvol: &File) -> io::Result<Vec<(u64, u64)>> {
 /// The path of directory inode `dirid` relative to the root of the
 /// subvolume open as `subvol` ("" for the root itself, else "a/b/").
 pub fn dir_path_in_subvol(subvol: &File, dirid: u64) -> io::Result<String> {
-    let mut args = Box::new(InoLookupArgs {
-        treeid: 0,
-        objectid: dirid,
-        name: [0; 4080],
-    });
+    let mut args = Box::new(InoLookupArgs { treeid: 0, objectid: dirid, name: [0; 4080] });
     check(unsafe { ioc_ino_lookup(subvol.as_raw_fd(), &mut *args) })?;
-    let len = args
-        .name
-        .iter()
-        .position(|&b| b == 0)
-        .unwrap_or(args.name.len());
+    let len = args.name.iter().position(|&b| b == 0).unwrap_or(args.name.len());
     String::from_utf8(args.name[..len].to_vec())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "subvolume path is not UTF-8"))
 }
@@ -260,10 +236,7 @@ pub fn deleted_subvolumes(fd: &File) -> io::Result<Vec<u64>> {
             nr_items: 4096,
             ..SearchKey::default()
         };
-        let mut args = Box::new(SearchArgs {
-            key,
-            buf: [0; 4096 - 104],
-        });
+        let mut args = Box::new(SearchArgs { key, buf: [0; 4096 - 104] });
         check(unsafe { ioc_tree_search(fd.as_raw_fd(), &mut *args) })?;
         let count = args.key.nr_items;
         if count == 0 {

@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -50,26 +50,19 @@ const TRASH: &str = "trash";
 
 pub fn open(root: &Path, options: &str) -> Result<Rsync, StoreError> {
     let Options { mode } = parse_options(options)?;
-    rsync_version()?;
+    // rsync itself is looked for when first run (and by `check`): spawning
+    // it here would cost every command a few milliseconds.
     for dir in Namespace::ALL.iter().map(|ns| ns.as_str()).chain([TRASH]) {
         let path = root.join(dir);
         fs::create_dir_all(&path).context(format_args!("cannot create {}", path.display()))?;
     }
-    Ok(Rsync {
-        root: root.to_path_buf(),
-        mode,
-    })
+    Ok(Rsync { root: root.to_path_buf(), mode })
 }
 
 fn rsync_version() -> Result<String, StoreError> {
-    let out = Command::new("rsync")
-        .arg("--version")
-        .output()
-        .map_err(|_| {
-            StoreError::unsupported(
-                "`rsync` was not found in PATH; install it (apt-get install rsync)",
-            )
-        })?;
+    let out = Command::new("rsync").arg("--version").output().map_err(|_| {
+        StoreError::unsupported("`rsync` was not found in PATH; install it (apt-get install rsync)")
+    })?;
     let text = String::from_utf8_lossy(&out.stdout);
     Ok(text.lines().next().unwrap_or("rsync").trim().to_string())
 }
@@ -84,7 +77,9 @@ fn rsync(src: &Path, dst: &Path, extra: &[&OsStr]) -> Result<(), StoreError> {
         .arg(&source)
         .arg(dst)
         .output()
-        .context("cannot run rsync")?;
+        .map_err(|e| {
+            StoreError::unsupported(format!("cannot run rsync ({e}); install it: apt-get install rsync"))
+        })?;
     if out.status.success() {
         return Ok(());
     }
@@ -97,32 +92,21 @@ fn rsync(src: &Path, dst: &Path, extra: &[&OsStr]) -> Result<(), StoreError> {
         .or_else(|| stderr.lines().rfind(|l| !l.trim().is_empty()))
         .unwrap_or("")
         .trim();
-    let message = format!(
-        "rsync {} {} failed ({}): {last}",
-        src.display(),
-        dst.display(),
-        out.status
-    );
-    Err(
-        if full(&stderr) {
-            StoreError::new(store_api::ErrorKind::NO_SPACE, message)
-        } else {
-            StoreError::new(store_api::ErrorKind::IO, message)
-        },
-    )
+    let message = format!("rsync {} {} failed ({}): {last}", src.display(), dst.display(), out.status);
+    Err(if full(&stderr) {
+        StoreError::new(store_api::ErrorKind::NO_SPACE, message)
+    } else {
+        StoreError::new(store_api::ErrorKind::IO, message)
+    })
 }
 
 /// A short random name, unique across processes.
 fn unique(prefix: &str) -> String {
     let mut bytes = [0u8; 8];
     // /dev/urandom never fails on Linux; fall back to the clock if it does.
-    if fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-        .is_err()
+    if fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)).is_err()
     {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         bytes = (nanos.as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes();
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -157,10 +141,7 @@ fn make_writable(path: &Path) {
     if !meta.is_dir() {
         return;
     }
-    let _ = fs::set_permissions(
-        path,
-        fs::Permissions::from_mode(meta.permissions().mode() | 0o700),
-    );
+    let _ = fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
     if let Ok(entries) = fs::read_dir(path) {
         for entry in entries.flatten() {
             make_writable(&entry.path());
@@ -222,10 +203,7 @@ impl Rsync {
         match fs::rename(path, &doomed) {
             Ok(()) => delete_tree(&doomed),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(
-                format_args!("cannot remove {}", path.display()),
-                &e,
-            )),
+            Err(e) => Err(StoreError::io(format_args!("cannot remove {}", path.display()), &e)),
         }
     }
 
@@ -257,15 +235,7 @@ impl Rsync {
 impl SnapshotBackend for Rsync {
     fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
         let path = self.path_of(key);
-        fs::create_dir(&path).context(format_args!("cannot create {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-            .context(format_args!("cannot chmod {}", path.display()))?;
-        if let Some(Owner { uid, gid }) = owner {
-            chown(&path, Some(uid), Some(gid)).context(format_args!(
-                "cannot chown {} to {uid}:{gid}",
-                path.display()
-            ))?;
-        }
+        store_api::util::create_owned_dir(&path, owner)?;
         Ok(path)
     }
 
@@ -322,10 +292,7 @@ impl SnapshotBackend for Rsync {
     }
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
-        let found = vec![
-            rsync_version()?,
-            format!("mode: {:?}", self.mode).to_lowercase(),
-        ];
+        let found = vec![rsync_version()?, format!("mode: {:?}", self.mode).to_lowercase()];
         let probe = self.trash().join(unique("probe"));
         fs::write(&probe, b"").context(format_args!(
             "cannot write in {}; run as a user who owns the store root",

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{
-    fchmod, fchmodat, fstat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags,
-    FileStat, Mode, SFlag, UtimensatFlags,
+    fchmod, fchmodat, fstat, fstatat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, FileStat, Mode,
+    SFlag, UtimensatFlags,
 };
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
@@ -39,12 +39,8 @@ pub fn clone_tree(src: &Path, dst: &Path) -> Result<(), StoreError> {
     let st = fstat(src_dir.as_raw_fd()).map_err(|e| errno(format!("stat {}", src.display()), e))?;
     // Private until complete: the final mode is set last.
     mkdirat(None, dst, Mode::S_IRWXU).map_err(|e| errno(format!("create {}", dst.display()), e))?;
-    let dst_dir =
-        sys::open_dir_at(None, dst).map_err(|e| errno(format!("open {}", dst.display()), e))?;
-    let cloner = Cloner {
-        dev: st.st_dev,
-        links: Mutex::new(HashMap::new()),
-    };
+    let dst_dir = sys::open_dir_at(None, dst).map_err(|e| errno(format!("open {}", dst.display()), e))?;
+    let cloner = Cloner { dev: st.st_dev, links: Mutex::new(HashMap::new()) };
     cloner.fill_dir(&src_dir, &dst_dir, src, dst)?;
     copy_fd_meta(&src_dir, &dst_dir, &st, dst)
 }
@@ -76,31 +72,16 @@ impl At<'_> {
 }
 
 impl Cloner {
-    fn fill_dir(
-        &self,
-        src: &File,
-        dst: &File,
-        src_path: &Path,
-        dst_path: &Path,
-    ) -> Result<(), StoreError> {
-        let names = sys::read_dir(src)
-            .map_err(|e| errno(format!("read directory {}", src_path.display()), e))?;
-        let src = At {
-            fd: src.as_raw_fd(),
-            path: src_path,
-        };
-        let dst = At {
-            fd: dst.as_raw_fd(),
-            path: dst_path,
-        };
-        names
-            .par_iter()
-            .try_for_each(|(name, _)| self.clone_entry(src, dst, name))
+    fn fill_dir(&self, src: &File, dst: &File, src_path: &Path, dst_path: &Path) -> Result<(), StoreError> {
+        let names =
+            sys::read_dir(src).map_err(|e| errno(format!("read directory {}", src_path.display()), e))?;
+        let src = At { fd: src.as_raw_fd(), path: src_path };
+        let dst = At { fd: dst.as_raw_fd(), path: dst_path };
+        names.par_iter().try_for_each(|(name, _)| self.clone_entry(src, dst, name))
     }
 
     fn clone_entry(&self, src: At, dst: At, name: &CStr) -> Result<(), StoreError> {
-        let st = fstatat(Some(src.fd), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(src.err("stat", name))?;
+        let st = fstatat(Some(src.fd), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(src.err("stat", name))?;
         if st.st_dev != self.dev {
             return Err(StoreError::unsupported(format!(
                 "{} is on another filesystem (a mount point inside the tree): unmount it, then retry",
@@ -118,8 +99,8 @@ impl Cloner {
 
     fn clone_dir(&self, src: At, dst: At, name: &CStr, st: &FileStat) -> Result<(), StoreError> {
         mkdirat(Some(dst.fd), name, Mode::S_IRWXU).map_err(dst.err("create directory", name))?;
-        let src_dir = sys::open_source(Some(src.fd), name, OFlag::O_DIRECTORY)
-            .map_err(src.err("open", name))?;
+        let src_dir =
+            sys::open_source(Some(src.fd), name, OFlag::O_DIRECTORY).map_err(src.err("open", name))?;
         let dst_dir = sys::open_dir_at(Some(dst.fd), name).map_err(dst.err("open", name))?;
         let dst_path = dst.join(name);
         self.fill_dir(&src_dir, &dst_dir, &src.join(name), &dst_path)?;
@@ -141,14 +122,10 @@ impl Cloner {
         });
         match cloned {
             Ok(_) if first => Ok(()),
-            Ok(existing) => linkat(
-                None,
-                existing.as_path(),
-                Some(dst.fd),
-                sys::as_path(name),
-                AtFlags::empty(),
-            )
-            .map_err(dst.err("hard link", name)),
+            Ok(existing) => {
+                linkat(None, existing.as_path(), Some(dst.fd), sys::as_path(name), AtFlags::empty())
+                    .map_err(dst.err("hard link", name))
+            }
             Err(e) => Err(e.clone()),
         }
     }
@@ -163,17 +140,11 @@ fn perms(st: &FileStat) -> Mode {
 }
 
 fn times(st: &FileStat) -> (TimeSpec, TimeSpec) {
-    (
-        TimeSpec::new(st.st_atime, st.st_atime_nsec),
-        TimeSpec::new(st.st_mtime, st.st_mtime_nsec),
-    )
+    (TimeSpec::new(st.st_atime, st.st_atime_nsec), TimeSpec::new(st.st_mtime, st.st_mtime_nsec))
 }
 
 fn owner(st: &FileStat) -> (Option<Uid>, Option<Gid>) {
-    (
-        Some(Uid::from_raw(st.st_uid)),
-        Some(Gid::from_raw(st.st_gid)),
-    )
+    (Some(Uid::from_raw(st.st_uid)), Some(Gid::from_raw(st.st_gid)))
 }
 
 /// Anything but a directory.
@@ -183,26 +154,17 @@ fn clone_leaf(src: At, dst: At, name: &CStr, st: &FileStat) -> Result<(), StoreE
         return clone_file(src, dst, name, st);
     }
     if k == SFlag::S_IFLNK {
-        let target =
-            nix::fcntl::readlinkat(Some(src.fd), name).map_err(src.err("read link", name))?;
-        symlinkat(target.as_os_str(), Some(dst.fd), name)
-            .map_err(dst.err("create symlink", name))?;
+        let target = nix::fcntl::readlinkat(Some(src.fd), name).map_err(src.err("read link", name))?;
+        symlinkat(target.as_os_str(), Some(dst.fd), name).map_err(dst.err("create symlink", name))?;
     } else {
         // Fifos, sockets, character and block devices.
-        mknodat(
-            Some(dst.fd),
-            name,
-            k,
-            Mode::S_IRUSR | Mode::S_IWUSR,
-            st.st_rdev,
-        )
-        .map_err(dst.err("create node", name))?;
+        mknodat(Some(dst.fd), name, k, Mode::S_IRUSR | Mode::S_IWUSR, st.st_rdev)
+            .map_err(dst.err("create node", name))?;
     }
     // These cannot be opened for metadata calls: go by name, never
     // following a symlink.
     let (uid, gid) = owner(st);
-    fchownat(Some(dst.fd), name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW)
-        .map_err(dst.err("chown", name))?;
+    fchownat(Some(dst.fd), name, uid, gid, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(dst.err("chown", name))?;
     copy_path_xattrs(&src.join(name), &dst.join(name))?;
     if k != SFlag::S_IFLNK {
         // After chown, which clears setuid/setgid.
@@ -210,19 +172,12 @@ fn clone_leaf(src: At, dst: At, name: &CStr, st: &FileStat) -> Result<(), StoreE
             .map_err(dst.err("chmod", name))?;
     }
     let (atime, mtime) = times(st);
-    utimensat(
-        Some(dst.fd),
-        name,
-        &atime,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(dst.err("set times of", name))
+    utimensat(Some(dst.fd), name, &atime, &mtime, UtimensatFlags::NoFollowSymlink)
+        .map_err(dst.err("set times of", name))
 }
 
 fn clone_file(src: At, dst: At, name: &CStr, st: &FileStat) -> Result<(), StoreError> {
-    let from =
-        sys::open_source(Some(src.fd), name, OFlag::empty()).map_err(src.err("open", name))?;
+    let from = sys::open_source(Some(src.fd), name, OFlag::empty()).map_err(src.err("open", name))?;
     let to = sys::open_at(
         Some(dst.fd),
         name,
@@ -234,9 +189,7 @@ fn clone_file(src: At, dst: At, name: &CStr, st: &FileStat) -> Result<(), StoreE
     if st.st_size > 0 {
         let cloned = match sys::ficlone(&to, &from) {
             // btrfs will not clone between NOCOW and COW files.
-            Err(Errno::EINVAL) if sys::copy_nocow(&to, &from).unwrap_or(false) => {
-                sys::ficlone(&to, &from)
-            }
+            Err(Errno::EINVAL) if sys::copy_nocow(&to, &from).unwrap_or(false) => sys::ficlone(&to, &from),
             other => other,
         };
         cloned.map_err(|e| ficlone_error(&src.join(name), e))?;
@@ -247,12 +200,10 @@ fn clone_file(src: At, dst: At, name: &CStr, st: &FileStat) -> Result<(), StoreE
 fn ficlone_error(path: &Path, e: Errno) -> StoreError {
     let context = format!("clone {} with FICLONE", path.display());
     match e {
-        Errno::EOPNOTSUPP | Errno::ENOTTY | Errno::EXDEV | Errno::EINVAL => {
-            StoreError::unsupported(format!(
-                "{context}: {} (the filesystem must support reflinks)",
-                sys::describe(e)
-            ))
-        }
+        Errno::EOPNOTSUPP | Errno::ENOTTY | Errno::EXDEV | Errno::EINVAL => StoreError::unsupported(format!(
+            "{context}: {} (the filesystem must support reflinks)",
+            sys::describe(e)
+        )),
         _ => errno(context, e),
     }
 }
@@ -264,14 +215,11 @@ fn copy_fd_meta(src: &File, dst: &File, st: &FileStat, dst_path: &Path) -> Resul
     let ctx = |what: &str| format!("{what} {}", dst_path.display());
     let (uid, gid) = owner(st);
     fchown(dst.as_raw_fd(), uid, gid).map_err(|e| errno(ctx("chown"), e))?;
-    let names = src
-        .list_xattr()
-        .map_err(|e| StoreError::io(ctx("list xattrs of the source of"), &e))?;
+    let names = src.list_xattr().map_err(|e| StoreError::io(ctx("list xattrs of the source of"), &e))?;
     for attr in names {
         // A value may vanish between list and get: nothing to copy then.
-        let value = src
-            .get_xattr(&attr)
-            .map_err(|e| StoreError::io(ctx("read xattr of the source of"), &e))?;
+        let value =
+            src.get_xattr(&attr).map_err(|e| StoreError::io(ctx("read xattr of the source of"), &e))?;
         if let Some(value) = value {
             dst.set_xattr(&attr, &value)
                 .map_err(|e| StoreError::io(ctx(&format!("set xattr {attr:?} on")), &e))?;
@@ -284,15 +232,14 @@ fn copy_fd_meta(src: &File, dst: &File, st: &FileStat, dst_path: &Path) -> Resul
 
 /// Xattrs by path, without following symlinks (for symlinks and nodes).
 fn copy_path_xattrs(src: &Path, dst: &Path) -> Result<(), StoreError> {
-    let names = xattr::list(src)
-        .map_err(|e| StoreError::io(format!("list xattrs of {}", src.display()), &e))?;
+    let names =
+        xattr::list(src).map_err(|e| StoreError::io(format!("list xattrs of {}", src.display()), &e))?;
     for attr in names {
         let value = xattr::get(src, &attr)
             .map_err(|e| StoreError::io(format!("read xattr of {}", src.display()), &e))?;
         if let Some(value) = value {
-            xattr::set(dst, &attr, &value).map_err(|e| {
-                StoreError::io(format!("set xattr {attr:?} on {}", dst.display()), &e)
-            })?;
+            xattr::set(dst, &attr, &value)
+                .map_err(|e| StoreError::io(format!("set xattr {attr:?} on {}", dst.display()), &e))?;
         }
     }
     Ok(())

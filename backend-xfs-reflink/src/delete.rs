@@ -44,8 +44,7 @@ pub fn delete_entry(
         Err(Errno::EACCES) => {
             fchmodat(Some(fd), name, Mode::S_IRWXU, FchmodatFlags::FollowSymlink)
                 .map_err(|e| errno(format!("chmod {}", path().display()), e))?;
-            sys::open_dir_at(Some(fd), name)
-                .map_err(|e| errno(format!("open {}", path().display()), e))?
+            sys::open_dir_at(Some(fd), name).map_err(|e| errno(format!("open {}", path().display()), e))?
         }
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(errno(format!("open {}", path().display()), e)),
@@ -64,9 +63,7 @@ pub fn empty_dir(dir: &File, path: &Path) -> Result<(), StoreError> {
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(errno(format!("read directory {}", path.display()), e)),
     };
-    names
-        .par_iter()
-        .try_for_each(|(name, is_dir)| delete_entry(dir, path, name, *is_dir))
+    names.par_iter().try_for_each(|(name, is_dir)| delete_entry(dir, path, name, *is_dir))
 }
 
 /// Runs an unlink; gone already is success, and a directory without

@@ -16,14 +16,14 @@ mod sys;
 use std::ffi::CString;
 use std::fs;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags};
-use nix::unistd::{access, AccessFlags, Gid, Uid};
+use nix::unistd::{access, AccessFlags, Uid};
 use rayon::prelude::*;
 use serde::Deserialize;
 use store_api::{IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError};
@@ -101,40 +101,23 @@ impl XfsReflink {
     /// A fresh name in the trash, unique across processes and calls.
     fn trash_name() -> String {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        format!(
-            "{}-{nanos}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        )
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        format!("{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Deletes the trash entry `name`, in parallel.
     fn delete_trash_entry(&self, name: &CString) -> Result<(), StoreError> {
         let trash = self.root.join(TRASH);
-        let dir = sys::open_dir_at(None, &trash)
-            .map_err(|e| errno(format!("open {}", trash.display()), e))?;
-        self.pool
-            .install(|| delete::delete_entry(&dir, &trash, name, None))
+        let dir =
+            sys::open_dir_at(None, &trash).map_err(|e| errno(format!("open {}", trash.display()), e))?;
+        self.pool.install(|| delete::delete_entry(&dir, &trash, name, None))
     }
 }
 
 impl SnapshotBackend for XfsReflink {
     fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
         let path = self.key_path(key);
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .context(format!("create {}", path.display()))?;
-        // The umask may have narrowed the mode.
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-            .context(format!("chmod {}", path.display()))?;
-        if let Some(Owner { uid, gid }) = owner {
-            nix::unistd::chown(&path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-                .map_err(|e| errno(format!("chown {} to {uid}:{gid}", path.display()), e))?;
-        }
+        store_api::util::create_owned_dir(&path, owner)?;
         Ok(path)
     }
 
@@ -144,9 +127,7 @@ impl SnapshotBackend for XfsReflink {
             return Err(StoreError::not_found(format!("`{src}` does not exist")));
         }
         if Self::exists(&to)? {
-            return Err(StoreError::already_exists(format!(
-                "`{dst}` already exists"
-            )));
+            return Err(StoreError::already_exists(format!("`{dst}` already exists")));
         }
         if let Err(e) = self.pool.install(|| clone::clone_tree(&from, &to)) {
             // Don't leave a half-clone behind; if this fails too, the
@@ -163,35 +144,23 @@ impl SnapshotBackend for XfsReflink {
         if self.sync_on_commit {
             // The rename below must not become durable before the data and
             // metadata of the tree it publishes.
-            let dir = sys::open_dir_at(None, &from)
-                .map_err(|e| errno(format!("open {}", from.display()), e))?;
-            nix::unistd::syncfs(dir.as_raw_fd())
-                .map_err(|e| errno(format!("sync {}", from.display()), e))?;
+            let dir =
+                sys::open_dir_at(None, &from).map_err(|e| errno(format!("open {}", from.display()), e))?;
+            nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| errno(format!("sync {}", from.display()), e))?;
         }
         // Atomic, and never replaces an existing tree (not even an empty one).
         match renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => {}
             Err(Errno::EEXIST | Errno::ENOTEMPTY) => {
-                return Err(StoreError::already_exists(format!(
-                    "`{dst}` already exists"
-                )))
+                return Err(StoreError::already_exists(format!("`{dst}` already exists")))
             }
-            Err(Errno::ENOENT) => {
-                return Err(StoreError::not_found(format!("`{tmp}` does not exist")))
-            }
-            Err(e) => {
-                return Err(errno(
-                    format!("rename {} to {}", from.display(), to.display()),
-                    e,
-                ))
-            }
+            Err(Errno::ENOENT) => return Err(StoreError::not_found(format!("`{tmp}` does not exist"))),
+            Err(e) => return Err(errno(format!("rename {} to {}", from.display(), to.display()), e)),
         }
         if self.sync_on_commit {
             let ns = self.root.join(dst.namespace().as_str());
-            let dir = sys::open_dir_at(None, &ns)
-                .map_err(|e| errno(format!("open {}", ns.display()), e))?;
-            nix::unistd::fsync(dir.as_raw_fd())
-                .map_err(|e| errno(format!("sync {}", ns.display()), e))?;
+            let dir = sys::open_dir_at(None, &ns).map_err(|e| errno(format!("open {}", ns.display()), e))?;
+            nix::unistd::fsync(dir.as_raw_fd()).map_err(|e| errno(format!("sync {}", ns.display()), e))?;
         }
         Ok(to)
     }
@@ -204,12 +173,7 @@ impl SnapshotBackend for XfsReflink {
         match renameat2(None, &path, None, &trashed, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => {}
             Err(Errno::ENOENT) => return Ok(()),
-            Err(e) => {
-                return Err(errno(
-                    format!("move {} to {}", path.display(), trashed.display()),
-                    e,
-                ))
-            }
+            Err(e) => return Err(errno(format!("move {} to {}", path.display(), trashed.display()), e)),
         }
         // The key is gone whatever happens next: if deleting fails (or the
         // process dies), complete_deletes finishes the job and reports.
@@ -237,14 +201,11 @@ impl SnapshotBackend for XfsReflink {
         // left by a failure or a killed process. Finish it (other processes
         // may be doing the same: entries already gone are fine).
         let trash = self.root.join(TRASH);
-        let dir = sys::open_dir_at(None, &trash)
-            .map_err(|e| errno(format!("open {}", trash.display()), e))?;
-        let names =
-            sys::read_dir(&dir).map_err(|e| errno(format!("read {}", trash.display()), e))?;
+        let dir =
+            sys::open_dir_at(None, &trash).map_err(|e| errno(format!("open {}", trash.display()), e))?;
+        let names = sys::read_dir(&dir).map_err(|e| errno(format!("read {}", trash.display()), e))?;
         self.pool.install(|| {
-            names
-                .par_iter()
-                .try_for_each(|(name, is_dir)| delete::delete_entry(&dir, &trash, name, *is_dir))
+            names.par_iter().try_for_each(|(name, is_dir)| delete::delete_entry(&dir, &trash, name, *is_dir))
         })
     }
 
@@ -253,9 +214,7 @@ impl SnapshotBackend for XfsReflink {
         let mut lines = vec![format!("root {root} is on {}", sys::fs_name(&self.root))];
         sys::probe_reflink(&self.root)?;
         lines.push(format!("reflinks: FICLONE works in {root}"));
-        let root_dev = fs::metadata(&self.root)
-            .context(format!("stat {root}"))?
-            .dev();
+        let root_dev = fs::metadata(&self.root).context(format!("stat {root}"))?.dev();
         for dir in Namespace::ALL.iter().map(|ns| ns.as_str()).chain([TRASH]) {
             let path = self.root.join(dir);
             let meta = fs::metadata(&path).context(format!("stat {}", path.display()))?;
@@ -279,18 +238,14 @@ impl SnapshotBackend for XfsReflink {
             "{root}/{{result,result-tmp,cache,cache-tmp,trash}} are writable and on one filesystem"
         ));
         if Uid::effective().is_root() {
-            lines
-                .push("running as root: owners, device nodes and trusted.* xattrs are kept".into());
+            lines.push("running as root: owners, device nodes and trusted.* xattrs are kept".into());
         } else {
             lines.push(format!(
                 "warning: not running as root (uid {}): trees holding other users' files, device nodes or trusted.* xattrs cannot be cloned",
                 Uid::effective()
             ));
         }
-        lines.push(format!(
-            "{} worker threads; sync on commit: {}",
-            self.threads, self.sync_on_commit
-        ));
+        lines.push(format!("{} worker threads; sync on commit: {}", self.threads, self.sync_on_commit));
         Ok(lines)
     }
 }

@@ -63,12 +63,7 @@ pub fn open_source(
 }
 
 pub fn open_dir_at(dirfd: Option<RawFd>, path: &(impl nix::NixPath + ?Sized)) -> nix::Result<File> {
-    open_at(
-        dirfd,
-        path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
-        Mode::empty(),
-    )
+    open_at(dirfd, path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW, Mode::empty())
 }
 
 /// The names in an open directory (without `.` and `..`) and whether each
@@ -148,18 +143,8 @@ pub fn fs_name(path: &Path) -> String {
 /// (O_TMPFILE) files that vanish when closed, so nothing is left behind.
 pub fn probe_reflink(dir: &Path) -> Result<(), StoreError> {
     let tmpfile = || {
-        open_at(
-            None,
-            dir,
-            OFlag::O_TMPFILE | OFlag::O_RDWR,
-            Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| {
-            errno(
-                format!("cannot create a probe file in {}", dir.display()),
-                e,
-            )
-        })
+        open_at(None, dir, OFlag::O_TMPFILE | OFlag::O_RDWR, Mode::from_bits_truncate(0o600))
+            .map_err(|e| errno(format!("cannot create a probe file in {}", dir.display()), e))
     };
     let mut src = tmpfile()?;
     src.write_all(&[0x5a; 4096])

@@ -22,10 +22,7 @@ fn kind<T: std::fmt::Debug>(r: Result<T, store_api::StoreError>) -> ErrorKind {
 }
 
 fn trash_is_empty(lfs: &LoopFs) -> bool {
-    fs::read_dir(lfs.root().join("trash"))
-        .unwrap()
-        .next()
-        .is_none()
+    fs::read_dir(lfs.root().join("trash")).unwrap().next().is_none()
 }
 
 /// `n` small files in each of `dirs` directories, plus `extra`.
@@ -47,69 +44,34 @@ fn primitives() {
     let store: XfsReflink = lfs.open("");
 
     // create: mode 0755 whatever the umask, owner as asked.
-    let tmp = store
-        .create(
-            &key("cache-tmp/1-x"),
-            Some(Owner {
-                uid: 1000,
-                gid: 2000,
-            }),
-        )
-        .unwrap();
+    let tmp = store.create(&key("cache-tmp/1-x"), Some(Owner { uid: 1000, gid: 2000 })).unwrap();
     let meta = fs::metadata(&tmp).unwrap();
-    assert_eq!(
-        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
-        (0o755, 1000, 2000)
-    );
-    assert_eq!(
-        kind(store.create(&key("cache-tmp/1-x"), None)),
-        ErrorKind::ALREADY_EXISTS
-    );
+    assert_eq!((meta.mode() & 0o7777, meta.uid(), meta.gid()), (0o755, 1000, 2000));
+    assert_eq!(kind(store.create(&key("cache-tmp/1-x"), None)), ErrorKind::ALREADY_EXISTS);
     fs::write(tmp.join("a"), "a").unwrap();
-    store
-        .commit(&key("cache-tmp/1-x"), &key("cache/x.1"), None)
-        .unwrap();
+    store.commit(&key("cache-tmp/1-x"), &key("cache/x.1"), None).unwrap();
     assert!(store.path(&key("cache-tmp/1-x")).unwrap().is_none());
 
     // clone: missing source, existing destination.
-    assert_eq!(
-        kind(store.clone_tree(&key("result/nope"), &key("result-tmp/n"))),
-        ErrorKind::NOT_FOUND
-    );
+    assert_eq!(kind(store.clone_tree(&key("result/nope"), &key("result-tmp/n"))), ErrorKind::NOT_FOUND);
     assert!(store.path(&key("result-tmp/n")).unwrap().is_none());
     store.create(&key("result-tmp/busy"), None).unwrap();
-    assert_eq!(
-        kind(store.clone_tree(&key("cache/x.1"), &key("result-tmp/busy"))),
-        ErrorKind::ALREADY_EXISTS
-    );
-    assert!(
-        store.path(&key("result-tmp/busy")).unwrap().is_some(),
-        "an existing tree was removed"
-    );
+    assert_eq!(kind(store.clone_tree(&key("cache/x.1"), &key("result-tmp/busy"))), ErrorKind::ALREADY_EXISTS);
+    assert!(store.path(&key("result-tmp/busy")).unwrap().is_some(), "an existing tree was removed");
 
     // commit never replaces a committed tree, not even an empty one, and
     // leaves the temporary tree in place when refused.
-    let c = store
-        .clone_tree(&key("cache/x.1"), &key("cache-tmp/2-x"))
-        .unwrap();
+    let c = store.clone_tree(&key("cache/x.1"), &key("cache-tmp/2-x")).unwrap();
     assert_eq!(fs::read_to_string(c.join("a")).unwrap(), "a");
     store.create(&key("result-tmp/empty"), None).unwrap();
-    store
-        .commit(&key("result-tmp/empty"), &key("result/empty"), None)
-        .unwrap();
+    store.commit(&key("result-tmp/empty"), &key("result/empty"), None).unwrap();
     assert_eq!(
         kind(store.commit(&key("cache-tmp/2-x"), &key("result/empty"), None)),
         ErrorKind::ALREADY_EXISTS
     );
-    assert_eq!(
-        kind(store.commit(&key("cache-tmp/2-x"), &key("cache/x.1"), None)),
-        ErrorKind::ALREADY_EXISTS
-    );
+    assert_eq!(kind(store.commit(&key("cache-tmp/2-x"), &key("cache/x.1"), None)), ErrorKind::ALREADY_EXISTS);
     assert!(store.path(&key("cache-tmp/2-x")).unwrap().is_some());
-    assert_eq!(
-        kind(store.commit(&key("result-tmp/gone"), &key("result/gone"), None)),
-        ErrorKind::NOT_FOUND
-    );
+    assert_eq!(kind(store.commit(&key("result-tmp/gone"), &key("result/gone"), None)), ErrorKind::NOT_FOUND);
 
     // list and path.
     let mut results = store.list(Namespace::Result).unwrap();
@@ -119,10 +81,7 @@ fn primitives() {
     let mut tmps = store.list(Namespace::ResultTmp).unwrap();
     tmps.sort();
     assert_eq!(tmps, ["busy"]);
-    assert_eq!(
-        store.path(&key("cache/x.1")).unwrap(),
-        Some(lfs.root().join("cache/x.1"))
-    );
+    assert_eq!(store.path(&key("cache/x.1")).unwrap(), Some(lfs.root().join("cache/x.1")));
 
     // remove: absent is fine; the clone survives its base's removal.
     store.remove(&key("result/never")).unwrap();
@@ -140,12 +99,7 @@ fn primitives() {
 
 #[test]
 fn half_clones_and_leftovers_are_removable() {
-    let Some(lfs) = LoopFs::new(
-        "half_clones_and_leftovers_are_removable",
-        "xfs",
-        1 << 30,
-        "",
-    ) else {
+    let Some(lfs) = LoopFs::new("half_clones_and_leftovers_are_removable", "xfs", 1 << 30, "") else {
         return;
     };
     let store = lfs.open("");
@@ -181,9 +135,7 @@ fn big_tree_remove_and_parallel_clones() {
     let store = lfs.open("");
     let tmp = store.create(&key("result-tmp/big"), None).unwrap();
     fill(&tmp, 200, 250);
-    store
-        .commit(&key("result-tmp/big"), &key("result/big"), None)
-        .unwrap();
+    store.commit(&key("result-tmp/big"), &key("result/big"), None).unwrap();
 
     // Several clones of one base at once, from several threads.
     std::thread::scope(|s| {
@@ -192,17 +144,8 @@ fn big_tree_remove_and_parallel_clones() {
             s.spawn(move || {
                 let dst = key(&format!("result-tmp/c{i}"));
                 let path = store.clone_tree(&key("result/big"), &dst).unwrap();
-                assert_eq!(
-                    fs::read_to_string(path.join("d199/f249")).unwrap(),
-                    "199/249"
-                );
-                store
-                    .commit(
-                        &dst,
-                        &key(&format!("result/c{i}")),
-                        Some(&key("result/big")),
-                    )
-                    .unwrap();
+                assert_eq!(fs::read_to_string(path.join("d199/f249")).unwrap(), "199/249");
+                store.commit(&dst, &key(&format!("result/c{i}")), Some(&key("result/big"))).unwrap();
             });
         }
     });
@@ -227,24 +170,16 @@ fn big_tree_remove_and_parallel_clones() {
 #[test]
 fn options_are_checked() {
     // Needs no loop device: an unknown option is refused before the root is looked at.
-    let err = snapstore_xfs_reflink::open(Path::new("/nonexistent/x"), "thread = 3")
-        .err()
-        .unwrap();
+    let err = snapstore_xfs_reflink::open(Path::new("/nonexistent/x"), "thread = 3").err().unwrap();
     assert_eq!(err.kind(), ErrorKind::INVALID_INPUT);
     assert!(err.message().contains("thread"), "{err}");
-    let err = snapstore_xfs_reflink::open(Path::new("/nonexistent/x"), "threads = 0")
-        .err()
-        .unwrap();
+    let err = snapstore_xfs_reflink::open(Path::new("/nonexistent/x"), "threads = 0").err().unwrap();
     assert_eq!(err.kind(), ErrorKind::INVALID_INPUT);
     let Some(lfs) = LoopFs::new("options_are_checked", "xfs", 512 << 20, "") else {
         return;
     };
     let store = lfs.open("threads = 3\nsync_on_commit = false");
-    assert!(store
-        .check()
-        .unwrap()
-        .iter()
-        .any(|l| l.contains("3 worker threads; sync on commit: false")));
+    assert!(store.check().unwrap().iter().any(|l| l.contains("3 worker threads; sync on commit: false")));
 }
 
 /// Unmounts a mount made inside a test's filesystem, also on panic.
@@ -258,31 +193,19 @@ impl Drop for Unmount {
 
 #[test]
 fn mount_points_inside_a_tree_are_refused() {
-    let Some(lfs) = LoopFs::new(
-        "mount_points_inside_a_tree_are_refused",
-        "xfs",
-        512 << 20,
-        "",
-    ) else {
+    let Some(lfs) = LoopFs::new("mount_points_inside_a_tree_are_refused", "xfs", 512 << 20, "") else {
         return;
     };
     let store = lfs.open("");
     let tmp = store.create(&key("result-tmp/m"), None).unwrap();
     fs::create_dir(tmp.join("mnt")).unwrap();
-    store
-        .commit(&key("result-tmp/m"), &key("result/m"), None)
-        .unwrap();
+    store.commit(&key("result-tmp/m"), &key("result/m"), None).unwrap();
     let inner = lfs.root().join("result/m/mnt");
-    let status = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "tmpfs"])
-        .arg(&inner)
-        .status()
-        .unwrap();
+    let status =
+        std::process::Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&inner).status().unwrap();
     assert!(status.success());
     let _unmount = Unmount(inner);
-    let err = store
-        .clone_tree(&key("result/m"), &key("result-tmp/c"))
-        .unwrap_err();
+    let err = store.clone_tree(&key("result/m"), &key("result-tmp/c")).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::UNSUPPORTED, "{err:?}");
     assert!(err.message().contains("mount point"), "{err}");
     // The half-made clone is gone.

@@ -30,14 +30,8 @@ fn p(dir: &Path, name: &[u8]) -> PathBuf {
 }
 
 fn lchown(path: &Path, uid: u32, gid: u32) {
-    fchownat(
-        None,
-        path,
-        Some(Uid::from_raw(uid)),
-        Some(Gid::from_raw(gid)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    fchownat(None, path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::AT_SYMLINK_NOFOLLOW)
+        .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
 }
 
 fn chmod(path: &Path, mode: u32) {
@@ -49,11 +43,7 @@ fn write(path: &Path, data: &[u8]) {
 }
 
 fn setfacl(args: &[&str], path: &Path) {
-    let st = Command::new("setfacl")
-        .args(args)
-        .arg(path)
-        .status()
-        .expect("run setfacl");
+    let st = Command::new("setfacl").args(args).arg(path).status().expect("run setfacl");
     assert!(st.success(), "setfacl {args:?} {}", path.display());
 }
 
@@ -117,27 +107,13 @@ fn build_tree(root: &Path) {
     let mode = |m| Mode::from_bits_truncate(m);
     mknod(&root.join("fifo"), SFlag::S_IFIFO, mode(0o640), 0).unwrap();
     lchown(&root.join("fifo"), 5, 6);
-    mknod(
-        &root.join("null"),
-        SFlag::S_IFCHR,
-        mode(0o666),
-        nix::sys::stat::makedev(1, 3),
-    )
-    .unwrap();
-    mknod(
-        &root.join("blk"),
-        SFlag::S_IFBLK,
-        mode(0o660),
-        nix::sys::stat::makedev(7, 99),
-    )
-    .unwrap();
+    mknod(&root.join("null"), SFlag::S_IFCHR, mode(0o666), nix::sys::stat::makedev(1, 3)).unwrap();
+    mknod(&root.join("blk"), SFlag::S_IFBLK, mode(0o660), nix::sys::stat::makedev(7, 99)).unwrap();
     mknod(&root.join("sock"), SFlag::S_IFSOCK, mode(0o755), 0).unwrap();
     for node in ["fifo", "null", "blk", "sock"] {
         // mknod applies the umask.
-        let want = [0o640, 0o666, 0o660, 0o755][["fifo", "null", "blk", "sock"]
-            .iter()
-            .position(|n| *n == node)
-            .unwrap()];
+        let want = [0o640, 0o666, 0o660, 0o755]
+            [["fifo", "null", "blk", "sock"].iter().position(|n| *n == node).unwrap()];
         chmod(&root.join(node), want);
     }
     xattr::set(root.join("null"), "trusted.dev", b"yes").unwrap();
@@ -172,14 +148,7 @@ fn build_tree(root: &Path) {
     fs::hard_link(root.join("hard1"), dir.join("hard2")).unwrap();
     fs::hard_link(root.join("hard1"), dir.join("sub/hard3")).unwrap();
     fs::hard_link(root.join("fifo"), dir.join("fifo-link")).unwrap();
-    nix::unistd::linkat(
-        None,
-        &root.join("link"),
-        None,
-        &root.join("link-hard"),
-        AtFlags::empty(),
-    )
-    .unwrap();
+    nix::unistd::linkat(None, &root.join("link"), None, &root.join("link-hard"), AtFlags::empty()).unwrap();
 
     // Names that are not UTF-8.
     write(&p(root, b"caf\xe9"), b"latin-1 name");
@@ -201,10 +170,7 @@ fn build_tree(root: &Path) {
 fn set_times(path: &Path, counter: &mut i64) {
     let st = lstat(path).unwrap();
     if st.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits() {
-        let mut names: Vec<_> = fs::read_dir(path)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let mut names: Vec<_> = fs::read_dir(path).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         for name in names {
             set_times(&path.join(name), counter);
@@ -274,8 +240,8 @@ fn walk(
             .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         data
     });
-    let same_as = (!is_dir && st.st_nlink > 1)
-        .then(|| inodes.entry(st.st_ino).or_insert(rel.to_path_buf()).clone());
+    let same_as =
+        (!is_dir && st.st_nlink > 1).then(|| inodes.entry(st.st_ino).or_insert(rel.to_path_buf()).clone());
     out.push(Entry {
         path: rel.to_path_buf(),
         mode: st.st_mode,
@@ -295,12 +261,8 @@ fn walk(
         same_as,
     });
     if is_dir {
-        let mut dir = Dir::open(
-            &path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOATIME,
-            Mode::empty(),
-        )
-        .unwrap();
+        let mut dir =
+            Dir::open(&path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOATIME, Mode::empty()).unwrap();
         let mut names: Vec<Vec<u8>> = dir
             .iter()
             .map(|e| e.unwrap().file_name().to_bytes().to_vec())
@@ -308,13 +270,7 @@ fn walk(
             .collect();
         names.sort();
         for name in names {
-            walk(
-                root,
-                &rel.join(OsStr::from_bytes(&name)),
-                symlink_atimes,
-                inodes,
-                out,
-            );
+            walk(root, &rel.join(OsStr::from_bytes(&name)), symlink_atimes, inodes, out);
         }
     }
 }
@@ -333,9 +289,7 @@ fn fidelity(test: &str, fs: &str, mount_opts: &str, symlink_atimes: bool) {
     let store: XfsReflink = lfs.open("");
     let tmp = store.create(&key("result-tmp/base"), None).unwrap();
     build_tree(&tmp);
-    let base = store
-        .commit(&key("result-tmp/base"), &key("result/base"), None)
-        .unwrap();
+    let base = store.commit(&key("result-tmp/base"), &key("result/base"), None).unwrap();
     set_times(&base, &mut 0);
     common::sync(&lfs.mnt);
 
@@ -348,47 +302,24 @@ fn fidelity(test: &str, fs: &str, mount_opts: &str, symlink_atimes: bool) {
     assert!(has("cap", "security.capability") && has("dir", "system.posix_acl_default"));
     assert!(has("dangling", "trusted.sym"));
     assert_eq!(entry("file").mode & 0o7777, 0o4755);
-    assert!(
-        entry("sparse").blocks.unwrap() < 100,
-        "sparse file is not sparse"
-    );
-    assert_eq!(
-        entry("dir/sub/hard3").same_as.as_deref(),
-        Some(Path::new("dir/hard2"))
-    );
+    assert!(entry("sparse").blocks.unwrap() < 100, "sparse file is not sparse");
+    assert_eq!(entry("dir/sub/hard3").same_as.as_deref(), Some(Path::new("dir/hard2")));
 
-    let clone = store
-        .clone_tree(&key("result/base"), &key("result-tmp/c1"))
-        .unwrap();
+    let clone = store.clone_tree(&key("result/base"), &key("result-tmp/c1")).unwrap();
     common::sync(&lfs.mnt);
     // Cloning left the base exactly as it was (nothing read its atimes).
     assert_same(&want, &manifest(&base, symlink_atimes), "base after clone");
     assert_same(&want, &manifest(&clone, symlink_atimes), "clone");
 
-    let committed = store
-        .commit(
-            &key("result-tmp/c1"),
-            &key("result/c1"),
-            Some(&key("result/base")),
-        )
-        .unwrap();
-    assert_same(
-        &want,
-        &manifest(&committed, symlink_atimes),
-        "committed clone",
-    );
+    let committed =
+        store.commit(&key("result-tmp/c1"), &key("result/c1"), Some(&key("result/base"))).unwrap();
+    assert_same(&want, &manifest(&committed, symlink_atimes), "committed clone");
 
     // A clone of a clone, with several threads and with one.
     let store1 = lfs.open("threads = 1");
-    let again = store1
-        .clone_tree(&key("result/c1"), &key("result-tmp/c2"))
-        .unwrap();
+    let again = store1.clone_tree(&key("result/c1"), &key("result-tmp/c2")).unwrap();
     common::sync(&lfs.mnt);
-    assert_same(
-        &want,
-        &manifest(&again, symlink_atimes),
-        "clone of the clone",
-    );
+    assert_same(&want, &manifest(&again, symlink_atimes), "clone of the clone");
 }
 
 #[test]

@@ -23,11 +23,7 @@ fn assert_refused(dir: &Path, what: &str) {
 
 /// What filesystem a directory is on, as `stat -f` says.
 fn fs_type(dir: &Path) -> String {
-    let out = std::process::Command::new("stat")
-        .args(["-f", "-c", "%T"])
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("stat").args(["-f", "-c", "%T"]).arg(dir).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -47,10 +43,7 @@ fn ext4_is_refused() {
     let tmp = std::env::temp_dir();
     let kind = fs_type(&tmp);
     if !kind.starts_with("ext") {
-        common::skip(
-            "ext4_is_refused",
-            &format!("{} is on {kind}, not ext4", tmp.display()),
-        );
+        common::skip("ext4_is_refused", &format!("{} is on {kind}, not ext4", tmp.display()));
         return;
     }
     assert_refused(&tmp, "ext4");
@@ -58,12 +51,7 @@ fn ext4_is_refused() {
 
 #[test]
 fn xfs_without_reflink_is_refused() {
-    let Some(lfs) = LoopFs::new(
-        "xfs_without_reflink_is_refused",
-        "xfs-noreflink",
-        512 << 20,
-        "",
-    ) else {
+    let Some(lfs) = LoopFs::new("xfs_without_reflink_is_refused", "xfs-noreflink", 512 << 20, "") else {
         return;
     };
     assert_refused(&lfs.mnt, "xfs reflink=0");

@@ -33,27 +33,13 @@ fn sharing(test: &str, fs: &str) {
         big.write_all(&chunk).unwrap();
     }
     drop(big);
-    store
-        .commit(&key("result-tmp/base"), &key("result/base"), None)
-        .unwrap();
+    store.commit(&key("result-tmp/base"), &key("result/base"), None).unwrap();
 
     let before = lfs.used_bytes();
     // The measure works: the base itself took its 512 MiB.
-    assert!(
-        before - empty >= 500 * MIB,
-        "{fs}: base used only {} KiB",
-        (before - empty) / 1024
-    );
-    let clone = store
-        .clone_tree(&key("result/base"), &key("result-tmp/c"))
-        .unwrap();
-    store
-        .commit(
-            &key("result-tmp/c"),
-            &key("result/c"),
-            Some(&key("result/base")),
-        )
-        .unwrap();
+    assert!(before - empty >= 500 * MIB, "{fs}: base used only {} KiB", (before - empty) / 1024);
+    let clone = store.clone_tree(&key("result/base"), &key("result-tmp/c")).unwrap();
+    store.commit(&key("result-tmp/c"), &key("result/c"), Some(&key("result/base"))).unwrap();
     let after = lfs.used_bytes();
     let grown = after.saturating_sub(before);
     eprintln!("{fs}: clone of a 512 MiB file used {} KiB", grown / 1024);
@@ -62,11 +48,7 @@ fn sharing(test: &str, fs: &str) {
 
     // Same content; writing to the clone leaves the base alone.
     let committed = store.path(&key("result/c")).unwrap().unwrap();
-    let mut f = File::options()
-        .read(true)
-        .write(true)
-        .open(committed.join("big"))
-        .unwrap();
+    let mut f = File::options().read(true).write(true).open(committed.join("big")).unwrap();
     assert_eq!(f.metadata().unwrap().len(), 512 * MIB);
     let mut head = [0u8; 8];
     f.seek(SeekFrom::Start(300 * MIB)).unwrap();
@@ -79,11 +61,7 @@ fn sharing(test: &str, fs: &str) {
     let mut g = File::open(base.join("big")).unwrap();
     g.seek(SeekFrom::Start(300 * MIB)).unwrap();
     g.read_exact(&mut head).unwrap();
-    assert_eq!(
-        u64::from_le_bytes(head),
-        300,
-        "{fs}: writing to the clone changed the base"
-    );
+    assert_eq!(u64::from_le_bytes(head), 300, "{fs}: writing to the clone changed the base");
 
     // Deleting the base keeps the clone whole.
     store.remove(&key("result/base")).unwrap();

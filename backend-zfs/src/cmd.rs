@@ -28,13 +28,9 @@ pub fn run(tool: &str, args: &[&str]) -> Result<String, StoreError> {
     }
     let stderr = String::from_utf8_lossy(&output.stderr);
     // zfs often adds usage text after the first line; the first lines say it.
-    let message: Vec<&str> =
-        stderr.lines().map(str::trim).filter(|l| !l.is_empty()).take(3).collect();
-    let message = if message.is_empty() {
-        format!("exited with {}", output.status)
-    } else {
-        message.join("; ")
-    };
+    let message: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).take(3).collect();
+    let message =
+        if message.is_empty() { format!("exited with {}", output.status) } else { message.join("; ") };
     Err(StoreError::new(classify(&message), format!("`{tool} {}`: {message}", args.join(" "))))
 }
 

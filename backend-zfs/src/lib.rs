@@ -84,12 +84,8 @@ pub fn open(root: &Path, options: &str) -> Result<ZfsBackend, StoreError> {
     let options: Options = store_api::parse_options(options)?;
     check_dataset_name(&options.dataset)?;
     let pool = options.dataset.split('/').next().unwrap_or_default().to_string();
-    let backend = ZfsBackend {
-        dataset: options.dataset,
-        pool,
-        root: root.to_path_buf(),
-        counter: AtomicU64::new(0),
-    };
+    let backend =
+        ZfsBackend { dataset: options.dataset, pool, root: root.to_path_buf(), counter: AtomicU64::new(0) };
     backend.verify_dataset()?;
     backend.ensure_parents()?;
     Ok(backend)
@@ -313,7 +309,12 @@ impl ZfsBackend {
                     Ok(_) => {
                         let origin_ds = origin.split_once('@').map(|(d, _)| d.to_string());
                         next = match origin_ds {
-                            Some(o) if self.state(&o)? == State::Removed || o.starts_with(&self.trash_prefix()) => Some(o),
+                            Some(o)
+                                if self.state(&o)? == State::Removed
+                                    || o.starts_with(&self.trash_prefix()) =>
+                            {
+                                Some(o)
+                            }
                             _ => None,
                         };
                         continue 'datasets;
@@ -524,8 +525,7 @@ impl ZfsBackend {
 /// Whether two paths name the same directory (the config may spell the
 /// root differently from ZFS, e.g. through a symlink or a trailing `/`).
 fn same_path(a: &Path, b: &Path) -> bool {
-    a == b
-        || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 
 impl SnapshotBackend for ZfsBackend {
@@ -536,8 +536,12 @@ impl SnapshotBackend for ZfsBackend {
         let path = self.mountpoint_of_new(&dataset)?;
         let prepare = || -> Result<(), StoreError> {
             if let Some(owner) = owner {
-                std::os::unix::fs::chown(&path, Some(owner.uid), Some(owner.gid))
-                    .context(format!("chown {}:{} {}", owner.uid, owner.gid, path.display()))?;
+                std::os::unix::fs::chown(&path, Some(owner.uid), Some(owner.gid)).context(format!(
+                    "chown {}:{} {}",
+                    owner.uid,
+                    owner.gid,
+                    path.display()
+                ))?;
             }
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
                 .context(format!("chmod 755 {}", path.display()))
@@ -557,7 +561,8 @@ impl SnapshotBackend for ZfsBackend {
         // Twice: a concurrent removal of `src` may move its snapshot.
         for attempt in 0..2 {
             let origin = self.snapshot_of(&src_ds)?.ok_or_else(missing)?;
-            let args = [vec!["clone".to_string()], self.name_options(dst), vec![origin, dataset.clone()]].concat();
+            let args =
+                [vec!["clone".to_string()], self.name_options(dst), vec![origin, dataset.clone()]].concat();
             match self.make(&args, &dataset) {
                 Ok(()) => return self.mountpoint_of_new(&dataset),
                 Err(err) if err.kind() == ErrorKind::NOT_FOUND && attempt == 0 => {}
@@ -572,9 +577,7 @@ impl SnapshotBackend for ZfsBackend {
         let (tmp_ds, dst_ds) = (self.dataset_of(tmp), self.dataset_of(dst));
         let what = format!("commit `{tmp}` as `{dst}`");
         match self.state(&dst_ds)? {
-            State::Live => {
-                return Err(StoreError::already_exists(format!("{what}: `{dst}` already exists")))
-            }
+            State::Live => return Err(StoreError::already_exists(format!("{what}: `{dst}` already exists"))),
             State::Removed => self.clear_removed(&dst_ds).context(&what)?,
             State::Absent => {}
         }
@@ -592,7 +595,8 @@ impl SnapshotBackend for ZfsBackend {
         zfs(&["set", "readonly=on", &tmp_ds]).context(&what)?;
         // A snapshot the tmp dataset got from a promotion may have clones;
         // renaming would unmount them: move it on to a clone first.
-        let snapshots = zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-r", "-d", "1", &tmp_ds]).context(&what)?;
+        let snapshots =
+            zfs(&["list", "-H", "-o", "name", "-t", "snapshot", "-r", "-d", "1", &tmp_ds]).context(&what)?;
         if !snapshots.trim().is_empty() {
             self.promote_live_clones(&tmp_ds).context(&what)?;
         }

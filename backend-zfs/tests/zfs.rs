@@ -312,7 +312,8 @@ fn deferred_deletes_leave_nothing_behind() {
     b.commit(&key(&format!("cache-tmp/{long}")), &key(&format!("cache/{long}")), None).unwrap();
     assert!(b.list(Namespace::Cache).unwrap().contains(&long));
     assert!(!b.list(Namespace::CacheTmp).unwrap().contains(&long));
-    let long_clone = b.clone_tree(&key(&format!("cache/{long}")), &key(&format!("result-tmp/{long}"))).unwrap();
+    let long_clone =
+        b.clone_tree(&key(&format!("cache/{long}")), &key(&format!("result-tmp/{long}"))).unwrap();
     assert_eq!(fs::read_to_string(long_clone.join("f")).unwrap(), "long");
     assert!(b.list(Namespace::ResultTmp).unwrap().contains(&long));
 

@@ -84,13 +84,7 @@ impl Store {
     pub async fn cache(&self, user: Owner, name: &str) -> Result<(PathBuf, CacheCopy), StoreError> {
         let (store, name) = (self.inner.clone(), name.to_string());
         let lease = blocking(move || store.acquire(&name, Some(user), true)).await?;
-        Ok((
-            lease.path.clone(),
-            CacheCopy {
-                store: self.inner.clone(),
-                lease,
-            },
-        ))
+        Ok((lease.path.clone(), CacheCopy { store: self.inner.clone(), lease }))
     }
 
     /// Deletes cache `name`; copies in use are discarded when released.

@@ -79,43 +79,23 @@ impl Config {
                 let line = text[..span.start].matches('\n').count() + 1;
                 format!(" (line {line})")
             });
-            config_error(
-                file,
-                format_args!("{}{}", err.message(), place.unwrap_or_default()),
-            )
+            config_error(file, format_args!("{}{}", err.message(), place.unwrap_or_default()))
         })?;
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base
-        };
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         let absolute = |p: &Path| {
-            let joined = if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            };
+            let joined = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
             std::path::absolute(&joined).unwrap_or(joined)
         };
         if raw.store.root.as_os_str().is_empty() {
-            return Err(config_error(
-                file,
-                "[store] root is empty; set it to the store's directory",
-            ));
+            return Err(config_error(file, "[store] root is empty; set it to the store's directory"));
         }
         if raw.store.root.to_str().is_none() {
             return Err(config_error(file, "[store] root must be valid UTF-8"));
         }
-        let mut backend = raw
-            .store
-            .backend
-            .unwrap_or_else(|| DEFAULT_BACKEND.to_string());
+        let mut backend = raw.store.backend.unwrap_or_else(|| DEFAULT_BACKEND.to_string());
         if backend.is_empty() {
-            return Err(config_error(
-                file,
-                "[store] backend is empty; name a plugin, e.g. \"rsync\"",
-            ));
+            return Err(config_error(file, "[store] backend is empty; name a plugin, e.g. \"rsync\""));
         }
         if backend.contains('/') {
             backend = absolute(Path::new(&backend)).to_string_lossy().into_owned();
@@ -164,32 +144,22 @@ mod tests {
     fn unknown_keys_name_file_key_and_line() {
         let err = parse("[store]\nroot = \"/x\"\nbackends = \"zfs\"\n").unwrap_err();
         let msg = err.message();
-        assert!(
-            msg.contains("/etc/s.toml") && msg.contains("backends") && msg.contains("line 3"),
-            "{msg}"
-        );
+        assert!(msg.contains("/etc/s.toml") && msg.contains("backends") && msg.contains("line 3"), "{msg}");
         let err = parse("[store]\nroot = \"/x\"\n[extra]\n").unwrap_err();
         assert!(err.message().contains("extra"), "{err}");
     }
 
     #[test]
     fn malformed_and_incomplete() {
-        assert!(parse("[store\nroot=1")
-            .unwrap_err()
-            .message()
-            .contains("/etc/s.toml"));
+        assert!(parse("[store\nroot=1").unwrap_err().message().contains("/etc/s.toml"));
         assert!(parse("[store]\n").unwrap_err().message().contains("root"));
-        assert!(!parse("[store]\nroot = 5\n")
-            .unwrap_err()
-            .message()
-            .contains('\n'));
+        assert!(!parse("[store]\nroot = 5\n").unwrap_err().message().contains('\n'));
     }
 
     #[test]
     fn backend_table_is_passed_through() {
         let c =
-            parse("[store]\nroot=\"/x\"\nbackend=\"./p/libx.so\"\n[backend]\nmode=\"hardlink\"\n")
-                .unwrap();
+            parse("[store]\nroot=\"/x\"\nbackend=\"./p/libx.so\"\n[backend]\nmode=\"hardlink\"\n").unwrap();
         assert_eq!(c.backend, "/etc/p/libx.so");
         assert_eq!(c.backend_options["mode"].as_str(), Some("hardlink"));
     }

@@ -6,8 +6,8 @@
 
 mod api;
 pub mod config;
-pub mod fault;
 pub mod conformance;
+pub mod fault;
 pub mod loader;
 pub(crate) mod lock;
 pub mod names;

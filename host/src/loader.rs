@@ -25,10 +25,7 @@ pub fn search_path(config_dirs: &[PathBuf]) -> Vec<PathBuf> {
     if let Some(path) = env::var_os("SNAPSTORE_PLUGIN_PATH") {
         dirs.extend(env::split_paths(&path).filter(|d| d.is_absolute()));
     }
-    if let Some(exe_dir) = env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
+    if let Some(exe_dir) = env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)) {
         dirs.push(exe_dir.join("../lib/snapstore"));
         dirs.insert(dirs.len() - 1, exe_dir);
     }
@@ -62,12 +59,14 @@ enum Module {
 fn load_error(err: LibraryError, file: &Path, library_version: &str) -> StoreError {
     let shown = file.display();
     match err {
-        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => incompatible(format!(
-            "plugin {shown} was built against store-api {actual_version}, \
+        LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
+            incompatible(format!(
+                "plugin {shown} was built against store-api {actual_version}, \
              but this snapstore uses store-api {expected_version} (the major versions must match); \
              rebuild the plugin against store-api {}.x",
-            expected_version.major
-        )),
+                expected_version.major
+            ))
+        }
         LibraryError::AbiInstability(_) => incompatible(format!(
             "plugin {shown} has an interface layout incompatible with this snapstore \
              (store-api {library_version} in the plugin, {} here); rebuild it",
@@ -104,11 +103,7 @@ fn check_ownership(file: &Path) -> Result<(), StoreError> {
                  fix with: chown root {} && chmod go-w {}",
                 file.display(),
                 path.display(),
-                if meta.uid() != 0 {
-                    "not owned by root"
-                } else {
-                    "writable by other users"
-                },
+                if meta.uid() != 0 { "not owned by root" } else { "writable by other users" },
                 path.display(),
                 path.display()
             )));
@@ -175,10 +170,7 @@ impl Plugin {
             })?
         };
         if by_path && !file.is_file() {
-            return Err(config.error(format_args!(
-                "[store] backend: no plugin file {}",
-                file.display()
-            )));
+            return Err(config.error(format_args!("[store] backend: no plugin file {}", file.display())));
         }
         let plugin = Plugin::load(&file).map_err(|e| e.context(config.file.display()))?;
         if !by_path && plugin.info.name != config.backend {
@@ -194,9 +186,7 @@ impl Plugin {
 
     /// Opens the backend on `root` with the config's `[backend]` options.
     pub fn open(&self, root: &Path, options: &toml::Table) -> Result<RemoteBackend, StoreError> {
-        let root = root
-            .to_str()
-            .ok_or_else(|| StoreError::invalid("the store root must be UTF-8"))?;
+        let root = root.to_str().ok_or_else(|| StoreError::invalid("the store root must be UTF-8"))?;
         let options = toml::to_string(options).map_err(|e| StoreError::invalid(e.to_string()))?;
         let (root, options) = (root.into(), options.as_str().into());
         Ok(match self.module {

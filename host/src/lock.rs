@@ -54,10 +54,7 @@ impl FileLock {
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
                 Err((_, errno)) => {
                     let err = std::io::Error::from(errno);
-                    return Err(StoreError::io(
-                        format_args!("cannot lock {}", path.display()),
-                        &err,
-                    ));
+                    return Err(StoreError::io(format_args!("cannot lock {}", path.display()), &err));
                 }
             };
             // The holder may have unlinked the file before we got the lock
@@ -65,10 +62,7 @@ impl FileLock {
             let ours = locked.metadata().context("cannot stat lock")?;
             match fs::metadata(path) {
                 Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {
-                    return Ok(Some(FileLock {
-                        _file: locked,
-                        path: path.to_path_buf(),
-                    }))
+                    return Ok(Some(FileLock { _file: locked, path: path.to_path_buf() }))
                 }
                 _ => continue,
             }
@@ -91,25 +85,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l");
         let held = FileLock::acquire(&path, Mode::Exclusive).unwrap();
-        assert!(FileLock::try_acquire(&path, Mode::Shared)
-            .unwrap()
-            .is_none());
+        assert!(FileLock::try_acquire(&path, Mode::Shared).unwrap().is_none());
         drop(held);
         let a = FileLock::try_acquire(&path, Mode::Shared).unwrap();
         let b = FileLock::try_acquire(&path, Mode::Shared).unwrap();
         assert!(a.is_some() && b.is_some());
-        assert!(FileLock::try_acquire(&path, Mode::Exclusive)
-            .unwrap()
-            .is_none());
+        assert!(FileLock::try_acquire(&path, Mode::Exclusive).unwrap().is_none());
     }
 
     #[test]
     fn removed_lock_file_is_recreated() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("l");
-        FileLock::acquire(&path, Mode::Exclusive)
-            .unwrap()
-            .release_and_remove();
+        FileLock::acquire(&path, Mode::Exclusive).unwrap().release_and_remove();
         assert!(!path.exists());
         let again = FileLock::try_acquire(&path, Mode::Exclusive).unwrap();
         assert!(again.is_some() && path.exists());

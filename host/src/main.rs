@@ -37,11 +37,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
 }
 
 #[derive(Parser)]
-#[command(
-    name = "snapstore",
-    version,
-    about = "A snapshot store for build systems"
-)]
+#[command(name = "snapstore", version, about = "A snapshot store for build systems")]
 struct Cli {
     /// Config file [default: $SNAPSTORE_CONFIG, ./snapstore.toml, /etc/snapstore/config.toml]
     #[arg(long, global = true, value_name = "FILE")]
@@ -167,18 +163,10 @@ struct Output {
 
 impl Output {
     fn new(json: serde_json::Value, text: impl Into<String>) -> Self {
-        Output {
-            json,
-            text: text.into(),
-            status: 0,
-        }
+        Output { json, text: text.into(), status: 0 }
     }
     fn none() -> Self {
-        Output {
-            json: serde_json::Value::Null,
-            text: String::new(),
-            status: 0,
-        }
+        Output { json: serde_json::Value::Null, text: String::new(), status: 0 }
     }
 }
 
@@ -236,10 +224,7 @@ fn run(cli: &Cli) -> Result<Output, StoreError> {
         Cmd::Result { id } => {
             let path = open(cli)?.result(id)?;
             match path {
-                Some(path) => Ok(Output::new(
-                    json!({"id": id, "path": path}),
-                    path.display().to_string(),
-                )),
+                Some(path) => Ok(Output::new(json!({"id": id, "path": path}), path.display().to_string())),
                 None if cli.json => Ok(Output::new(json!({"id": id, "path": null}), "")),
                 None => Err(StoreError::not_found(format!("no result `{id}`"))),
             }
@@ -248,32 +233,19 @@ fn run(cli: &Cli) -> Result<Output, StoreError> {
         Cmd::Cache(cmd) => cache(&open(cli)?, cmd),
         Cmd::Df => {
             let free = open(cli)?.df()?;
-            Ok(Output::new(
-                json!({ "free_percent": free }),
-                format!("{free:.1}"),
-            ))
+            Ok(Output::new(json!({ "free_percent": free }), format!("{free:.1}")))
         }
         Cmd::Root => {
             let store = open(cli)?;
-            Ok(Output::new(
-                json!({ "root": store.root() }),
-                store.root().display().to_string(),
-            ))
+            Ok(Output::new(json!({ "root": store.root() }), store.root().display().to_string()))
         }
         Cmd::StateDir => {
             let dir = open(cli)?.state_dir();
-            Ok(Output::new(
-                json!({ "state_dir": dir }),
-                dir.display().to_string(),
-            ))
+            Ok(Output::new(json!({ "state_dir": dir }), dir.display().to_string()))
         }
         Cmd::CompleteDeletes => open(cli)?.complete_deletes().map(|()| Output::none()),
         Cmd::List { sort } => list(&open(cli)?, *sort),
-        Cmd::Prune {
-            limit,
-            older_than,
-            until_free,
-        } => {
+        Cmd::Prune { limit, older_than, until_free } => {
             let options = snapstore::prune::PruneOptions {
                 limit: *limit,
                 older_than: *older_than,
@@ -312,18 +284,12 @@ fn run_command(command: &[String], dir: &Path) -> Result<u8, StoreError> {
         Ok(child) => child,
         Err(err) => {
             eprintln!("error: cannot run `{}`: {err}", command[0]);
-            return Ok(if err.kind() == std::io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            });
+            return Ok(if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
         }
     };
     // Like system(3): a Ctrl-C goes to the command, and we stay to clean up.
     let _ignore = IgnoreInterrupts::new();
-    let status = child
-        .wait()
-        .map_err(|e| StoreError::io("cannot wait for the command", &e))?;
+    let status = child.wait().map_err(|e| StoreError::io("cannot wait for the command", &e))?;
     use std::os::unix::process::ExitStatusExt;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => code.clamp(0, 255) as u8,
@@ -341,11 +307,7 @@ impl IgnoreInterrupts {
         let saved = [Signal::SIGINT, Signal::SIGQUIT]
             .into_iter()
             // SAFETY: installs SIG_IGN, which runs no code in the handler.
-            .filter_map(|sig| {
-                unsafe { sigaction(sig, &ignore) }
-                    .ok()
-                    .map(|old| (sig, old))
-            })
+            .filter_map(|sig| unsafe { sigaction(sig, &ignore) }.ok().map(|old| (sig, old)))
             .collect();
         IgnoreInterrupts(saved)
     }
@@ -370,20 +332,11 @@ fn build(
     let status = run_command(command, build.path())?;
     if status != 0 {
         build.abort()?;
-        eprintln!(
-            "error: `{}` failed with status {status}; result `{id}` not recorded",
-            command[0]
-        );
-        return Ok(Output {
-            status,
-            ..Output::none()
-        });
+        eprintln!("error: `{}` failed with status {status}; result `{id}` not recorded", command[0]);
+        return Ok(Output { status, ..Output::none() });
     }
     let path = build.commit()?;
-    Ok(Output::new(
-        json!({"id": id, "path": path}),
-        path.display().to_string(),
-    ))
+    Ok(Output::new(json!({"id": id, "path": path}), path.display().to_string()))
 }
 
 fn cache(store: &BlockingStore, cmd: &CacheCmd) -> Result<Output, StoreError> {
@@ -392,25 +345,15 @@ fn cache(store: &BlockingStore, cmd: &CacheCmd) -> Result<Output, StoreError> {
         CacheCmd::Acquire { name, user } => {
             let lease = store.acquire(name, owner(user)?, false)?;
             let text = format!("{} {}", lease.id, lease.path.display());
-            Ok(Output::new(
-                json!({"lease": lease.id, "path": lease.path}),
-                text,
-            ))
+            Ok(Output::new(json!({"lease": lease.id, "path": lease.path}), text))
         }
         CacheCmd::Release { lease, discard } => {
             let released = store.release_id(lease, *discard)?;
             let published = released == Released::Published;
             let text = if published { "published" } else { "discarded" };
-            Ok(Output::new(
-                json!({"lease": lease, "published": published}),
-                text,
-            ))
+            Ok(Output::new(json!({"lease": lease, "published": published}), text))
         }
-        CacheCmd::Run {
-            name,
-            user,
-            command,
-        } => {
+        CacheCmd::Run { name, user, command } => {
             let lease = store.acquire(name, owner(user)?, true)?;
             let status = run_command(command, &lease.path);
             // Released whatever the command's status: the copy is published
@@ -419,11 +362,7 @@ fn cache(store: &BlockingStore, cmd: &CacheCmd) -> Result<Output, StoreError> {
             let status = status?;
             let published = released == Released::Published;
             let json = json!({"cache": name, "published": published, "status": status});
-            Ok(Output {
-                json,
-                text: String::new(),
-                status,
-            })
+            Ok(Output { json, text: String::new(), status })
         }
         CacheCmd::Delete { name } => store.delete_cache(name).map(|()| Output::none()),
     }
@@ -433,12 +372,8 @@ fn list(store: &BlockingStore, sort: SortBy) -> Result<Output, StoreError> {
     let mut listing = store.list()?;
     match sort {
         SortBy::Id => {}
-        SortBy::Created => listing
-            .results
-            .sort_by(|a, b| a.created.total_cmp(&b.created)),
-        SortBy::LastUsed => listing
-            .results
-            .sort_by(|a, b| a.last_used.total_cmp(&b.last_used)),
+        SortBy::Created => listing.results.sort_by(|a, b| a.created.total_cmp(&b.created)),
+        SortBy::LastUsed => listing.results.sort_by(|a, b| a.last_used.total_cmp(&b.last_used)),
     }
     let mut text = String::new();
     let when = |t: f64| {
@@ -446,11 +381,7 @@ fn list(store: &BlockingStore, sort: SortBy) -> Result<Output, StoreError> {
         humantime::format_rfc3339_seconds(time).to_string()
     };
     for r in &listing.results {
-        let base = r
-            .base
-            .as_deref()
-            .map(|b| format!(" base {b}"))
-            .unwrap_or_default();
+        let base = r.base.as_deref().map(|b| format!(" base {b}")).unwrap_or_default();
         text += &format!(
             "result {} created {} used {}{base} {}\n",
             r.id,
@@ -464,10 +395,8 @@ fn list(store: &BlockingStore, sort: SortBy) -> Result<Output, StoreError> {
     }
     for l in &listing.leases {
         let kind = if l.record.bound { "bound" } else { "held" };
-        text += &format!(
-            "lease {} cache {:?} {kind} age {}s\n",
-            l.record.lease, l.record.cache, l.age_seconds
-        );
+        text +=
+            &format!("lease {} cache {:?} {kind} age {}s\n", l.record.lease, l.record.cache, l.age_seconds);
     }
     let json = serde_json::to_value(&listing).map_err(|e| StoreError::other(e.to_string()))?;
     Ok(Output::new(json, text))
@@ -569,10 +498,7 @@ fn prune(
         }
         // A progress line on long runs, for the operator watching stderr.
         if last_progress.elapsed().as_secs() >= 5 {
-            eprintln!(
-                "prune: {count} deleted in {:.0}s",
-                started.elapsed().as_secs_f64()
-            );
+            eprintln!("prune: {count} deleted in {:.0}s", started.elapsed().as_secs_f64());
             last_progress = std::time::Instant::now();
         }
     })?;

@@ -28,9 +28,7 @@ pub fn check_cache_name(name: &str) -> Result<(), StoreError> {
         )));
     }
     if name.contains('\0') {
-        return Err(StoreError::invalid(
-            "invalid cache name: it contains a NUL byte",
-        ));
+        return Err(StoreError::invalid("invalid cache name: it contains a NUL byte"));
     }
     Ok(())
 }
@@ -51,13 +49,7 @@ pub fn escape_cache_name(name: &str) -> String {
     }
     if out.len() > MAX_ESCAPED {
         let digest = Sha256::digest(name.as_bytes());
-        out = format!(
-            "__{}",
-            digest
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        );
+        out = format!("__{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>());
     }
     out
 }
@@ -130,16 +122,11 @@ mod tests {
 
     #[test]
     fn escaping_is_injective_and_safe() {
-        let names = [
-            "a", "A", "_", "_5F", "../../x", "a.b", "a b", "é", "x/y", "--", "%41",
-        ];
+        let names = ["a", "A", "_", "_5F", "../../x", "a.b", "a b", "é", "x/y", "--", "%41"];
         let escaped: Vec<String> = names.iter().map(|n| escape_cache_name(n)).collect();
         for (name, esc) in names.iter().zip(&escaped) {
             store_api::key::check_name(&format!("{esc}.1")).unwrap();
-            assert!(
-                !esc.contains('.') && !esc.contains('/') && !is_hashed(esc),
-                "{esc}"
-            );
+            assert!(!esc.contains('.') && !esc.contains('/') && !is_hashed(esc), "{esc}");
             assert_eq!(unescape_cache_name(esc).as_deref(), Some(*name));
         }
         let unique: std::collections::HashSet<_> = escaped.iter().collect();
@@ -159,13 +146,7 @@ mod tests {
 
     #[test]
     fn owners_parse() {
-        assert_eq!(
-            parse_owner("1000:100").unwrap(),
-            Owner {
-                uid: 1000,
-                gid: 100
-            }
-        );
+        assert_eq!(parse_owner("1000:100").unwrap(), Owner { uid: 1000, gid: 100 });
         assert_eq!(parse_owner("root:root").unwrap(), Owner { uid: 0, gid: 0 });
         for bad in ["1000", ":1", "1:", "nosuchuser:1", "1:2:3"] {
             assert!(parse_owner(bad).is_err(), "{bad}");

@@ -37,9 +37,7 @@ pub fn prune(
     mut progress: impl FnMut(&str),
 ) -> Result<PruneReport, StoreError> {
     store.reconcile_records()?;
-    let cutoff = options
-        .older_than
-        .map(|age| now_ns() - age.as_nanos().min(i64::MAX as u128) as i64);
+    let cutoff = options.older_than.map(|age| now_ns() - age.as_nanos().min(i64::MAX as u128) as i64);
     let mut deleted = Vec::new();
     let stopped = loop {
         if let Some(goal) = options.until_free {
@@ -54,10 +52,7 @@ pub fn prune(
         // The order is read afresh each time: builds and lookups go on.
         let Some(id) = take_one(store, cutoff)? else {
             break match options.older_than {
-                Some(age) => format!(
-                    "no unused result older than {}",
-                    humantime::format_duration(age)
-                ),
+                Some(age) => format!("no unused result older than {}", humantime::format_duration(age)),
                 None => "nothing left to prune".to_string(),
             };
         };
@@ -76,18 +71,16 @@ pub fn prune(
 /// Deletes the least recently used leaf that no build is using; returns it.
 fn take_one(store: &BlockingStore, cutoff: Option<i64>) -> Result<Option<String>, StoreError> {
     let started = Instant::now();
-    for id in store.records().leaves_by_age(cutoff)? {
+    for id in store.records()?.leaves_by_age(cutoff)? {
         // A base of a running build holds a shared `use` lock; skip it.
-        let Some(using) = FileLock::try_acquire(&store.lock_path("use", &id), Mode::Exclusive)?
-        else {
+        let Some(using) = FileLock::try_acquire(&store.lock_path("use", &id), Mode::Exclusive)? else {
             continue;
         };
-        let Some(lock) = FileLock::try_acquire(&store.lock_path("build", &id), Mode::Exclusive)?
-        else {
+        let Some(lock) = FileLock::try_acquire(&store.lock_path("build", &id), Mode::Exclusive)? else {
             continue;
         };
         // Built on since we listed it? Then it is no longer a leaf.
-        let record = store.records().get(&id)?;
+        let record = store.records()?.get(&id)?;
         if record.as_ref().is_some_and(|r| r.children > 0) {
             continue;
         }

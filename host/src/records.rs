@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension};
 use store_api::StoreError;
 
 /// One result as recorded. Times are Unix nanoseconds.
@@ -34,25 +34,35 @@ fn db_error(e: rusqlite::Error) -> StoreError {
 }
 
 pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 impl Records {
+    /// Opens (or creates) the record at `path`. A record damaged beyond
+    /// use (possible after a power loss, see below) is set aside and
+    /// rebuilt empty: reconcile then adopts every result.
     pub fn open(path: &Path) -> Result<Records, StoreError> {
-        let conn = Connection::open(path).map_err(db_error)?;
+        match Self::open_checked(path) {
+            Err(e) if matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)) => {
+                let aside = path.with_extension(format!("sqlite.damaged-{}", now_ns()));
+                tracing::warn!("the result record is damaged; moved to {} and rebuilt", aside.display());
+                let _ = std::fs::rename(path, &aside);
+                Self::open_checked(path).map_err(db_error)
+            }
+            other => other.map_err(db_error),
+        }
+    }
+
+    fn open_checked(path: &Path) -> rusqlite::Result<Records> {
+        let conn = Connection::open(path)?;
         // A rollback journal, not WAL: WAL's shared memory is an mmap that
         // raises SIGBUS when the filesystem is full, and stores do fill up.
-        // NORMAL sync survives kill -9; a power loss may lose the last
-        // records, which reconcile repairs.
-        conn.busy_timeout(Duration::from_secs(30))
-            .map_err(db_error)?;
-        conn.pragma_update(None, "journal_mode", "TRUNCATE")
-            .map_err(db_error)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db_error)?;
+        // No fsync: what a process wrote survives its kill -9 (it is in the
+        // kernel), and the record is an aid that reconcile repairs; fsyncs
+        // would cost more than the snapshot operations themselves.
+        conn.busy_timeout(Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "TRUNCATE")?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS results (
                  id TEXT PRIMARY KEY,
@@ -62,33 +72,31 @@ impl Records {
              );
              CREATE INDEX IF NOT EXISTS results_base ON results(base);
              CREATE INDEX IF NOT EXISTS results_last_used ON results(last_used);",
-        )
-        .map_err(db_error)?;
-        Ok(Records {
-            conn: Mutex::new(conn),
-        })
+        )?;
+        Ok(Records { conn: Mutex::new(conn) })
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn).map_err(db_error)
     }
 
-    /// Records a new result.
+    /// Records a new result, and the use of its base, in one write.
     pub fn committed(&self, id: &str, base: Option<&str>) -> Result<(), StoreError> {
         let now = now_ns();
         self.with(|c| {
-            c.execute(
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
                 "INSERT INTO results (id, base, created, last_used) VALUES (?1, ?2, ?3, ?3)
                  ON CONFLICT(id) DO UPDATE SET base = excluded.base, created = excluded.created,
                      last_used = excluded.last_used",
                 params![id, base, now],
-            )
+            )?;
+            if let Some(base) = base {
+                tx.execute("UPDATE results SET last_used = ?2 WHERE id = ?1", params![base, now])?;
+            }
+            tx.commit()
         })
-        .map(drop)
     }
 
     /// Marks an existing result as used now (adopting it if unrecorded).
@@ -107,8 +115,7 @@ impl Records {
     }
 
     pub fn deleted(&self, id: &str) -> Result<(), StoreError> {
-        self.with(|c| c.execute("DELETE FROM results WHERE id = ?1", params![id]))
-            .map(drop)
+        self.with(|c| c.execute("DELETE FROM results WHERE id = ?1", params![id])).map(drop)
     }
 
     /// Makes the record match `present`, the results the backend holds.
@@ -142,10 +149,7 @@ impl Records {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ResultRecord>, StoreError> {
-        self.with(|c| {
-            c.query_row(&format!("{SELECT} WHERE r.id = ?1"), params![id], row)
-                .optional()
-        })
+        self.with(|c| c.query_row(&format!("{SELECT} WHERE r.id = ?1"), params![id], row).optional())
     }
 
     /// Every recorded result.

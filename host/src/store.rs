@@ -50,7 +50,8 @@ struct Inner {
     meta: PathBuf,
     backend_name: String,
     backend: Box<dyn SnapshotBackend>,
-    records: Records,
+    /// Opened on first use: most commands never need it.
+    records: std::sync::OnceLock<Records>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -139,20 +140,14 @@ pub struct Recovered {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// A random 16-hex-digit token, unique across processes.
 pub fn random_token() -> String {
     let mut bytes = [0u8; 8];
     if getrandom::getrandom(&mut bytes).is_err() {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
         bytes = ((nanos as u64) ^ ((std::process::id() as u64) << 32)).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -185,16 +180,14 @@ impl BlockingStore {
         // The marker is checked before the plugin touches the root, and
         // written only once the plugin has accepted it.
         check_marker(&config.root, &plugin.info.name)?;
-        let backend = plugin
-            .open(&config.root, &config.backend_options)
-            .map_err(|e| {
-                let file = config.file.display();
-                if e.kind() == ErrorKind::INVALID_INPUT {
-                    e.context(file)
-                } else {
-                    e
-                }
-            })?;
+        let backend = plugin.open(&config.root, &config.backend_options).map_err(|e| {
+            let file = config.file.display();
+            if e.kind() == ErrorKind::INVALID_INPUT {
+                e.context(file)
+            } else {
+                e
+            }
+        })?;
         prepare_root(&config.root, &plugin.info.name)?;
         Self::assemble(&config.root, &plugin.info.name, Box::new(backend))
     }
@@ -214,28 +207,28 @@ impl BlockingStore {
         backend_name: &str,
         backend: Box<dyn SnapshotBackend>,
     ) -> Result<Self, StoreError> {
-        let meta = root.join(META_DIR);
-        let records = Records::open(&meta.join("results.sqlite"))?;
         let inner = Inner {
             root: root.to_path_buf(),
-            meta,
+            meta: root.join(META_DIR),
             backend_name: backend_name.to_string(),
             backend,
-            records,
+            records: std::sync::OnceLock::new(),
         };
-        Ok(BlockingStore {
-            inner: Arc::new(inner),
-        })
+        Ok(BlockingStore { inner: Arc::new(inner) })
     }
 
-    pub(crate) fn records(&self) -> &Records {
-        &self.inner.records
+    pub(crate) fn records(&self) -> Result<&Records, StoreError> {
+        if let Some(records) = self.inner.records.get() {
+            return Ok(records);
+        }
+        let opened = Records::open(&self.inner.meta.join("results.sqlite"))?;
+        Ok(self.inner.records.get_or_init(|| opened))
     }
 
     /// Notes a use of result `id`; the record is an aid, so a failure to
     /// write it never fails the operation (reconcile repairs it).
     fn note_use(&self, id: &str) {
-        if let Err(e) = self.inner.records.used(id) {
+        if let Err(e) = self.records().and_then(|r| r.used(id)) {
             warn!(id, "cannot record the use of a result: {e}");
         }
     }
@@ -301,10 +294,7 @@ impl BlockingStore {
         }
         // Held until commit or abort: prune leaves a base in use alone.
         let using = match base {
-            Some(base) => Some(FileLock::acquire(
-                &self.lock_path("use", base),
-                Mode::Shared,
-            )?),
+            Some(base) => Some(FileLock::acquire(&self.lock_path("use", base), Mode::Shared)?),
             None => None,
         };
         let token = random_token();
@@ -323,9 +313,6 @@ impl BlockingStore {
                 return Err(err);
             }
         };
-        if let Some(base) = base {
-            self.note_use(base);
-        }
         fault::point("build:cloned");
         debug!(id, ?base, tmp = %tmp, "build started");
         Ok(Build {
@@ -343,9 +330,7 @@ impl BlockingStore {
         let _using = self.use_base(base)?;
         let base_key = key(Namespace::Result, base)?;
         if self.backend().path(&base_key)?.is_none() {
-            return Err(StoreError::not_found(format!(
-                "base `{base}` does not exist"
-            )));
+            return Err(StoreError::not_found(format!("base `{base}` does not exist")));
         }
         self.backend().clone_tree(&base_key, tmp)
     }
@@ -359,14 +344,8 @@ impl BlockingStore {
             if let Some(lock) = FileLock::try_acquire(&path, Mode::Shared)? {
                 return Ok(lock);
             }
-            if self
-                .backend()
-                .path(&key(Namespace::Result, base)?)?
-                .is_none()
-            {
-                return Err(StoreError::not_found(format!(
-                    "base `{base}` does not exist"
-                )));
+            if self.backend().path(&key(Namespace::Result, base)?)?.is_none() {
+                return Err(StoreError::not_found(format!("base `{base}` does not exist")));
             }
             // It exists and is being deleted: wait for the delete to finish.
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -402,7 +381,7 @@ impl BlockingStore {
     pub(crate) fn remove_result(&self, id: &str, lock: FileLock) -> Result<(), StoreError> {
         self.backend().remove(&key(Namespace::Result, id)?)?;
         fault::point("delete:removed");
-        if let Err(e) = self.inner.records.deleted(id) {
+        if let Err(e) = self.records().and_then(|r| r.deleted(id)) {
             warn!(id, "cannot drop the record of a deleted result: {e}");
         }
         if let Some(unused) = FileLock::try_acquire(&self.lock_path("use", id), Mode::Exclusive)? {
@@ -416,7 +395,7 @@ impl BlockingStore {
     /// Brings the result record in line with what the backend holds.
     pub fn reconcile_records(&self) -> Result<(), StoreError> {
         let present = self.backend().list(Namespace::Result)?;
-        let (adopted, dropped) = self.inner.records.reconcile(&present)?;
+        let (adopted, dropped) = self.records()?.reconcile(&present)?;
         if adopted + dropped > 0 {
             info!(adopted, dropped, "result record reconciled");
         }
@@ -429,12 +408,7 @@ impl BlockingStore {
     /// directory owned by `owner` if it does not exist. A bound lease is
     /// discarded automatically once this process is gone; an unbound one
     /// lives until [`release`](Self::release)d.
-    pub fn acquire(
-        &self,
-        name: &str,
-        owner: Option<Owner>,
-        bound: bool,
-    ) -> Result<Lease, StoreError> {
+    pub fn acquire(&self, name: &str, owner: Option<Owner>, bound: bool) -> Result<Lease, StoreError> {
         check_cache_name(name)?;
         self.recover_temporary(Namespace::CacheTmp)?;
         self.recover_leases()?;
@@ -448,38 +422,22 @@ impl BlockingStore {
         fault::point("acquire:created");
         let lease = random_token();
         let holder = if bound {
-            Some(FileLock::acquire(
-                &self.lock_path("lease", &lease),
-                Mode::Exclusive,
-            )?)
+            Some(FileLock::acquire(&self.lock_path("lease", &lease), Mode::Exclusive)?)
         } else {
             None
         };
-        let record = LeaseRecord {
-            lease: lease.clone(),
-            cache: name.to_string(),
-            generation,
-            created: now(),
-            bound,
-        };
-        let json =
-            serde_json::to_vec_pretty(&record).map_err(|e| StoreError::other(e.to_string()))?;
+        let record =
+            LeaseRecord { lease: lease.clone(), cache: name.to_string(), generation, created: now(), bound };
+        let json = serde_json::to_vec_pretty(&record).map_err(|e| StoreError::other(e.to_string()))?;
         // The record comes first: a tree in cache-tmp without one is stale.
         write_atomic(&self.lease_path(&lease), &json)?;
         fault::point("acquire:recorded");
         let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
-        match self
-            .backend()
-            .clone_tree(&snapshot, &key(Namespace::CacheTmp, &lease)?)
-        {
+        match self.backend().clone_tree(&snapshot, &key(Namespace::CacheTmp, &lease)?) {
             Ok(path) => {
                 fault::point("acquire:cloned");
                 debug!(name, lease, generation, "cache acquired");
-                Ok(Lease {
-                    id: lease,
-                    path,
-                    _holder: holder,
-                })
+                Ok(Lease { id: lease, path, _holder: holder })
             }
             Err(err) => {
                 let _ = self.backend().remove(&key(Namespace::CacheTmp, &lease)?);
@@ -496,10 +454,8 @@ impl BlockingStore {
         let tmp = key(Namespace::CacheTmp, &token)?;
         let generation = self.next_generation()?;
         let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
-        let made = self
-            .backend()
-            .create(&tmp, owner)
-            .and_then(|_| self.backend().commit(&tmp, &snapshot, None));
+        let made =
+            self.backend().create(&tmp, owner).and_then(|_| self.backend().commit(&tmp, &snapshot, None));
         if made.is_err() {
             let _ = self.backend().remove(&tmp);
         }
@@ -528,8 +484,7 @@ impl BlockingStore {
         let _cache_lock = FileLock::acquire(&self.lock_path("cache", &escaped), Mode::Exclusive)?;
         let copy = key(Namespace::CacheTmp, lease)?;
         let latest = self.latest_generation(&escaped)?;
-        let publish =
-            !discard && latest == Some(record.generation) && self.backend().path(&copy)?.is_some();
+        let publish = !discard && latest == Some(record.generation) && self.backend().path(&copy)?.is_some();
         let released = if publish {
             let generation = self.next_generation()?;
             let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
@@ -538,10 +493,7 @@ impl BlockingStore {
                 // discarded, and the cache keeps its previous snapshot.
                 let _ = self.backend().remove(&copy);
                 let _ = fs::remove_file(self.lease_path(lease));
-                return Err(err.context(format_args!(
-                    "cache `{}` keeps its previous state",
-                    record.cache
-                )));
+                return Err(err.context(format_args!("cache `{}` keeps its previous state", record.cache)));
             }
             fault::point("release:published");
             self.remove_generations_before(&escaped, generation)?;
@@ -579,8 +531,7 @@ impl BlockingStore {
         let cache_lock = FileLock::acquire(&self.lock_path("cache", &escaped), Mode::Exclusive)?;
         self.check_hashed_name(name, &escaped)?;
         for generation in self.generations(&escaped)? {
-            self.backend()
-                .remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
+            self.backend().remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
         }
         if is_hashed(&escaped) {
             let _ = fs::remove_file(self.inner.meta.join("cache-names").join(&escaped));
@@ -643,8 +594,7 @@ impl BlockingStore {
 
     fn remove_generations_before(&self, escaped: &str, keep: u64) -> Result<(), StoreError> {
         for generation in self.generations(escaped)?.into_iter().filter(|g| *g < keep) {
-            self.backend()
-                .remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
+            self.backend().remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
         }
         Ok(())
     }
@@ -655,9 +605,10 @@ impl BlockingStore {
         let _lock = FileLock::acquire(&self.lock_path("", "generation"), Mode::Exclusive)?;
         let path = self.inner.meta.join("generation");
         let last = match fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse::<u64>().map_err(|_| {
-                StoreError::other(format!("corrupt generation counter {}", path.display()))
-            })?,
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| StoreError::other(format!("corrupt generation counter {}", path.display())))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(StoreError::io("cannot read generation counter", &e)),
         };
@@ -682,10 +633,7 @@ impl BlockingStore {
         recovered.abandoned_leases = self.recover_leases()?;
         // Lock files of tmp trees whose owner died before making the tree.
         let dir = self.inner.meta.join("locks").join("tmp");
-        for entry in fs::read_dir(&dir)
-            .context("cannot read tmp locks")?
-            .flatten()
-        {
+        for entry in fs::read_dir(&dir).context("cannot read tmp locks")?.flatten() {
             if let Some(lock) = FileLock::try_acquire(&entry.path(), Mode::Exclusive)? {
                 lock.release_and_remove();
             }
@@ -703,16 +651,11 @@ impl BlockingStore {
             if !record.bound {
                 continue;
             }
-            let Some(_dead) =
-                FileLock::try_acquire(&self.lock_path("lease", &lease), Mode::Exclusive)?
+            let Some(_dead) = FileLock::try_acquire(&self.lock_path("lease", &lease), Mode::Exclusive)?
             else {
                 continue;
             };
-            warn!(
-                lease,
-                cache = record.cache,
-                "discarding the cache copy of a dead process"
-            );
+            warn!(lease, cache = record.cache, "discarding the cache copy of a dead process");
             match self.release_id(&lease, true) {
                 Ok(_) => discarded += 1,
                 // Another process recovered it first.
@@ -731,9 +674,7 @@ impl BlockingStore {
                 // A leased copy: its lease decides (see `recover`).
                 continue;
             }
-            if let Some(lock) =
-                FileLock::try_acquire(&self.lock_path("tmp", &name), Mode::Exclusive)?
-            {
+            if let Some(lock) = FileLock::try_acquire(&self.lock_path("tmp", &name), Mode::Exclusive)? {
                 warn!(tree = %tree, "removing a temporary tree left by a dead process");
                 self.backend().remove(&tree)?;
                 lock.release_and_remove();
@@ -748,12 +689,7 @@ impl BlockingStore {
         let mut ids: Vec<String> = fs::read_dir(&dir)
             .context(format_args!("cannot read {}", dir.display()))?
             .flatten()
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".json")
-                    .map(str::to_string)
-            })
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".json").map(str::to_string))
             .collect();
         ids.sort();
         Ok(ids)
@@ -765,26 +701,12 @@ impl BlockingStore {
     pub fn list(&self) -> Result<Listing, StoreError> {
         self.reconcile_records()?;
         let mut results = Vec::new();
-        for ResultRecord {
-            id,
-            base,
-            created,
-            last_used,
-            children,
-        } in self.inner.records.all()?
-        {
+        for ResultRecord { id, base, created, last_used, children } in self.records()?.all()? {
             // Skips a result deleted since the reconciliation.
             if let Some(path) = self.backend().path(&key(Namespace::Result, &id)?)? {
                 let seconds = |ns: i64| ns as f64 / 1e9;
                 let (created, last_used) = (seconds(created), seconds(last_used));
-                results.push(ResultInfo {
-                    id,
-                    path,
-                    base,
-                    created,
-                    last_used,
-                    children,
-                });
+                results.push(ResultInfo { id, path, base, created, last_used, children });
             }
         }
         let mut latest: std::collections::BTreeMap<String, u64> = Default::default();
@@ -801,11 +723,7 @@ impl BlockingStore {
             .map(|(escaped, generation)| {
                 let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
                 let path = self.backend().path(&snapshot)?;
-                Ok(CacheInfo {
-                    name: self.cache_display_name(&escaped),
-                    generation,
-                    path,
-                })
+                Ok(CacheInfo { name: self.cache_display_name(&escaped), generation, path })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         let mut leases = Vec::new();
@@ -815,17 +733,9 @@ impl BlockingStore {
             };
             let path = self.backend().path(&key(Namespace::CacheTmp, &lease)?)?;
             let age_seconds = now().saturating_sub(record.created);
-            leases.push(LeaseInfo {
-                record,
-                age_seconds,
-                path,
-            });
+            leases.push(LeaseInfo { record, age_seconds, path });
         }
-        Ok(Listing {
-            results,
-            caches,
-            leases,
-        })
+        Ok(Listing { results, caches, leases })
     }
 
     /// Waits until space freed by deletes so far is really free.
@@ -844,15 +754,9 @@ impl BlockingStore {
 /// marker that records which backend the store belongs to.
 fn prepare_root(root: &Path, backend: &str) -> Result<(), StoreError> {
     let meta = root.join(META_DIR);
-    for dir in [
-        "locks/build",
-        "locks/use",
-        "locks/cache",
-        "locks/tmp",
-        "locks/lease",
-        "leases",
-        "cache-names",
-    ] {
+    for dir in
+        ["locks/build", "locks/use", "locks/cache", "locks/tmp", "locks/lease", "leases", "cache-names"]
+    {
         let dir = meta.join(dir);
         fs::create_dir_all(&dir).context(format_args!("cannot create {}", dir.display()))?;
     }
@@ -860,11 +764,8 @@ fn prepare_root(root: &Path, backend: &str) -> Result<(), StoreError> {
     fs::create_dir_all(&state).context(format_args!("cannot create {}", state.display()))?;
     let marker = meta.join(MARKER);
     if !check_marker(root, backend)? {
-        let text = toml::to_string(&Marker {
-            backend: backend.to_string(),
-            format: FORMAT,
-        })
-        .map_err(|e| StoreError::other(e.to_string()))?;
+        let text = toml::to_string(&Marker { backend: backend.to_string(), format: FORMAT })
+            .map_err(|e| StoreError::other(e.to_string()))?;
         // Written aside and hard-linked into place: of two processes
         // creating the store at once, exactly one marker wins.
         let staged = meta.join(format!("store.toml.{}", random_token()));
@@ -888,14 +789,9 @@ fn check_marker(root: &Path, backend: &str) -> Result<bool, StoreError> {
     if !marker.exists() {
         return Ok(false);
     }
-    let text =
-        fs::read_to_string(&marker).context(format_args!("cannot read {}", marker.display()))?;
+    let text = fs::read_to_string(&marker).context(format_args!("cannot read {}", marker.display()))?;
     let found: Marker = toml::from_str(&text).map_err(|e| {
-        StoreError::other(format!(
-            "corrupt store marker {}: {}",
-            marker.display(),
-            e.message()
-        ))
+        StoreError::other(format!("corrupt store marker {}: {}", marker.display(), e.message()))
     })?;
     if found.backend != backend {
         return Err(StoreError::invalid(format!(
@@ -956,11 +852,7 @@ impl Build {
         match committed {
             Ok(path) => {
                 fault::point("build:committed");
-                if let Err(e) = store
-                    .inner
-                    .records
-                    .committed(&self.id, self.base.as_deref())
-                {
+                if let Err(e) = store.records().and_then(|r| r.committed(&self.id, self.base.as_deref())) {
                     warn!(id = self.id, "cannot record the new result: {e}");
                 }
                 if let Some((_id_lock, tmp_lock)) = self.locks.take() {
@@ -983,10 +875,7 @@ impl Build {
 
     fn discard(&mut self) {
         if let Err(err) = self.discard_checked() {
-            warn!(
-                id = self.id,
-                "cannot discard build tree (a later operation will): {err}"
-            );
+            warn!(id = self.id, "cannot discard build tree (a later operation will): {err}");
         }
     }
 

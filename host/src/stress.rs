@@ -44,11 +44,7 @@ impl Rng {
 /// appending a random digit 0–2 to `output` on top of the previous step's
 /// result (ids are the digit paths, so jobs share results), and updates
 /// one shared cache per step. Everything built is removed afterwards.
-pub fn run(
-    store: &BlockingStore,
-    jobs: usize,
-    parallel: usize,
-) -> Result<StressReport, StoreError> {
+pub fn run(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<StressReport, StoreError> {
     let prefix = format!("stress-{}", random_token());
     let cache = format!("{prefix}-cache");
     let next = AtomicUsize::new(0);
@@ -74,13 +70,7 @@ pub fn run(
     }
     let failures = errors.len();
     errors.truncate(5);
-    Ok(StressReport {
-        jobs,
-        failures,
-        seconds,
-        jobs_per_second: jobs as f64 / seconds.max(1e-9),
-        errors,
-    })
+    Ok(StressReport { jobs, failures, seconds, jobs_per_second: jobs as f64 / seconds.max(1e-9), errors })
 }
 
 fn job(store: &BlockingStore, prefix: &str, cache: &str, digits: &[u64]) -> Result<(), String> {
@@ -104,22 +94,15 @@ fn job(store: &BlockingStore, prefix: &str, cache: &str, digits: &[u64]) -> Resu
                 Ok(Err(e)) => return Err(format!("build {id}: {e}")),
             }
         }
-        let lease = store
-            .acquire(cache, None, true)
-            .map_err(|e| format!("cache: {e}"))?;
+        let lease = store.acquire(cache, None, true).map_err(|e| format!("cache: {e}"))?;
         let count = fs::read_to_string(lease.path.join("count")).unwrap_or_default();
         let count = count.trim().parse::<u64>().unwrap_or(0) + 1;
         fs::write(lease.path.join("count"), count.to_string()).map_err(|e| e.to_string())?;
-        store
-            .release(lease)
-            .map_err(|e| format!("cache release: {e}"))?;
+        store.release(lease).map_err(|e| format!("cache release: {e}"))?;
         base = Some(id);
     }
     let last = base.unwrap_or_default();
-    let path = store
-        .result(&last)
-        .map_err(|e| e.to_string())?
-        .ok_or(format!("{last} vanished"))?;
+    let path = store.result(&last).map_err(|e| e.to_string())?.ok_or(format!("{last} vanished"))?;
     let output = fs::read_to_string(path.join("output")).map_err(|e| format!("{last}: {e}"))?;
     if output != expected {
         return Err(format!("{last} holds {output:?}, expected {expected:?}"));

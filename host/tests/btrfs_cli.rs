@@ -8,15 +8,8 @@ use support::contract::run_contract;
 use support::*;
 
 fn btrfs(args: &[&str]) -> String {
-    let out = Command::new("btrfs")
-        .args(args)
-        .output()
-        .expect("btrfs-progs installed");
-    assert!(
-        out.status.success(),
-        "btrfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("btrfs").args(args).output().expect("btrfs-progs installed");
+    assert!(out.status.success(), "btrfs {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -31,24 +24,11 @@ fn contract_on_btrfs() {
 
     // Results are read-only subvolumes.
     let path = f.ok(&["build", "ro", "--", "sh", "-c", "echo x > f"]);
-    assert_eq!(
-        btrfs(&["property", "get", "-ts", &path, "ro"]).trim(),
-        "ro=true"
-    );
-    assert!(
-        std::fs::write(format!("{path}/f"), "changed").is_err(),
-        "a result is writable"
-    );
+    assert_eq!(btrfs(&["property", "get", "-ts", &path, "ro"]).trim(), "ro=true");
+    assert!(std::fs::write(format!("{path}/f"), "changed").is_err(), "a result is writable");
 
     // A result holding nested subvolumes is deleted cleanly.
-    f.ok(&[
-        "build",
-        "nested",
-        "--",
-        "sh",
-        "-c",
-        "btrfs -q subvolume create inner && echo y > inner/g",
-    ]);
+    f.ok(&["build", "nested", "--", "sh", "-c", "btrfs -q subvolume create inner && echo y > inner/g"]);
     f.ok(&["delete", "nested"]);
     f.ok(&["delete", "ro"]);
 
@@ -60,23 +40,14 @@ fn contract_on_btrfs() {
     f.ok(&["complete-deletes"]);
     let left = btrfs(&["subvolume", "list", "-o", fs.mount.to_str().unwrap()]);
     let store_subvolumes: Vec<&str> = left.lines().filter(|l| l.contains("store/")).collect();
-    assert!(
-        store_subvolumes.is_empty(),
-        "subvolumes left: {store_subvolumes:?}"
-    );
+    assert!(store_subvolumes.is_empty(), "subvolumes left: {store_subvolumes:?}");
     let deleted = btrfs(&["subvolume", "list", "-d", fs.mount.to_str().unwrap()]);
-    assert!(
-        deleted.trim().is_empty(),
-        "uncleaned deleted subvolumes: {deleted}"
-    );
+    assert!(deleted.trim().is_empty(), "uncleaned deleted subvolumes: {deleted}");
 
     // A root outside btrfs is refused by `check`, with the fix.
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = dir.path().join("store");
-    let text = format!(
-        "[store]\nbackend = \"btrfs\"\nroot = \"{}\"\n",
-        elsewhere.display()
-    );
+    let text = format!("[store]\nbackend = \"btrfs\"\nroot = \"{}\"\n", elsewhere.display());
     let wrong = Fixture::with_config(dir, &elsewhere, &text);
     let err = wrong.fails(&["check"], 69);
     assert!(err.contains("btrfs"), "{err}");

@@ -58,7 +58,8 @@ fn crash_at_every_point(f: &Fixture) {
         let id = format!("x{n}");
         let context = format!("killed at {point}");
         // A build.
-        let out = run_killed_at(f, point, &["build", &id, "--base", "base", "--", "sh", "-c", "cat output > copy"]);
+        let out =
+            run_killed_at(f, point, &["build", &id, "--base", "base", "--", "sh", "-c", "cat output > copy"]);
         deaths += killed(&out) as usize;
         check_invariants(f, &context);
         if f.result(&id).is_none() {
@@ -102,13 +103,18 @@ fn crash_at_random_moments(f: &Fixture) {
     };
     for i in 0..15 {
         let id = format!("x-random{i}");
-        let args = ["build", id.as_str(), "--base", "base", "--", "sh", "-c", "cat output > copy; sleep 0.02"];
+        let args =
+            ["build", id.as_str(), "--base", "base", "--", "sh", "-c", "cat output > copy; sleep 0.02"];
         let mut child = f.command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(delay());
         let _ = child.kill();
         let _ = child.wait();
         let script = format!("echo r{i} > a; sleep 0.01; echo r{i} > b");
-        let mut child = f.command(&["cache", "run", "c", "--", "sh", "-c", &script]).stdout(Stdio::null()).spawn().unwrap();
+        let mut child = f
+            .command(&["cache", "run", "c", "--", "sh", "-c", &script])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
         std::thread::sleep(delay());
         let _ = child.kill();
         let _ = child.wait();
@@ -134,7 +140,9 @@ fn crashes_on_btrfs() {
 
 #[test]
 fn crashes_on_xfs_reflink() {
-    let Some((_fs, f)) = loop_store(&["mkfs.xfs", "-q", "-m", "reflink=1"], "1G", "xfs-reflink", "") else { return };
+    let Some((_fs, f)) = loop_store(&["mkfs.xfs", "-q", "-m", "reflink=1"], "1G", "xfs-reflink", "") else {
+        return;
+    };
     crashes(&f);
 }
 
@@ -256,7 +264,10 @@ fn full_disk(f: &Fixture, size_mb: u32) {
     f.ok(&["complete-deletes"]);
     f.ok(&["build", "again", "--base", "base", "--", "true"]);
     // The cache kept its last published state.
-    assert_eq!(f.ok(&["cache", "run", "c", "--", "sh", "-c", "wc -c < blob"]).trim(), format!("{size_mb}000000"));
+    assert_eq!(
+        f.ok(&["cache", "run", "c", "--", "sh", "-c", "wc -c < blob"]).trim(),
+        format!("{size_mb}000000")
+    );
     f.ok(&["cache", "run", "c", "--", "sh", "-c", "echo more > more"]);
 }
 

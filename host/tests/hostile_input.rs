@@ -77,13 +77,17 @@ fn hostile_names_through_the_cli_stay_inside_the_store() {
     let f = Fixture::rsync();
     f.ok(&["build", "seed", "--", "true"]);
     let outside: Vec<_> = fs::read_dir(f.dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
-    let names = ["../../../tmp/x", "/etc", "..", ".", "a/../../b", "\u{202e}evil", "%2e%2e", "_2E_2E", "__", "x\ty"];
+    let names =
+        ["../../../tmp/x", "/etc", "..", ".", "a/../../b", "\u{202e}evil", "%2e%2e", "_2E_2E", "__", "x\ty"];
     for name in names {
         let out = f.run(&["--json", "cache", "acquire", name]);
         assert!(out.status.success(), "{name:?}: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let path = Path::new(v["path"].as_str().unwrap());
-        assert!(path.starts_with(&f.root) && !escapes(path.strip_prefix(&f.root).unwrap().to_str().unwrap().split('/').last().unwrap()));
+        assert!(
+            path.starts_with(&f.root)
+                && !escapes(path.strip_prefix(&f.root).unwrap().to_str().unwrap().split('/').last().unwrap())
+        );
         f.ok(&["cache", "release", v["lease"].as_str().unwrap()]);
         let out = f.run(&["build", name, "--", "true"]);
         assert!(!out.status.success() || check_id(name).is_ok());

@@ -25,10 +25,7 @@ use support::*;
 const EXIT_SOFTWARE: i32 = 70;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn fixtures_target() -> PathBuf {
@@ -36,9 +33,7 @@ fn fixtures_target() -> PathBuf {
 }
 
 fn fixture_source(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 // ----- building fixture plugins -----
@@ -53,14 +48,7 @@ static BUILDS: Mutex<()> = Mutex::new(());
 /// Cargo names a cdylib (and the rlib beside it) without a hash, so two
 /// builds of one crate with different features or dependencies must not
 /// share a target directory: they would overwrite each other's output.
-fn build_plugin(
-    dir: &Path,
-    args: &[&str],
-    target: &Path,
-    lib: &str,
-    variant: &str,
-    file: &str,
-) -> PathBuf {
+fn build_plugin(dir: &Path, args: &[&str], target: &Path, lib: &str, variant: &str, file: &str) -> PathBuf {
     let _serial = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let out = Command::new(env!("CARGO"))
@@ -77,10 +65,7 @@ fn build_plugin(
         dir.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!(
-        "built fixture plugin {variant} in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("built fixture plugin {variant} in {:.1}s", started.elapsed().as_secs_f64());
     let built = target.join("debug").join(format!("lib{lib}.so"));
     let dest_dir = fixtures_target().join("plugins").join(variant);
     fs::create_dir_all(&dest_dir).unwrap();
@@ -165,14 +150,7 @@ fn copy_plugin() -> &'static Path {
     static PLUGIN: OnceLock<PathBuf> = OnceLock::new();
     PLUGIN.get_or_init(|| {
         let dir = repo().join("examples/copy-backend");
-        build_plugin(
-            &dir,
-            &[],
-            &dir.join("target"),
-            "snapstore_copy",
-            "copy",
-            "libsnapstore_copy.so",
-        )
+        build_plugin(&dir, &[], &dir.join("target"), "snapstore_copy", "copy", "libsnapstore_copy.so")
     })
 }
 
@@ -191,10 +169,7 @@ fn copy_sources(from: &Path, to: &Path) {
         if entry.file_type().unwrap().is_dir() {
             copy_sources(&entry.path(), &to.join(entry.file_name()));
         } else {
-            write_if_changed(
-                &to.join(entry.file_name()),
-                &fs::read(entry.path()).unwrap(),
-            );
+            write_if_changed(&to.join(entry.file_name()), &fs::read(entry.path()).unwrap());
         }
     }
 }
@@ -211,13 +186,9 @@ fn bare_v2_source() -> PathBuf {
     let src = fixtures_target().join("src");
     let api = src.join("store-api-2");
     copy_sources(&repo().join("store-api/src"), &api.join("src"));
-    let workspace = read_toml(&repo().join("Cargo.toml"))["workspace"]
-        .as_table()
-        .unwrap()
-        .clone();
+    let workspace = read_toml(&repo().join("Cargo.toml"))["workspace"].as_table().unwrap().clone();
     let mut manifest = read_toml(&repo().join("store-api/Cargo.toml"));
-    let inherited =
-        |v: &toml::Value| v.get("workspace").and_then(toml::Value::as_bool) == Some(true);
+    let inherited = |v: &toml::Value| v.get("workspace").and_then(toml::Value::as_bool) == Some(true);
     let package = manifest["package"].as_table_mut().unwrap();
     for (key, value) in package.iter_mut() {
         if inherited(value) {
@@ -244,10 +215,7 @@ fn bare_v2_source() -> PathBuf {
         }
     }
     manifest.insert("workspace".into(), toml::Table::new().into());
-    write_if_changed(
-        &api.join("Cargo.toml"),
-        toml::to_string(&manifest).unwrap().as_bytes(),
-    );
+    write_if_changed(&api.join("Cargo.toml"), toml::to_string(&manifest).unwrap().as_bytes());
 
     let bare = src.join("bare-2");
     copy_sources(&fixture_source("bare").join("src"), &bare.join("src"));
@@ -255,10 +223,7 @@ fn bare_v2_source() -> PathBuf {
     manifest["dependencies"]["store-api"]["path"] = api.to_str().unwrap().into();
     manifest["package"]["name"] = "fixture-bare-v2".into();
     manifest["lib"]["name"] = "snapstore_bare_v2".into();
-    write_if_changed(
-        &bare.join("Cargo.toml"),
-        toml::to_string(&manifest).unwrap().as_bytes(),
-    );
+    write_if_changed(&bare.join("Cargo.toml"), toml::to_string(&manifest).unwrap().as_bytes());
     bare
 }
 
@@ -269,11 +234,7 @@ fn store_with(backend: &str, extra: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
     let backend = toml::Value::from(backend);
-    Fixture::with_config(
-        dir,
-        &root,
-        &format!("[store]\nbackend = {backend}\nroot = \"store\"\n{extra}"),
-    )
+    Fixture::with_config(dir, &root, &format!("[store]\nbackend = {backend}\nroot = \"store\"\n{extra}"))
 }
 
 fn store_on(plugin: &Path) -> Fixture {
@@ -292,10 +253,7 @@ fn plugin_dir_with(files: &[(&Path, &str)]) -> tempfile::TempDir {
 }
 
 fn plugin_dirs_line(dir: &Path) -> String {
-    format!(
-        "plugin_dirs = [{}]\n",
-        toml::Value::from(dir.to_str().unwrap())
-    )
+    format!("plugin_dirs = [{}]\n", toml::Value::from(dir.to_str().unwrap()))
 }
 
 /// Asserts that `out` failed with `code` and exactly one line on stderr,
@@ -304,10 +262,7 @@ fn one_line_error(out: &Output, code: i32, what: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "{what}: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(
-        lines.len() == 1 && lines[0].starts_with("error: "),
-        "{what}: not one error line:\n{stderr}"
-    );
+    assert!(lines.len() == 1 && lines[0].starts_with("error: "), "{what}: not one error line:\n{stderr}");
     lines[0].to_string()
 }
 
@@ -324,11 +279,8 @@ fn system_libz() -> Option<PathBuf> {
     }
     let out = Command::new("ldconfig").arg("-p").output().ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("libz.so.1 "))?;
-    line.rsplit_once("=> ")
-        .map(|(_, path)| PathBuf::from(path.trim()))
+    let line = text.lines().find(|l| l.trim_start().starts_with("libz.so.1 "))?;
+    line.rsplit_once("=> ").map(|(_, path)| PathBuf::from(path.trim()))
 }
 
 // ----- the tests -----
@@ -339,14 +291,8 @@ fn a_plugin_built_against_another_major_version_is_refused() {
     let f = store_on(plugin);
     for command in [&["list"][..], &["check"], &["conformance"]] {
         let line = one_line_error(&f.run(command), EXIT_USAGE, "v2 plugin");
-        assert!(
-            line.contains(plugin.to_str().unwrap()),
-            "no file name: {line}"
-        );
-        assert!(
-            line.contains("2.0.0") && line.contains(store_api::API_VERSION),
-            "not both versions: {line}"
-        );
+        assert!(line.contains(plugin.to_str().unwrap()), "no file name: {line}");
+        assert!(line.contains("2.0.0") && line.contains(store_api::API_VERSION), "not both versions: {line}");
     }
     // Nothing of the store was made with it.
     assert!(!f.root.join(".snapstore/store.toml").exists());
@@ -360,22 +306,13 @@ fn a_library_that_is_not_a_plugin_is_refused() {
     };
     let junk = tempfile::NamedTempFile::new().unwrap();
     fs::write(junk.path(), "not an ELF file").unwrap();
-    let dir = plugin_dir_with(&[
-        (&libz, "libsnapstore_z.so"),
-        (junk.path(), "libsnapstore_junk.so"),
-    ]);
+    let dir = plugin_dir_with(&[(&libz, "libsnapstore_z.so"), (junk.path(), "libsnapstore_junk.so")]);
     let extra = plugin_dirs_line(dir.path());
-    for (backend, needle) in [
-        ("z", "not a snapstore plugin"),
-        ("junk", "cannot load plugin"),
-    ] {
+    for (backend, needle) in [("z", "not a snapstore plugin"), ("junk", "cannot load plugin")] {
         let f = store_with(backend, &extra);
         let line = one_line_error(&f.run(&["list"]), EXIT_USAGE, backend);
         let file = dir.path().join(format!("libsnapstore_{backend}.so"));
-        assert!(
-            line.contains(file.to_str().unwrap()) && line.contains(needle),
-            "{line}"
-        );
+        assert!(line.contains(file.to_str().unwrap()) && line.contains(needle), "{line}");
         assert!(!line.ends_with(':'), "no reason given: {line}");
     }
     // The same, by path, for the library where the system keeps it.
@@ -387,32 +324,18 @@ fn a_library_that_is_not_a_plugin_is_refused() {
 #[test]
 fn a_plugin_declaring_another_name_is_refused() {
     require_plugin("rsync");
-    let dir = plugin_dir_with(&[(
-        &plugin_dir().join("libsnapstore_rsync.so"),
-        "libsnapstore_other.so",
-    )]);
+    let dir = plugin_dir_with(&[(&plugin_dir().join("libsnapstore_rsync.so"), "libsnapstore_other.so")]);
     let f = store_with("other", &plugin_dirs_line(dir.path()));
     let line = one_line_error(&f.run(&["list"]), EXIT_USAGE, "renamed plugin");
     let file = dir.path().join("libsnapstore_other.so");
     assert!(line.contains(file.to_str().unwrap()), "{line}");
-    assert!(
-        line.contains("\"other\"") && line.contains("`rsync`"),
-        "{line}"
-    );
+    assert!(line.contains("\"other\"") && line.contains("`rsync`"), "{line}");
 }
 
 /// Runs snapstore with the wrap plugin panicking in `op`.
 fn panicking(f: &Fixture, op: &str, args: &[&str]) -> String {
-    let out = f
-        .command(args)
-        .env("SNAPSTORE_FIXTURE_PANIC", op)
-        .output()
-        .unwrap();
-    let line = one_line_error(
-        &out,
-        EXIT_SOFTWARE,
-        &format!("panic in {op}, snapstore {args:?}"),
-    );
+    let out = f.command(args).env("SNAPSTORE_FIXTURE_PANIC", op).output().unwrap();
+    let line = one_line_error(&out, EXIT_SOFTWARE, &format!("panic in {op}, snapstore {args:?}"));
     assert!(line.contains("panic") && line.contains(op), "{line}");
     line
 }
@@ -422,47 +345,28 @@ fn panicking(f: &Fixture, op: &str, args: &[&str]) -> String {
 fn state(f: &Fixture) -> (Vec<String>, Vec<String>, usize) {
     let list = f.json(&["list"]);
     let names = |v: &serde_json::Value, key: &str| -> Vec<String> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x[key].as_str().unwrap().to_string())
-            .collect()
+        v.as_array().unwrap().iter().map(|x| x[key].as_str().unwrap().to_string()).collect()
     };
     for ns in ["result-tmp", "cache-tmp"] {
         let left: Vec<_> = fs::read_dir(f.root.join(ns)).unwrap().collect();
         assert!(left.is_empty(), "{ns} holds {left:?}");
     }
-    (
-        names(&list["results"], "id"),
-        names(&list["caches"], "name"),
-        list["leases"].as_array().unwrap().len(),
-    )
+    (names(&list["results"], "id"), names(&list["caches"], "name"), list["leases"].as_array().unwrap().len())
 }
 
 #[test]
 fn a_panicking_plugin_gives_an_error_and_the_store_stays_consistent() {
     let f = store_on(wrap_plugin());
     f.ok(&["build", "base", "--", "sh", "-c", "echo 1 > out"]);
-    let lease = f.json(&["cache", "acquire", "c"])["lease"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let lease = f.json(&["cache", "acquire", "c"])["lease"].as_str().unwrap().to_string();
     f.ok(&["cache", "release", &lease]);
     let before = (vec!["base".to_string()], vec!["c".to_string()], 0);
     assert_eq!(state(&f), before);
 
     panicking(&f, "open", &["list"]);
     panicking(&f, "create", &["build", "x", "--", "true"]);
-    panicking(
-        &f,
-        "clone_tree",
-        &["build", "x", "--base", "base", "--", "true"],
-    );
-    panicking(
-        &f,
-        "commit",
-        &["build", "x", "--", "sh", "-c", "echo 2 > out"],
-    );
+    panicking(&f, "clone_tree", &["build", "x", "--base", "base", "--", "true"]);
+    panicking(&f, "commit", &["build", "x", "--", "sh", "-c", "echo 2 > out"]);
     panicking(&f, "remove", &["delete", "base"]);
     panicking(&f, "path", &["result", "base"]);
     panicking(&f, "list", &["list"]);
@@ -476,31 +380,14 @@ fn a_panicking_plugin_gives_an_error_and_the_store_stays_consistent() {
 
     // A copy whose publication panics is discarded; the cache keeps its state.
     let copy = f.json(&["cache", "acquire", "c"]);
-    fs::write(
-        Path::new(copy["path"].as_str().unwrap()).join("data"),
-        "lost",
-    )
-    .unwrap();
-    panicking(
-        &f,
-        "commit",
-        &["cache", "release", copy["lease"].as_str().unwrap()],
-    );
+    fs::write(Path::new(copy["path"].as_str().unwrap()).join("data"), "lost").unwrap();
+    panicking(&f, "commit", &["cache", "release", copy["lease"].as_str().unwrap()]);
     assert_eq!(state(&f), before, "after a panic in a cache release");
     f.ok(&["cache", "run", "c", "--", "sh", "-c", "test ! -e data"]);
 
     // With the panics switched off, everything works again.
     assert_eq!(f.read_result("base", "out"), "1\n");
-    f.ok(&[
-        "build",
-        "x",
-        "--base",
-        "base",
-        "--",
-        "sh",
-        "-c",
-        "echo 2 >> out",
-    ]);
+    f.ok(&["build", "x", "--base", "base", "--", "sh", "-c", "echo 2 >> out"]);
     assert_eq!(f.read_result("x", "out"), "1\n2\n");
     f.ok(&["delete", "base"]);
     f.ok(&["cache", "run", "new-cache", "--", "true"]);
@@ -520,18 +407,12 @@ fn a_plugin_built_against_store_api_1_0_still_works() {
     // The host calls `recover` (added in 1.1) on every recovery pass; for
     // this plugin the call falls back to the default instead of reaching it.
     old.ok(&["complete-deletes"]);
-    assert!(
-        !old.root.join("recover-calls").exists(),
-        "a 1.0 plugin's vtable has no recover"
-    );
+    assert!(!old.root.join("recover-calls").exists(), "a 1.0 plugin's vtable has no recover");
 
     // Built against 1.1, the same plugin does get the calls.
     let new = store_on(wrap_plugin());
     new.ok(&["complete-deletes"]);
-    assert!(
-        new.root.join("recover-calls").exists(),
-        "recover did not reach a 1.1 plugin"
-    );
+    assert!(new.root.join("recover-calls").exists(), "recover did not reach a 1.1 plugin");
 }
 
 #[test]
@@ -551,20 +432,9 @@ fn backends_lists_every_plugin_and_why_some_cannot_load() {
     let dir = plugin_dir_with(&files);
     let f = store_with("bare", "");
     let backends = |json: bool| {
-        let mut cmd = f.command(if json {
-            &["--json", "backends"][..]
-        } else {
-            &["backends"][..]
-        });
-        let out = cmd
-            .env("SNAPSTORE_PLUGIN_PATH", dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let mut cmd = f.command(if json { &["--json", "backends"][..] } else { &["backends"][..] });
+        let out = cmd.env("SNAPSTORE_PLUGIN_PATH", dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
 
@@ -578,24 +448,12 @@ fn backends_lists_every_plugin_and_why_some_cannot_load() {
             .to_string()
     };
     let api = store_api::API_VERSION;
-    assert!(
-        line_of("libsnapstore_bare.so").starts_with(&format!("bare 0.1.0 store-api {api} ")),
-        "{text}"
-    );
+    assert!(line_of("libsnapstore_bare.so").starts_with(&format!("bare 0.1.0 store-api {api} ")), "{text}");
     let v2 = line_of("libsnapstore_bare_v2.so");
-    assert!(
-        v2.starts_with("unusable ") && v2.contains("2.0.0") && v2.contains(api),
-        "{v2}"
-    );
-    assert!(
-        line_of("libsnapstore_junk.so").starts_with("unusable "),
-        "{text}"
-    );
+    assert!(v2.starts_with("unusable ") && v2.contains("2.0.0") && v2.contains(api), "{v2}");
+    assert!(line_of("libsnapstore_junk.so").starts_with("unusable "), "{text}");
     if libz.is_some() {
-        assert!(
-            line_of("libsnapstore_z.so").contains("not a snapstore plugin"),
-            "{text}"
-        );
+        assert!(line_of("libsnapstore_z.so").contains("not a snapstore plugin"), "{text}");
     }
     // The plugins beside the executable are in the search path too.
     require_plugin("rsync");
@@ -618,20 +476,14 @@ fn backends_lists_every_plugin_and_why_some_cannot_load() {
     assert_eq!(bare["api_version"], api);
     assert!(bare["error"].is_null(), "{bare}");
     let v2 = entry("libsnapstore_bare_v2.so");
-    assert!(
-        v2["name"].is_null() && v2["error"].as_str().unwrap().contains("2.0.0"),
-        "{v2}"
-    );
+    assert!(v2["name"].is_null() && v2["error"].as_str().unwrap().contains("2.0.0"), "{v2}");
     assert!(entry("libsnapstore_junk.so")["error"].is_string());
 
     // A plugin built against the previous minor version is usable, and
     // shown with the store-api version it was built against.
     let old = entry("libsnapstore_wrap_1_0.so");
     assert_eq!(old["api_version"], "1.0.0", "{old}");
-    assert!(
-        line_of("libsnapstore_wrap_1_0.so").starts_with("wrap-1-0 0.1.0 store-api 1.0.0 "),
-        "{text}"
-    );
+    assert!(line_of("libsnapstore_wrap_1_0.so").starts_with("wrap-1-0 0.1.0 store-api 1.0.0 "), "{text}");
 }
 
 #[test]
@@ -642,32 +494,10 @@ fn the_example_backend_builds_on_its_own_and_passes_conformance() {
     let check = f.json(&["check"]);
     assert_eq!(check["plugin"]["name"], "copy");
     // And it is a real backend: a result built on a base keeps the base's files.
-    f.ok(&[
-        "build",
-        "base",
-        "--",
-        "sh",
-        "-c",
-        "mkdir d && echo x > d/f && ln -s d/f link && chmod 4755 d/f",
-    ]);
-    f.ok(&[
-        "build",
-        "child",
-        "--base",
-        "base",
-        "--",
-        "sh",
-        "-c",
-        "echo y >> d/f",
-    ]);
+    f.ok(&["build", "base", "--", "sh", "-c", "mkdir d && echo x > d/f && ln -s d/f link && chmod 4755 d/f"]);
+    f.ok(&["build", "child", "--base", "base", "--", "sh", "-c", "echo y >> d/f"]);
     assert_eq!(f.read_result("base", "d/f"), "x\n");
     assert_eq!(f.read_result("child", "link"), "x\ny\n");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(
-        fs::metadata(f.result("child").unwrap().join("d/f"))
-            .unwrap()
-            .mode()
-            & 0o7777,
-        0o4755
-    );
+    assert_eq!(fs::metadata(f.result("child").unwrap().join("d/f")).unwrap().mode() & 0o7777, 0o4755);
 }

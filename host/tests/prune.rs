@@ -9,22 +9,12 @@ use support::*;
 
 fn prune_once(f: &Fixture) -> Vec<String> {
     let out = f.json(&["prune", "--limit", "1"]);
-    out["deleted"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect()
+    out["deleted"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect()
 }
 
 fn ids(f: &Fixture) -> Vec<String> {
     let listing = f.json(&["list"]);
-    listing["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect()
+    listing["results"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
 }
 
 /// B with children C1 and C2; C1 looked up after C2 was built.
@@ -35,54 +25,30 @@ fn least_recently_used_leaves_go_first(f: &Fixture) {
     f.ok(&["result", "c1"]);
     let listing = f.json(&["list", "--sort", "last-used"]);
     let b = &listing["results"][0];
-    assert_eq!(
-        (b["id"].as_str(), b["children"].as_u64()),
-        (Some("b"), Some(2)),
-        "{listing}"
-    );
+    assert_eq!((b["id"].as_str(), b["children"].as_u64()), (Some("b"), Some(2)), "{listing}");
     assert_eq!(listing["results"][1]["base"], "b");
     assert_eq!(prune_once(f), ["c2"]);
     assert_eq!(prune_once(f), ["c1"]);
     assert_eq!(prune_once(f), ["b"]);
     let out = f.json(&["prune"]);
     assert_eq!(out["deleted"].as_array().unwrap().len(), 0);
-    assert!(
-        out["stopped"].as_str().unwrap().contains("nothing left"),
-        "{out}"
-    );
+    assert!(out["stopped"].as_str().unwrap().contains("nothing left"), "{out}");
 }
 
 /// A prune racing a build never takes the build's base.
 fn a_base_in_use_is_kept(f: &Fixture) {
     f.ok(&["build", "b", "--", "sh", "-c", "echo b > f"]);
     let build = f
-        .command(&[
-            "build",
-            "x",
-            "--base",
-            "b",
-            "--",
-            "sh",
-            "-c",
-            "sleep 1.5; cat f > g",
-        ])
+        .command(&["build", "x", "--base", "b", "--", "sh", "-c", "sleep 1.5; cat f > g"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let out = f.json(&["prune"]);
-    assert_eq!(
-        out["deleted"].as_array().unwrap().len(),
-        0,
-        "pruned a base in use: {out}"
-    );
+    assert_eq!(out["deleted"].as_array().unwrap().len(), 0, "pruned a base in use: {out}");
     let built = build.wait_with_output().unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     assert_eq!(f.read_result("x", "g"), "b\n");
     // Once the build is done, its base is prunable after its child.
     let out = f.json(&["prune"]);
@@ -97,10 +63,7 @@ fn older_than_spares_recent_use(f: &Fixture) {
     f.ok(&["build", "new", "--", "true"]);
     let out = f.json(&["prune", "--older-than", "2s"]);
     assert_eq!(out["deleted"], serde_json::json!(["old"]), "{out}");
-    assert!(
-        out["stopped"].as_str().unwrap().contains("older than 2s"),
-        "{out}"
-    );
+    assert!(out["stopped"].as_str().unwrap().contains("older than 2s"), "{out}");
     f.ok(&["prune"]);
 }
 
@@ -133,11 +96,8 @@ fn kills_leave_no_ghosts(f: &Fixture) {
     f.ok(&["build", "base", "--", "sh", "-c", "seq 1 2000 > f"]);
     for i in 0..12u64 {
         let id = format!("k{i}");
-        let mut child = f
-            .command(&["build", &id, "--base", "base", "--", "true"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child =
+            f.command(&["build", &id, "--base", "base", "--", "true"]).stdout(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(3 + (i * 7919) % 60));
         let _ = child.kill();
         let _ = child.wait();
@@ -146,12 +106,10 @@ fn kills_leave_no_ghosts(f: &Fixture) {
     for id in &listed {
         assert!(f.result(id).is_some(), "{id} listed but absent");
     }
-    let on_disk = std::fs::read_dir(f.root.join("result"))
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.ok()?.file_name().into_string().ok()?;
-            (!name.starts_with('.')).then_some(name)
-        });
+    let on_disk = std::fs::read_dir(f.root.join("result")).unwrap().filter_map(|e| {
+        let name = e.ok()?.file_name().into_string().ok()?;
+        (!name.starts_with('.')).then_some(name)
+    });
     let mut on_disk: Vec<String> = on_disk.collect();
     on_disk.sort();
     assert_eq!(listed, on_disk);
@@ -191,10 +149,7 @@ fn prune_on_btrfs() {
     let deleted = out["deleted"].as_array().unwrap().len();
     let now: f64 = f.ok(&["df"]).parse().unwrap();
     assert!(now >= goal, "stopped at {now}% < {goal}%: {out}");
-    assert!(
-        (1..4).contains(&deleted),
-        "deleted {deleted} for a 20% goal: {out}"
-    );
+    assert!((1..4).contains(&deleted), "deleted {deleted} for a 20% goal: {out}");
     assert!(out["stopped"].as_str().unwrap().contains("free"), "{out}");
     f.ok(&["prune"]);
 }

@@ -26,19 +26,12 @@ async fn open(dir: &tempfile::TempDir) -> Store {
     Store::open(config).await.unwrap()
 }
 
-async fn write(
-    store: &Store,
-    base: Option<&str>,
-    id: &str,
-    text: &'static str,
-) -> Result<(), BuildError> {
+async fn write(store: &Store, base: Option<&str>, id: &str, text: &'static str) -> Result<(), BuildError> {
     store
         .build(base, id, |dir| async move {
             let path = dir.join("output");
             let old = fs::read_to_string(&path).unwrap_or_default();
-            tokio::fs::write(&path, old + text)
-                .await
-                .map_err(|e| StoreError::io("write", &e))?;
+            tokio::fs::write(&path, old + text).await.map_err(|e| StoreError::io("write", &e))?;
             Ok(())
         })
         .await
@@ -60,11 +53,7 @@ async fn results() {
     assert_eq!(store.result("sub").await.unwrap(), None);
 
     // A failing build is not recorded; a retry of its id works.
-    let failed = store
-        .build(Some("base"), "retry", |_| async {
-            Err(BuildError::Failed("no"))
-        })
-        .await;
+    let failed = store.build(Some("base"), "retry", |_| async { Err(BuildError::Failed("no")) }).await;
     assert!(matches!(failed, Err(BuildError::Failed("no"))));
     assert_eq!(store.result("retry").await.unwrap(), None);
     write(&store, Some("base"), "retry", "!").await.unwrap();
@@ -108,18 +97,8 @@ async fn results() {
 async fn caches() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir).await;
-    let me = Owner {
-        uid: nix::unistd::getuid().as_raw(),
-        gid: nix::unistd::getgid().as_raw(),
-    };
-    let user = if is_root() {
-        Owner {
-            uid: 4321,
-            gid: 8765,
-        }
-    } else {
-        me
-    };
+    let me = Owner { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() };
+    let user = if is_root() { Owner { uid: 4321, gid: 8765 } } else { me };
 
     let (path, copy) = store.cache(user, "opam").await.unwrap();
     use std::os::unix::fs::MetadataExt;

@@ -9,18 +9,8 @@ use support::contract::run_contract;
 use support::*;
 
 fn used_kib(path: &std::path::Path) -> u64 {
-    let out = Command::new("df")
-        .args(["--output=used", "-k"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    let out = Command::new("df").args(["--output=used", "-k"]).arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().nth(1).unwrap().trim().parse().unwrap()
 }
 
 fn contract_on(mkfs: &[&str]) {
@@ -34,14 +24,7 @@ fn contract_on(mkfs: &[&str]) {
     assert!(stress.contains("failures 0"), "{stress}");
 
     // A clone shares the data of its base.
-    f.ok(&[
-        "build",
-        "big",
-        "--",
-        "sh",
-        "-c",
-        "head -c 200000000 /dev/urandom > blob",
-    ]);
+    f.ok(&["build", "big", "--", "sh", "-c", "head -c 200000000 /dev/urandom > blob"]);
     f.ok(&["complete-deletes"]);
     let before = used_kib(&fs.mount);
     f.ok(&["build", "child", "--base", "big", "--", "true"]);
@@ -50,12 +33,7 @@ fn contract_on(mkfs: &[&str]) {
     f.ok(&["delete", "child"]);
     f.ok(&["delete", "big"]);
     f.ok(&["complete-deletes"]);
-    assert_eq!(
-        std::fs::read_dir(f.root.join("trash"))
-            .map(|d| d.count())
-            .unwrap_or(0),
-        0
-    );
+    assert_eq!(std::fs::read_dir(f.root.join("trash")).map(|d| d.count()).unwrap_or(0), 0);
 }
 
 #[test]
@@ -73,10 +51,7 @@ fn a_filesystem_without_reflinks_is_refused() {
     require_plugin("xfs-reflink");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let text = format!(
-        "[store]\nbackend = \"xfs-reflink\"\nroot = \"{}\"\n",
-        root.display()
-    );
+    let text = format!("[store]\nbackend = \"xfs-reflink\"\nroot = \"{}\"\n", root.display());
     let f = Fixture::with_config(dir, &root, &text);
     let err = f.fails(&["check"], 69);
     assert!(err.contains("reflink"), "{err}");

@@ -79,10 +79,7 @@ impl StoreError {
         let message: String = message.into();
         // Keep errors to one line: the CLI prints them as `error: ...`.
         let message = message.replace('\n', " ");
-        Self {
-            kind,
-            message: message.into(),
-        }
+        Self { kind, message: message.into() }
     }
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::NOT_FOUND, message)

@@ -22,12 +22,8 @@ pub enum Namespace {
 }
 
 impl Namespace {
-    pub const ALL: [Namespace; 4] = [
-        Namespace::Result,
-        Namespace::ResultTmp,
-        Namespace::Cache,
-        Namespace::CacheTmp,
-    ];
+    pub const ALL: [Namespace; 4] =
+        [Namespace::Result, Namespace::ResultTmp, Namespace::Cache, Namespace::CacheTmp];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -80,14 +76,9 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
         )));
     }
     if name.starts_with('.') {
-        return Err(StoreError::invalid(format!(
-            "name `{name}` starts with `.`"
-        )));
+        return Err(StoreError::invalid(format!("name `{name}` starts with `.`")));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
-    {
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c))) {
         return Err(StoreError::invalid(format!(
             "name `{}` contains `{}`; use only A-Z a-z 0-9 . _ -",
             name.escape_debug(),
@@ -100,10 +91,7 @@ pub fn check_name(name: &str) -> Result<(), StoreError> {
 impl Key {
     pub fn new(namespace: Namespace, name: &str) -> Result<Self, StoreError> {
         check_name(name)?;
-        Ok(Self {
-            namespace,
-            name: name.to_string(),
-        })
+        Ok(Self { namespace, name: name.to_string() })
     }
 
     /// Parses `NAMESPACE/NAME`.
@@ -135,18 +123,7 @@ mod tests {
 
     #[test]
     fn names_are_checked() {
-        for bad in [
-            "",
-            ".",
-            "..",
-            ".x",
-            "a/b",
-            "../x",
-            "a b",
-            "a\0b",
-            "é",
-            &"x".repeat(256),
-        ] {
+        for bad in ["", ".", "..", ".x", "a/b", "../x", "a b", "a\0b", "é", &"x".repeat(256)] {
             assert!(check_name(bad).is_err(), "{bad:?} accepted");
         }
         for good in ["a", "A-b_c.d", "0123abcdef", &"x".repeat(255)] {

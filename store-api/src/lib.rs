@@ -25,8 +25,4 @@ pub use abi_stable;
 
 /// The version of this interface, `MAJOR.MINOR.PATCH`. Plugins built against
 /// another major version are refused.
-pub const API_VERSION: &str = if cfg!(feature = "abi-1-0") {
-    "1.0.0"
-} else {
-    env!("CARGO_PKG_VERSION")
-};
+pub const API_VERSION: &str = if cfg!(feature = "abi-1-0") { "1.0.0" } else { env!("CARGO_PKG_VERSION") };

@@ -8,8 +8,7 @@ use crate::StoreError;
 /// with `#[serde(deny_unknown_fields)]` so that a misspelt option is an error
 /// naming it.
 pub fn parse_options<T: DeserializeOwned>(options: &str) -> Result<T, StoreError> {
-    toml::from_str(options)
-        .map_err(|err| StoreError::invalid(format!("[backend]: {}", err.message())))
+    toml::from_str(options).map_err(|err| StoreError::invalid(format!("[backend]: {}", err.message())))
 }
 
 #[cfg(test)]

@@ -26,9 +26,7 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreErr
     // reports it as a one-line error.
     QUIET_HOOK.call_once(|| {
         panic::set_hook(Box::new(|info| {
-            let place = info
-                .location()
-                .map(|l| format!(" at {}:{}", l.file(), l.line()));
+            let place = info.location().map(|l| format!(" at {}:{}", l.file(), l.line()));
             let message = info
                 .payload()
                 .downcast_ref::<&str>()
@@ -42,13 +40,8 @@ pub fn guard<T>(f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreErr
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result,
         Err(_) => {
-            let what = LAST_PANIC
-                .with(|p| p.borrow_mut().take())
-                .unwrap_or_default();
-            Err(StoreError::new(
-                crate::ErrorKind::PANIC,
-                format!("backend panicked: {what}"),
-            ))
+            let what = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_default();
+            Err(StoreError::new(crate::ErrorKind::PANIC, format!("backend panicked: {what}")))
         }
     }
 }
@@ -67,9 +60,7 @@ fn key(raw: RStr<'_>) -> Result<Key, StoreError> {
 fn tmp_key(raw: RStr<'_>) -> Result<Key, StoreError> {
     let key = key(raw)?;
     if key.namespace().is_committed() {
-        return Err(StoreError::invalid(format!(
-            "`{key}` is not a temporary key"
-        )));
+        return Err(StoreError::invalid(format!("`{key}` is not a temporary key")));
     }
     Ok(key)
 }
@@ -77,9 +68,7 @@ fn tmp_key(raw: RStr<'_>) -> Result<Key, StoreError> {
 fn committed_key(raw: RStr<'_>) -> Result<Key, StoreError> {
     let key = key(raw)?;
     if !key.namespace().is_committed() {
-        return Err(StoreError::invalid(format!(
-            "`{key}` is not a committed key"
-        )));
+        return Err(StoreError::invalid(format!("`{key}` is not a committed key")));
     }
     Ok(key)
 }
@@ -102,10 +91,7 @@ impl<B: SnapshotBackend> BackendAbi for Guarded<B> {
     ) -> RResult<RString, StoreError> {
         guard(|| {
             let parent = parent.into_option().map(committed_key).transpose()?;
-            path_string(
-                self.0
-                    .commit(&tmp_key(tmp)?, &committed_key(dst)?, parent.as_ref())?,
-            )
+            path_string(self.0.commit(&tmp_key(tmp)?, &committed_key(dst)?, parent.as_ref())?)
         })
         .into()
     }
@@ -113,15 +99,7 @@ impl<B: SnapshotBackend> BackendAbi for Guarded<B> {
         guard(|| self.0.remove(&key(raw)?)).into()
     }
     fn path(&self, raw: RStr<'_>) -> RResult<ROption<RString>, StoreError> {
-        guard(|| {
-            Ok(self
-                .0
-                .path(&key(raw)?)?
-                .map(path_string)
-                .transpose()?
-                .into())
-        })
-        .into()
+        guard(|| Ok(self.0.path(&key(raw)?)?.map(path_string).transpose()?.into())).into()
     }
     fn list(&self, namespace: RStr<'_>) -> RResult<RVec<RString>, StoreError> {
         guard(|| {
@@ -160,12 +138,7 @@ pub fn open_guarded<B: SnapshotBackend>(
 
 /// Plugin side: builds the root module (see [`crate::export_backend!`]).
 pub fn module(name: &'static str, version: &'static str, open: OpenFn) -> PluginModRef {
-    PluginMod {
-        name: RStr::from_str(name),
-        version: RStr::from_str(version),
-        open,
-    }
-    .leak_into_prefix()
+    PluginMod { name: RStr::from_str(name), version: RStr::from_str(version), open }.leak_into_prefix()
 }
 
 /// Host side: a backend reached through the boundary, as a [`SnapshotBackend`],
@@ -263,8 +236,7 @@ macro_rules! export_backend {
             extern "C" fn __snapstore_open(
                 root: $crate::abi_stable::std_types::RStr<'_>,
                 options: $crate::abi_stable::std_types::RStr<'_>,
-            ) -> $crate::abi_stable::std_types::RResult<$crate::abi::BackendBox, $crate::StoreError>
-            {
+            ) -> $crate::abi_stable::std_types::RResult<$crate::abi::BackendBox, $crate::StoreError> {
                 $crate::plugin::open_guarded(root, options, $open)
             }
             fn __snapstore_module() -> $crate::abi::PluginModRef {
@@ -289,10 +261,7 @@ mod tests {
 
     #[test]
     fn exported_symbol_is_the_one_the_loader_looks_up() {
-        assert_eq!(
-            abi_stable::library::ROOT_MODULE_LOADER_NAME,
-            "_1as_0lib_1header_0root_bmodule_bloader"
-        );
+        assert_eq!(abi_stable::library::ROOT_MODULE_LOADER_NAME, "_1as_0lib_1header_0root_bmodule_bloader");
     }
 
     #[test]

@@ -33,3 +33,18 @@ pub fn free_percent(path: &Path) -> Result<f64, StoreError> {
     }
     Ok(100.0 * stat.blocks_available() as f64 / stat.blocks() as f64)
 }
+
+/// Creates the empty directory `path`, mode 0755 whatever the umask, owned
+/// by `owner` if given (else by the calling process): what
+/// [`crate::SnapshotBackend::create`] promises, for directory backends.
+pub fn create_owned_dir(path: &Path, owner: Option<crate::Owner>) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir(path).context(format_args!("cannot create {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .context(format_args!("cannot chmod {}", path.display()))?;
+    if let Some(crate::Owner { uid, gid }) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .context(format_args!("cannot chown {} to {uid}:{gid}", path.display()))?;
+    }
+    Ok(())
+}

@@ -20,15 +20,9 @@ pub struct LoopBtrfs {
 
 /// Runs a command, returning its stdout, or an error with its stderr.
 pub fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{cmd}: {e}"))?;
+    let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "{cmd} {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -38,15 +32,8 @@ impl LoopBtrfs {
     /// machine cannot make one. With CI=true that is a failure instead.
     pub fn new(test: &str) -> Option<LoopBtrfs> {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        let dir =
-            std::env::temp_dir().join(format!("snapstore-btrfs-{test}-{}", std::process::id()));
-        let mut fs = LoopBtrfs {
-            mnt: dir.join("mnt"),
-            dir,
-            device: None,
-            mounted: false,
-            _serial: serial,
-        };
+        let dir = std::env::temp_dir().join(format!("snapstore-btrfs-{test}-{}", std::process::id()));
+        let mut fs = LoopBtrfs { mnt: dir.join("mnt"), dir, device: None, mounted: false, _serial: serial };
         match fs.setup() {
             Ok(()) => Some(fs),
             Err(why) => {
@@ -69,9 +56,7 @@ impl LoopBtrfs {
         let img = img.to_str().ok_or("temp path is not UTF-8")?;
         run("truncate", &["-s", "1G", img])?;
         run("mkfs.btrfs", &["-q", img])?;
-        let device = run("losetup", &["--find", "--show", img])?
-            .trim()
-            .to_string();
+        let device = run("losetup", &["--find", "--show", img])?.trim().to_string();
         self.device = Some(device.clone());
         run("mount", &[&device, self.mnt.to_str().ok_or("bad path")?])?;
         self.mounted = true;
@@ -106,10 +91,7 @@ impl Drop for LoopBtrfs {
 
 /// `btrfs property get -ts PATH ro` says `ro=true`.
 pub fn is_ro(path: &Path) -> bool {
-    run(
-        "btrfs",
-        &["property", "get", "-ts", path.to_str().unwrap_or(""), "ro"],
-    )
-    .map(|out| out.trim() == "ro=true")
-    .unwrap_or(false)
+    run("btrfs", &["property", "get", "-ts", path.to_str().unwrap_or(""), "ro"])
+        .map(|out| out.trim() == "ro=true")
+        .unwrap_or(false)
 }

@@ -24,10 +24,7 @@ pub fn skip(test: &str, why: &str) {
 fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "{cmd:?}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -69,26 +66,15 @@ impl LoopFs {
         ));
         let mnt = work.join("mnt");
         // From here on, Drop cleans up whatever was made.
-        let mut lfs = LoopFs {
-            mnt: mnt.clone(),
-            work: work.clone(),
-            dev: None,
-            mounted: false,
-            _lock: lock,
-        };
+        let mut lfs = LoopFs { mnt: mnt.clone(), work: work.clone(), dev: None, mounted: false, _lock: lock };
         fs::create_dir_all(&mnt).map_err(|e| format!("mkdir {}: {e}", mnt.display()))?;
         let img = work.join("img");
         let file = fs::File::create(&img).map_err(|e| format!("create {}: {e}", img.display()))?;
-        file.set_len(size)
-            .map_err(|e| format!("truncate {}: {e}", img.display()))?;
+        file.set_len(size).map_err(|e| format!("truncate {}: {e}", img.display()))?;
         drop(file);
         match fs {
-            "xfs" => run(Command::new("mkfs.xfs")
-                .args(["-q", "-m", "reflink=1"])
-                .arg(&img))?,
-            "xfs-noreflink" => run(Command::new("mkfs.xfs")
-                .args(["-q", "-m", "reflink=0"])
-                .arg(&img))?,
+            "xfs" => run(Command::new("mkfs.xfs").args(["-q", "-m", "reflink=1"]).arg(&img))?,
+            "xfs-noreflink" => run(Command::new("mkfs.xfs").args(["-q", "-m", "reflink=0"]).arg(&img))?,
             "btrfs" => run(Command::new("mkfs.btrfs").arg("-q").arg(&img))?,
             other => return Err(format!("unknown filesystem {other}")),
         };

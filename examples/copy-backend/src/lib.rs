@@ -36,7 +36,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{chown, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{renameat2, Flock, FlockArg, RenameFlags};
@@ -81,10 +80,7 @@ pub fn open(root: &Path, options: &str) -> Result<CopyBackend, StoreError> {
         let path = root.join(dir);
         fs::create_dir_all(&path).context(format_args!("cannot create {}", path.display()))?;
     }
-    Ok(CopyBackend {
-        root: root.to_path_buf(),
-        sync,
-    })
+    Ok(CopyBackend { root: root.to_path_buf(), sync })
 }
 
 impl CopyBackend {
@@ -112,10 +108,7 @@ impl CopyBackend {
         let result = match fs::rename(path, &doomed) {
             Ok(()) => tree::delete(&doomed).map_err(delete_error),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(
-                format_args!("cannot remove {}", path.display()),
-                &e,
-            )),
+            Err(e) => Err(StoreError::io(format_args!("cannot remove {}", path.display()), &e)),
         };
         // On failure the tree stays in the trash; complete_deletes retries.
         // The lock file goes while still locked, so nobody waits on a stale one.
@@ -129,10 +122,7 @@ impl CopyBackend {
     /// everything removed so far is gone.
     fn empty_trash(&self, wait: bool) -> Result<(), StoreError> {
         let trash = self.trash();
-        for entry in fs::read_dir(&trash)
-            .context("cannot read the trash")?
-            .flatten()
-        {
+        for entry in fs::read_dir(&trash).context("cannot read the trash")?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             // Only trees that `discard` put there: never guess about anything else.
             if !name.starts_with("del-") || name.ends_with(".lock") {
@@ -163,19 +153,7 @@ impl CopyBackend {
 impl SnapshotBackend for CopyBackend {
     fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
         let path = self.path_of(key);
-        // The mode is set explicitly: the process umask must not matter.
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&path)
-            .context(format_args!("cannot create {}", path.display()))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-            .context(format_args!("cannot chmod {}", path.display()))?;
-        if let Some(Owner { uid, gid }) = owner {
-            chown(&path, Some(uid), Some(gid)).context(format_args!(
-                "cannot chown {} to {uid}:{gid}",
-                path.display()
-            ))?;
-        }
+        store_api::util::create_owned_dir(&path, owner)?;
         Ok(path)
     }
 
@@ -191,12 +169,7 @@ impl SnapshotBackend for CopyBackend {
             // Leave nothing half-made behind (the host would remove it
             // later anyway, but only once it notices).
             let _ = self.discard(&to);
-            let context = format!(
-                "cannot copy {} to {}: {}",
-                from.display(),
-                to.display(),
-                e.path.display()
-            );
+            let context = format!("cannot copy {} to {}: {}", from.display(), to.display(), e.path.display());
             return Err(StoreError::io(context, &e.error));
         }
         Ok(to)
@@ -239,24 +212,12 @@ impl SnapshotBackend for CopyBackend {
     }
 
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
-        let dir = self.root.join(namespace.as_str());
-        let entries = fs::read_dir(&dir).context(format_args!("cannot read {}", dir.display()))?;
-        // Skip anything that is not a valid key name (e.g. a stray file an
-        // operator left there): the host would refuse it anyway.
-        Ok(entries
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| store_api::key::check_name(name).is_ok())
-            .collect())
+        // Only valid key names: anything else in there is not a key.
+        store_api::util::list_key_names(&self.root.join(namespace.as_str()))
     }
 
     fn free_percent(&self) -> Result<f64, StoreError> {
-        let stat = nix::sys::statvfs::statvfs(&self.root)
-            .map_err(|e| StoreError::io("statvfs", &e.into()))?;
-        if stat.blocks() == 0 {
-            return Ok(0.0);
-        }
-        Ok(100.0 * stat.blocks_available() as f64 / stat.blocks() as f64)
+        store_api::util::free_percent(&self.root)
     }
 
     fn complete_deletes(&self) -> Result<(), StoreError> {
@@ -268,17 +229,11 @@ impl SnapshotBackend for CopyBackend {
     }
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
-        let mut found = vec![format!(
-            "store root {} on {}",
-            self.root.display(),
-            filesystem_name(&self.root)?
-        )];
+        let mut found =
+            vec![format!("store root {} on {}", self.root.display(), filesystem_name(&self.root)?)];
         // Probe write access and RENAME_NOREPLACE (missing on some network
         // and FUSE filesystems), in the trash where nothing else looks.
-        let (a, b) = (
-            self.trash().join(unique_name("probe")),
-            self.trash().join(unique_name("probe")),
-        );
+        let (a, b) = (self.trash().join(unique_name("probe")), self.trash().join(unique_name("probe")));
         fs::write(&a, b"").context(format_args!(
             "cannot write in {}; run snapstore as a user who owns the store root",
             self.trash().display()
@@ -295,13 +250,9 @@ impl SnapshotBackend for CopyBackend {
         }
         found.push("rename without replace: supported".into());
         if !nix::unistd::geteuid().is_root() {
-            found
-                .push("not running as root: copies of files owned by other users will fail".into());
+            found.push("not running as root: copies of files owned by other users will fail".into());
         }
-        found.push(format!(
-            "sync before commit: {}",
-            if self.sync { "on" } else { "off" }
-        ));
+        found.push(format!("sync before commit: {}", if self.sync { "on" } else { "off" }));
         Ok(found)
     }
 
@@ -310,10 +261,7 @@ impl SnapshotBackend for CopyBackend {
     /// trash are deleted by `complete_deletes`, which may take long.
     fn recover(&self) -> Result<(), StoreError> {
         let trash = self.trash();
-        for entry in fs::read_dir(&trash)
-            .context("cannot read the trash")?
-            .flatten()
-        {
+        for entry in fs::read_dir(&trash).context("cannot read the trash")?.flatten() {
             let lock_path = entry.path();
             let Some(tree) = lock_path.to_str().and_then(|p| p.strip_suffix(".lock")) else {
                 continue;
@@ -344,31 +292,21 @@ fn lock(path: &Path, wait: bool) -> Result<Option<Flock<fs::File>>, StoreError> 
         .write(true)
         .open(path)
         .context(format_args!("cannot open lock {}", path.display()))?;
-    let how = if wait {
-        FlockArg::LockExclusive
-    } else {
-        FlockArg::LockExclusiveNonblock
-    };
+    let how = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
     match Flock::lock(file, how) {
         Ok(locked) => Ok(Some(locked)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
-        Err((_, errno)) => Err(StoreError::io(
-            format_args!("cannot lock {}", path.display()),
-            &errno.into(),
-        )),
+        Err((_, errno)) => Err(StoreError::io(format_args!("cannot lock {}", path.display()), &errno.into())),
     }
 }
 
 /// `PREFIX-` and 16 random hex digits: unique across processes.
 fn unique_name(prefix: &str) -> String {
     let mut bytes = [0u8; 8];
-    let random =
-        fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
+    let random = fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
     if random.is_err() {
         // Never expected on Linux; the clock and pid are unique enough.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         bytes = (nanos.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)).to_le_bytes();
     }
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -378,9 +316,7 @@ fn unique_name(prefix: &str) -> String {
 /// The filesystem type of `path`, for `check`.
 fn filesystem_name(path: &Path) -> Result<String, StoreError> {
     use nix::sys::statfs::*;
-    let kind = statfs(path)
-        .map_err(|e| StoreError::io("statfs", &e.into()))?
-        .filesystem_type();
+    let kind = statfs(path).map_err(|e| StoreError::io("statfs", &e.into()))?.filesystem_type();
     let known = [
         (EXT4_SUPER_MAGIC, "ext4"),
         (XFS_SUPER_MAGIC, "xfs"),

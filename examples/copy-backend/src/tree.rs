@@ -26,10 +26,7 @@ trait At<T> {
 
 impl<T, E: Into<io::Error>> At<T> for Result<T, E> {
     fn at(self, path: &Path) -> Result<T, TreeError> {
-        self.map_err(|e| TreeError {
-            path: path.to_path_buf(),
-            error: e.into(),
-        })
+        self.map_err(|e| TreeError { path: path.to_path_buf(), error: e.into() })
     }
 }
 
@@ -42,11 +39,7 @@ pub fn copy(src: &Path, dst: &Path) -> Result<(), TreeError> {
     copy_entry(src, dst, &mut copied)
 }
 
-fn copy_entry(
-    src: &Path,
-    dst: &Path,
-    copied: &mut HashMap<(u64, u64), PathBuf>,
-) -> Result<(), TreeError> {
+fn copy_entry(src: &Path, dst: &Path, copied: &mut HashMap<(u64, u64), PathBuf>) -> Result<(), TreeError> {
     let meta = fs::symlink_metadata(src).at(src)?;
     let kind = meta.file_type();
     if !kind.is_dir() && meta.nlink() > 1 {

@@ -20,11 +20,7 @@ fn passes_the_conformance_suite() {
     let root = dir.path().join("store");
     let store = BlockingStore::with_backend(&root, "copy", Box::new(open(&root))).unwrap();
     let report = snapstore::conformance::run(&store, |case| println!("{case}"));
-    assert!(
-        report.passed(),
-        "{} conformance cases failed",
-        report.failures()
-    );
+    assert!(report.passed(), "{} conformance cases failed", report.failures());
 }
 
 fn key(s: &str) -> Key {
@@ -43,39 +39,20 @@ fn clones_keep_types_modes_times_and_hard_links() {
     fs::set_permissions(tree.join("d/f"), fs::Permissions::from_mode(0o4750)).unwrap();
     fs::create_dir(tree.join("ro")).unwrap();
     fs::set_permissions(tree.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
-    backend
-        .commit(&key("result-tmp/a"), &key("result/a"), None)
-        .unwrap();
+    backend.commit(&key("result-tmp/a"), &key("result/a"), None).unwrap();
 
-    let copy = backend
-        .clone_tree(&key("result/a"), &key("result-tmp/b"))
-        .unwrap();
+    let copy = backend.clone_tree(&key("result/a"), &key("result-tmp/b")).unwrap();
     let original = backend.path(&key("result/a")).unwrap().unwrap();
     for name in ["d", "d/f", "hard", "link", "ro"] {
         let (a, b) = (
             fs::symlink_metadata(original.join(name)).unwrap(),
             fs::symlink_metadata(copy.join(name)).unwrap(),
         );
-        let shape = |m: &fs::Metadata| {
-            (
-                m.mode(),
-                m.uid(),
-                m.gid(),
-                m.mtime(),
-                m.mtime_nsec(),
-                m.nlink(),
-            )
-        };
+        let shape = |m: &fs::Metadata| (m.mode(), m.uid(), m.gid(), m.mtime(), m.mtime_nsec(), m.nlink());
         assert_eq!(shape(&a), shape(&b), "{name}");
     }
-    assert_eq!(
-        fs::metadata(copy.join("hard")).unwrap().ino(),
-        fs::metadata(copy.join("d/f")).unwrap().ino()
-    );
-    assert_eq!(
-        fs::read_link(copy.join("link")).unwrap(),
-        Path::new("nowhere")
-    );
+    assert_eq!(fs::metadata(copy.join("hard")).unwrap().ino(), fs::metadata(copy.join("d/f")).unwrap().ino());
+    assert_eq!(fs::read_link(copy.join("link")).unwrap(), Path::new("nowhere"));
 
     // A clone is independent of its source.
     fs::write(copy.join("d/f"), "changed").unwrap();
@@ -88,12 +65,8 @@ fn commit_never_replaces_and_remove_copes_with_any_tree() {
     let backend = open(dir.path());
     backend.create(&key("result-tmp/a"), None).unwrap();
     backend.create(&key("result-tmp/b"), None).unwrap();
-    backend
-        .commit(&key("result-tmp/a"), &key("result/x"), None)
-        .unwrap();
-    let err = backend
-        .commit(&key("result-tmp/b"), &key("result/x"), None)
-        .unwrap_err();
+    backend.commit(&key("result-tmp/a"), &key("result/x"), None).unwrap();
+    let err = backend.commit(&key("result-tmp/b"), &key("result/x"), None).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ALREADY_EXISTS);
 
     // A tree a build left unreadable and unwritable is still removed.
@@ -130,9 +103,7 @@ fn complete_deletes_finishes_what_a_dead_process_left_in_the_trash() {
 fn options_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     assert!(snapstore_copy::open(dir.path(), "sync = false").is_ok());
-    let err = snapstore_copy::open(dir.path(), "synk = false")
-        .err()
-        .unwrap();
+    let err = snapstore_copy::open(dir.path(), "synk = false").err().unwrap();
     assert_eq!(err.kind(), ErrorKind::INVALID_INPUT);
     assert!(err.message().contains("synk"), "{err}");
 }

@@ -24,9 +24,7 @@ pub fn plugin_dir() -> PathBuf {
 
 /// Whether plugin `name` was built (`cargo build --workspace`).
 pub fn plugin_built(name: &str) -> bool {
-    plugin_dir()
-        .join(format!("libsnapstore_{}.so", name.replace('-', "_")))
-        .is_file()
+    plugin_dir().join(format!("libsnapstore_{}.so", name.replace('-', "_"))).is_file()
 }
 
 pub fn require_plugin(name: &str) {
@@ -52,11 +50,7 @@ impl Fixture {
         require_plugin("rsync");
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("store");
-        Self::with_config(
-            dir,
-            &root,
-            "[store]\nbackend = \"rsync\"\nroot = \"store\"\n",
-        )
+        Self::with_config(dir, &root, "[store]\nbackend = \"rsync\"\nroot = \"store\"\n")
     }
 
     /// A store with the given config text (written to `DIR/snapstore.toml`).
@@ -76,8 +70,7 @@ impl Fixture {
             None => Command::new(snapstore_bin()),
         };
         cmd.arg("--config").arg(&self.config).args(args);
-        cmd.env_remove("SNAPSTORE_PLUGIN_PATH")
-            .env_remove("SNAPSTORE_CONFIG");
+        cmd.env_remove("SNAPSTORE_PLUGIN_PATH").env_remove("SNAPSTORE_CONFIG");
         cmd
     }
 
@@ -94,26 +87,16 @@ impl Fixture {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .trim_end()
-            .to_string()
+        String::from_utf8(out.stdout).unwrap().trim_end().to_string()
     }
 
     /// Runs a command that must fail with `code` and a one-line `error:`.
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.run(args);
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(
-            out.status.code(),
-            Some(code),
-            "snapstore {args:?}: {stderr}"
-        );
+        assert_eq!(out.status.code(), Some(code), "snapstore {args:?}: {stderr}");
         let last = stderr.lines().last().unwrap_or("");
-        assert!(
-            last.starts_with("error: "),
-            "snapstore {args:?} stderr: {stderr}"
-        );
+        assert!(last.starts_with("error: "), "snapstore {args:?} stderr: {stderr}");
         last.to_string()
     }
 
@@ -125,9 +108,7 @@ impl Fixture {
 
     /// The path of result `id`, if any.
     pub fn result(&self, id: &str) -> Option<PathBuf> {
-        self.json(&["result", id])["path"]
-            .as_str()
-            .map(PathBuf::from)
+        self.json(&["result", id])["path"].as_str().map(PathBuf::from)
     }
 
     pub fn read_result(&self, id: &str, file: &str) -> String {
@@ -138,9 +119,7 @@ impl Fixture {
 
 /// True when running in CI, where nothing may be skipped.
 pub fn in_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false)
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
 }
 
 /// Skips a test that needs something missing here, loudly; in CI, fails.
@@ -168,11 +147,7 @@ impl LoopFs {
             return None;
         }
         if Command::new(mkfs[0]).arg("-V").output().is_err()
-            && Command::new("which")
-                .arg(mkfs[0])
-                .output()
-                .map(|o| !o.status.success())
-                .unwrap_or(true)
+            && Command::new("which").arg(mkfs[0]).output().map(|o| !o.status.success()).unwrap_or(true)
         {
             skip(&format!("{} is not installed", mkfs[0]));
             return None;
@@ -181,33 +156,12 @@ impl LoopFs {
         let image = dir.path().join("fs.img");
         let mount = dir.path().join("mnt");
         fs::create_dir(&mount).unwrap();
-        assert!(Command::new("truncate")
-            .args(["-s", size])
-            .arg(&image)
-            .status()
-            .unwrap()
-            .success());
-        let made = Command::new(mkfs[0])
-            .args(&mkfs[1..])
-            .arg(&image)
-            .output()
-            .unwrap();
-        assert!(
-            made.status.success(),
-            "{mkfs:?}: {}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-        let mounted = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&image)
-            .arg(&mount)
-            .output()
-            .unwrap();
+        assert!(Command::new("truncate").args(["-s", size]).arg(&image).status().unwrap().success());
+        let made = Command::new(mkfs[0]).args(&mkfs[1..]).arg(&image).output().unwrap();
+        assert!(made.status.success(), "{mkfs:?}: {}", String::from_utf8_lossy(&made.stderr));
+        let mounted = Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mount).output().unwrap();
         if !mounted.status.success() {
-            skip(&format!(
-                "cannot loop-mount: {}",
-                String::from_utf8_lossy(&mounted.stderr).trim()
-            ));
+            skip(&format!("cannot loop-mount: {}", String::from_utf8_lossy(&mounted.stderr).trim()));
             return None;
         }
         Some(LoopFs { _dir: dir, mount })
@@ -231,19 +185,12 @@ pub mod contract;
 
 /// A store of `backend` on a fresh loop filesystem made by `mkfs`, or
 /// `None` (after a loud skip) where that is impossible here.
-pub fn loop_store(
-    mkfs: &[&str],
-    size: &str,
-    backend: &str,
-    options: &str,
-) -> Option<(LoopFs, Fixture)> {
+pub fn loop_store(mkfs: &[&str], size: &str, backend: &str, options: &str) -> Option<(LoopFs, Fixture)> {
     require_plugin(backend);
     let fs = LoopFs::new(mkfs, size)?;
     let root = fs.mount.join("store");
-    let text = format!(
-        "[store]\nbackend = \"{backend}\"\nroot = \"{}\"\n[backend]\n{options}\n",
-        root.display()
-    );
+    let text =
+        format!("[store]\nbackend = \"{backend}\"\nroot = \"{}\"\n[backend]\n{options}\n", root.display());
     let fixture = Fixture::with_config(tempfile::tempdir().unwrap(), &root, &text);
     Some((fs, fixture))
 }
@@ -280,7 +227,13 @@ impl ZfsPool {
         // The daemon may take a moment to accept commands after starting.
         let mut last = String::new();
         for _ in 0..50 {
-            let out = Command::new("zpool").args(["create", "-m"]).arg(&mount).arg(&name).arg(&image).output().unwrap();
+            let out = Command::new("zpool")
+                .args(["create", "-m"])
+                .arg(&mount)
+                .arg(&name)
+                .arg(&image)
+                .output()
+                .unwrap();
             if out.status.success() {
                 return Some(ZfsPool { _dir: dir, name, mount });
             }

@@ -2,7 +2,7 @@
 //! one 50 MB file) against obuilder's `cp -pRduT --reflink=always` + `mv`,
 //! in the same run on a loop-mounted XFS (reflink=1). Needs root.
 //!
-//!     cargo run --release -p backend-xfs-reflink --example bench -- [ITERATIONS] [THREADS]
+//!     cargo run --release -p backend-xfs-reflink --example xfs_reflink_bench -- [ITERATIONS] [THREADS]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -44,26 +44,17 @@ fn build_base(store: &XfsReflink) {
             fs::write(dir.join(format!("file{f:03}.txt")), body).expect("write");
         }
     }
-    let big: Vec<u8> = (0..50_000_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let big: Vec<u8> = (0..50_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     fs::write(tmp.join("big.bin"), big).expect("write big");
-    store
-        .commit(&key("result-tmp/base"), &key("result/base"), None)
-        .expect("commit");
+    store.commit(&key("result-tmp/base"), &key("result/base"), None).expect("commit");
 }
 
 /// Times clone + commit with `store`, then removes the result (untimed).
 fn time_backend(store: &XfsReflink, i: usize) -> Duration {
-    let (tmp, dst) = (
-        key(&format!("result-tmp/b{i}")),
-        key(&format!("result/b{i}")),
-    );
+    let (tmp, dst) = (key(&format!("result-tmp/b{i}")), key(&format!("result/b{i}")));
     let start = Instant::now();
     store.clone_tree(&key("result/base"), &tmp).expect("clone");
-    store
-        .commit(&tmp, &dst, Some(&key("result/base")))
-        .expect("commit");
+    store.commit(&tmp, &dst, Some(&key("result/base"))).expect("commit");
     let took = start.elapsed();
     store.remove(&dst).expect("remove");
     took
@@ -72,29 +63,19 @@ fn time_backend(store: &XfsReflink, i: usize) -> Duration {
 /// obuilder's rsync-less reflink path: `cp -pRduT --reflink=always` + `mv`.
 fn time_cp(store: &XfsReflink, root: &Path, i: usize) -> Duration {
     let src = root.join("result/base");
-    let (tmp, dst) = (
-        root.join(format!("result-tmp/cp{i}")),
-        root.join(format!("result/cp{i}")),
-    );
+    let (tmp, dst) = (root.join(format!("result-tmp/cp{i}")), root.join(format!("result/cp{i}")));
     let start = Instant::now();
-    run(Command::new("cp")
-        .args(["-pRduT", "--reflink=always"])
-        .arg(&src)
-        .arg(&tmp));
+    run(Command::new("cp").args(["-pRduT", "--reflink=always"]).arg(&src).arg(&tmp));
     run(Command::new("mv").arg(&tmp).arg(&dst));
     let took = start.elapsed();
-    store
-        .remove(&key(&format!("result/cp{i}")))
-        .expect("remove");
+    store.remove(&key(&format!("result/cp{i}"))).expect("remove");
     took
 }
 
 fn main() {
     let mut args = std::env::args().skip(1);
     let iterations: usize = args.next().map_or(10, |a| a.parse().expect("ITERATIONS"));
-    let threads = args
-        .next()
-        .map(|a| format!("threads = {}", a.parse::<usize>().expect("THREADS")));
+    let threads = args.next().map(|a| format!("threads = {}", a.parse::<usize>().expect("THREADS")));
     let Some(lfs) = common::LoopFs::new("bench", "xfs", 2 << 30, "") else {
         return;
     };
@@ -120,24 +101,9 @@ fn main() {
     }
     let (ours, ours_nosync, cp) = (median(ours), median(ours_nosync), median(cp));
     println!("{iterations} iterations, medians on loop XFS, 10 001 files (100x100 small + 50 MB):");
-    println!(
-        "  xfs-reflink clone_tree+commit (sync on commit):  {}",
-        ms(ours)
-    );
-    println!(
-        "  xfs-reflink clone_tree+commit (no sync):         {}",
-        ms(ours_nosync)
-    );
-    println!(
-        "  cp -pRduT --reflink=always + mv:                 {}",
-        ms(cp)
-    );
-    println!(
-        "  ratio (sync) / cp:    {:.2}",
-        ours.as_secs_f64() / cp.as_secs_f64()
-    );
-    println!(
-        "  ratio (no sync) / cp: {:.2}",
-        ours_nosync.as_secs_f64() / cp.as_secs_f64()
-    );
+    println!("  xfs-reflink clone_tree+commit (sync on commit):  {}", ms(ours));
+    println!("  xfs-reflink clone_tree+commit (no sync):         {}", ms(ours_nosync));
+    println!("  cp -pRduT --reflink=always + mv:                 {}", ms(cp));
+    println!("  ratio (sync) / cp:    {:.2}", ours.as_secs_f64() / cp.as_secs_f64());
+    println!("  ratio (no sync) / cp: {:.2}", ours_nosync.as_secs_f64() / cp.as_secs_f64());
 }

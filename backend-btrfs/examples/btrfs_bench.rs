@@ -2,7 +2,7 @@
 //! backend and through the `btrfs` commands obuilder runs for the same work,
 //! alternating in one run on one loop-mounted btrfs.
 //!
-//! Run as root: `cargo run --release -p backend-btrfs --example bench [ITERATIONS]`
+//! Run as root: `cargo run --release -p backend-btrfs --example btrfs_bench [ITERATIONS]`
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -16,9 +16,7 @@ use store_api::{Key, SnapshotBackend, StoreError};
 
 fn median(mut times: Vec<Duration>) -> f64 {
     times.sort();
-    times
-        .get(times.len() / 2)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    times.get(times.len() / 2).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 fn key(s: &str) -> Result<Key, StoreError> {
@@ -30,10 +28,7 @@ fn btrfs(args: &[&str]) -> Result<(), String> {
 }
 
 fn main() -> Result<(), String> {
-    let iterations: usize = std::env::args()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20);
+    let iterations: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(20);
     let Some(fs) = LoopBtrfs::new("bench") else {
         return Err("no scratch btrfs".into());
     };
@@ -46,25 +41,17 @@ fn main() -> Result<(), String> {
     for d in 0..20 {
         fs::create_dir(dir.join(format!("d{d}"))).map_err(|e| e.to_string())?;
         for f in 0..100 {
-            fs::write(
-                dir.join(format!("d{d}/f{f}")),
-                format!("{d}/{f}\n").repeat(20),
-            )
-            .map_err(|e| e.to_string())?;
+            fs::write(dir.join(format!("d{d}/f{f}")), format!("{d}/{f}\n").repeat(20))
+                .map_err(|e| e.to_string())?;
         }
     }
-    let base = s
-        .commit(&base_tmp, &key("result/base").map_err(e)?, None)
-        .map_err(e)?;
+    let base = s.commit(&base_tmp, &key("result/base").map_err(e)?, None).map_err(e)?;
     let base = base.to_str().ok_or("non-UTF-8 path")?.to_string();
     let reference = fs.mnt.join("reference");
     fs::create_dir_all(&reference).map_err(|e| e.to_string())?;
     let tmp_ref = reference.join("tmp");
     let result_ref = reference.join("result");
-    let (tmp_ref, result_ref) = (
-        tmp_ref.to_str().ok_or("path")?,
-        result_ref.to_str().ok_or("path")?,
-    );
+    let (tmp_ref, result_ref) = (tmp_ref.to_str().ok_or("path")?, result_ref.to_str().ok_or("path")?);
 
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     let (mut clone_t, mut commit_t, mut remove_t) = (Vec::new(), Vec::new(), Vec::new());
@@ -73,13 +60,10 @@ fn main() -> Result<(), String> {
         let tmp = key(&format!("result-tmp/b{i}")).map_err(e)?;
         let result = key(&format!("result/b{i}")).map_err(e)?;
         let t0 = Instant::now();
-        let dir = s
-            .clone_tree(&key("result/base").map_err(e)?, &tmp)
-            .map_err(e)?;
+        let dir = s.clone_tree(&key("result/base").map_err(e)?, &tmp).map_err(e)?;
         fs::write(dir.join("output"), "built\n").map_err(|e| e.to_string())?;
         let t1 = Instant::now();
-        s.commit(&tmp, &result, Some(&key("result/base").map_err(e)?))
-            .map_err(e)?;
+        s.commit(&tmp, &result, Some(&key("result/base").map_err(e)?)).map_err(e)?;
         let t2 = Instant::now();
         s.remove(&result).map_err(e)?;
         let t3 = Instant::now();
