@@ -86,8 +86,10 @@ pub fn open(root: &Path, options: &str) -> Result<ZfsBackend, StoreError> {
     let pool = options.dataset.split('/').next().unwrap_or_default().to_string();
     let backend =
         ZfsBackend { dataset: options.dataset, pool, root: root.to_path_buf(), counter: AtomicU64::new(0) };
-    backend.verify_dataset()?;
-    backend.ensure_parents()?;
+    // One `zfs list` for both checks: each costs milliseconds on every command.
+    let datasets = backend.store_datasets()?;
+    backend.verify_dataset(&datasets)?;
+    backend.ensure_parents(&datasets)?;
     Ok(backend)
 }
 
@@ -389,16 +391,30 @@ impl ZfsBackend {
         }
     }
 
-    /// Checks that the pool and dataset exist and that the dataset is
-    /// mounted at the store root. Returns a line describing it.
-    fn verify_dataset(&self) -> Result<String, StoreError> {
+    /// The dataset and its direct children: (name, mountpoint, mounted).
+    fn store_datasets(&self) -> Result<Vec<(String, String, String)>, StoreError> {
         let ds = &self.dataset;
-        let out = match zfs(&["list", "-H", "-o", "mountpoint,mounted", ds]) {
-            Ok(out) => out,
-            Err(err) => return Err(self.explain_missing(err)),
+        let out =
+            zfs(&["list", "-H", "-o", "name,mountpoint,mounted", "-t", "filesystem", "-r", "-d", "1", ds])
+                .map_err(|err| self.explain_missing(err))?;
+        Ok(out
+            .lines()
+            .map(|line| {
+                let mut fields = line.split('\t').map(str::to_string);
+                let mut next = || fields.next().unwrap_or_default();
+                (next(), next(), next())
+            })
+            .collect())
+    }
+
+    /// Checks that the dataset (in `datasets`, from [`Self::store_datasets`])
+    /// is mounted at the store root. Returns a line describing it.
+    fn verify_dataset(&self, datasets: &[(String, String, String)]) -> Result<String, StoreError> {
+        let ds = &self.dataset;
+        let (mountpoint, mounted) = match datasets.iter().find(|(name, _, _)| name == ds) {
+            Some((_, mountpoint, mounted)) => (mountpoint.as_str(), mounted.as_str()),
+            None => return Err(StoreError::not_found(format!("dataset `{ds}` is missing"))),
         };
-        let mut fields = out.trim_end().split('\t');
-        let (mountpoint, mounted) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
         let root = self.root.display();
         if !same_path(Path::new(mountpoint), &self.root) {
             return Err(StoreError::invalid(format!(
@@ -442,9 +458,8 @@ impl ZfsBackend {
     }
 
     /// Creates `DATASET/<namespace>` and `DATASET/trash` if missing.
-    fn ensure_parents(&self) -> Result<(), StoreError> {
-        let out = zfs(&["list", "-H", "-o", "name", "-t", "filesystem", "-r", "-d", "1", &self.dataset])?;
-        let present: Vec<&str> = out.lines().collect();
+    fn ensure_parents(&self, datasets: &[(String, String, String)]) -> Result<(), StoreError> {
+        let present: Vec<&str> = datasets.iter().map(|(name, _, _)| name.as_str()).collect();
         let namespaces = Namespace::ALL.map(Namespace::as_str);
         for name in namespaces.iter().chain([&TRASH]) {
             let dataset = self.namespace_dataset(name);
@@ -706,7 +721,7 @@ impl SnapshotBackend for ZfsBackend {
                 "the zfs backend needs root (it creates, mounts and destroys datasets): run snapstore as root",
             ));
         }
-        let mut lines = vec![self.verify_dataset()?];
+        let mut lines = vec![self.verify_dataset(&self.store_datasets()?)?];
         let health = zpool(&["list", "-H", "-o", "health", &self.pool])?;
         let health = health.trim();
         if health != "ONLINE" {
