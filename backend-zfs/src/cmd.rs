@@ -34,12 +34,29 @@ pub fn run(tool: &str, args: &[&str]) -> Result<String, StoreError> {
     Err(StoreError::new(classify(&message), format!("`{tool} {}`: {message}", args.join(" "))))
 }
 
-/// `zfs args…`, retrying while ZFS says the dataset is busy.
+/// Where `zfs` commands queue, machine-wide.
+const ZFS_LOCK: &str = "/run/lock/snapstore-zfs.lock";
+
+/// Holds the machine-wide `zfs` lock. zfs-fuse (the only ZFS on some
+/// machines) has hung for good when several commands ran at once, e.g. two
+/// clones of one snapshot; a kernel ZFS serializes changes to a pool
+/// anyway, so running our commands one at a time costs little.
+fn one_at_a_time() -> Option<nix::fcntl::Flock<std::fs::File>> {
+    let _ = std::fs::create_dir_all("/run/lock");
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(ZFS_LOCK).ok()?;
+    // If the lock cannot be had (e.g. no /run), the command runs unserialized.
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
+}
+
+/// `zfs args…`, one at a time, retrying while ZFS says the dataset is busy.
 pub fn zfs(args: &[&str]) -> Result<String, StoreError> {
     let mut pause = FIRST_PAUSE;
     let mut attempt = 1;
     loop {
-        match run("zfs", args) {
+        let queued = one_at_a_time();
+        let result = run("zfs", args);
+        drop(queued);
+        match result {
             Err(err) if err.kind() == ErrorKind::BUSY && attempt < BUSY_ATTEMPTS => {
                 sleep(pause);
                 pause = (pause * 2).min(MAX_PAUSE);
