@@ -222,16 +222,24 @@ impl Btrfs {
             tmp_path.display(),
             transit_path.display()
         ))?;
-        Self::make_readonly(&tree, &transit_path)?;
-        rename_noreplace(&dst_dir, &transit, &dst_dir, dst.name()).map_err(|err| {
-            // The tree stays under its transit name; the next
-            // complete_deletes removes it.
-            if is_errno(&err, Errno::EEXIST) {
-                StoreError::already_exists(format!("`{dst}` already exists"))
-            } else {
-                StoreError::io(format!("renaming {} to {}", transit_path.display(), dst_path.display()), &err)
-            }
-        })?;
+        let published = Self::make_readonly(&tree, &transit_path).and_then(|()| {
+            rename_noreplace(&dst_dir, &transit, &dst_dir, dst.name()).map_err(|err| {
+                if is_errno(&err, Errno::EEXIST) {
+                    StoreError::already_exists(format!("`{dst}` already exists"))
+                } else {
+                    StoreError::io(
+                        format!("renaming {} to {}", transit_path.display(), dst_path.display()),
+                        &err,
+                    )
+                }
+            })
+        });
+        if let Err(err) = published {
+            // Nobody will use the tree again (the host discards a build whose
+            // commit failed): delete it now, while our lock still marks it ours.
+            let _ = delete_entry(&self.ns_dir(dst.namespace()), transit.as_ref());
+            return Err(err);
+        }
         // setflags committed the flag; commit the rename too, so that a
         // committed result survives a power loss.
         sys::commit_transaction(&dst_dir).context(format!("committing {}", dst_path.display()))?;
@@ -392,6 +400,11 @@ impl SnapshotBackend for Btrfs {
 
     fn free_percent(&self) -> Result<f64, StoreError> {
         store_api::util::free_percent(&self.root)
+    }
+
+    /// Trees of dead processes caught half-way through a commit or remove.
+    fn recover(&self) -> Result<(), StoreError> {
+        self.sweep()
     }
 
     fn complete_deletes(&self) -> Result<(), StoreError> {

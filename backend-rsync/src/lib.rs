@@ -100,17 +100,9 @@ fn rsync(src: &Path, dst: &Path, extra: &[&OsStr]) -> Result<(), StoreError> {
     })
 }
 
-/// A short random name, unique across processes.
+/// A random name, unique across processes.
 fn unique(prefix: &str) -> String {
-    let mut bytes = [0u8; 8];
-    // /dev/urandom never fails on Linux; fall back to the clock if it does.
-    if fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes)).is_err()
-    {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        bytes = (nanos.as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes();
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}-{hex}")
+    format!("{prefix}-{}", store_api::util::random_token())
 }
 
 /// Deletes a tree, coping with a concurrent deleter and with directories
@@ -191,7 +183,9 @@ impl Rsync {
         if result.is_err() {
             let _ = delete_tree(&stage);
         } else {
-            self.discard(tmp)?;
+            // Committed: a tmp tree we fail to delete now is left to the
+            // host's recovery, which removes unowned temporary trees.
+            let _ = self.discard(tmp);
         }
         let _ = fs::remove_file(&lock);
         result
@@ -215,15 +209,17 @@ impl Rsync {
             let name = name.to_string_lossy();
             if name.starts_with("del-") {
                 delete_tree(&entry.path())?;
-            } else if name.starts_with("stage-") && !name.ends_with(".lock") {
-                // A staging tree is stale once no process holds its lock.
-                let lock = entry.path().with_extension("lock");
+            } else if name.starts_with("stage-") {
+                // A staging tree (or the lock of one that was never made) is
+                // stale once no process holds its lock.
+                let stage = entry.path().with_extension("");
+                let lock = stage.with_extension("lock");
                 let stale = match fs::File::open(&lock) {
                     Ok(f) => Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok(),
                     Err(_) => true,
                 };
                 if stale {
-                    delete_tree(&entry.path())?;
+                    delete_tree(&stage)?;
                     let _ = fs::remove_file(&lock);
                 }
             }

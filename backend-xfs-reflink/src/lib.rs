@@ -45,7 +45,8 @@ pub struct Options {
 
 pub struct XfsReflink {
     root: PathBuf,
-    pool: rayon::ThreadPool,
+    /// Started on first use: most commands never clone or delete a tree.
+    pool: std::sync::OnceLock<rayon::ThreadPool>,
     threads: usize,
     sync_on_commit: bool,
 }
@@ -63,29 +64,46 @@ pub fn open(root: &Path, options: &str) -> Result<XfsReflink, StoreError> {
         // journal locks): more threads than cores keep the cores busy.
         None => 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
     };
-    fs::create_dir_all(root).context(format!("create {}", root.display()))?;
-    // Refuse before leaving anything behind.
-    sys::probe_reflink(root)?;
-    for dir in Namespace::ALL.iter().map(|ns| ns.as_str()).chain([TRASH]) {
-        let path = root.join(dir);
-        fs::create_dir_all(&path).context(format!("create {}", path.display()))?;
+    // The reflink probe (files written, cloned, synced) runs when the store
+    // is laid out, not on every command; `check` runs it every time.
+    if !root.join(TRASH).is_dir() {
+        let created = !root.exists();
+        fs::create_dir_all(root).context(format!("create {}", root.display()))?;
+        // Refuse before leaving anything behind.
+        if let Err(e) = sys::probe_reflink(root) {
+            if created {
+                let _ = fs::remove_dir(root);
+            }
+            return Err(e);
+        }
+        for dir in Namespace::ALL.iter().map(|ns| ns.as_str()).chain([TRASH]) {
+            let path = root.join(dir);
+            fs::create_dir_all(&path).context(format!("create {}", path.display()))?;
+        }
     }
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("xfs-reflink-{i}"))
-        // The walk recurses once per directory level.
-        .stack_size(16 << 20)
-        .build()
-        .map_err(|e| StoreError::other(format!("cannot start {threads} worker threads: {e}")))?;
     Ok(XfsReflink {
         root: root.to_path_buf(),
-        pool,
+        pool: std::sync::OnceLock::new(),
         threads,
         sync_on_commit: options.sync_on_commit.unwrap_or(true),
     })
 }
 
 impl XfsReflink {
+    fn pool(&self) -> Result<&rayon::ThreadPool, StoreError> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads)
+            .thread_name(|i| format!("xfs-reflink-{i}"))
+            // The walk recurses once per directory level.
+            .stack_size(16 << 20)
+            .build()
+            .map_err(|e| StoreError::other(format!("cannot start {} worker threads: {e}", self.threads)))?;
+        Ok(self.pool.get_or_init(|| pool))
+    }
+
     fn key_path(&self, key: &Key) -> PathBuf {
         self.root.join(key.namespace().as_str()).join(key.name())
     }
@@ -110,7 +128,7 @@ impl XfsReflink {
         let trash = self.root.join(TRASH);
         let dir =
             sys::open_dir_at(None, &trash).map_err(|e| errno(format!("open {}", trash.display()), e))?;
-        self.pool.install(|| delete::delete_entry(&dir, &trash, name, None))
+        self.pool()?.install(|| delete::delete_entry(&dir, &trash, name, None))
     }
 }
 
@@ -129,7 +147,7 @@ impl SnapshotBackend for XfsReflink {
         if Self::exists(&to)? {
             return Err(StoreError::already_exists(format!("`{dst}` already exists")));
         }
-        if let Err(e) = self.pool.install(|| clone::clone_tree(&from, &to)) {
+        if let Err(e) = self.pool()?.install(|| clone::clone_tree(&from, &to)) {
             // Don't leave a half-clone behind; if this fails too, the
             // host's recovery removes it later.
             let _ = self.remove(dst);
@@ -204,7 +222,7 @@ impl SnapshotBackend for XfsReflink {
         let dir =
             sys::open_dir_at(None, &trash).map_err(|e| errno(format!("open {}", trash.display()), e))?;
         let names = sys::read_dir(&dir).map_err(|e| errno(format!("read {}", trash.display()), e))?;
-        self.pool.install(|| {
+        self.pool()?.install(|| {
             names.par_iter().try_for_each(|(name, is_dir)| delete::delete_entry(&dir, &trash, name, *is_dir))
         })
     }

@@ -487,9 +487,9 @@ impl ZfsBackend {
         let start = Instant::now();
         // Pools with async_destroy free space in the background and say how
         // much is left in `freeing`.
-        if zpool(&["get", "-Hp", "-o", "value", "freeing", &self.pool]).is_ok() {
+        let freeing_now = || zpool(&["get", "-Hp", "-o", "value", "freeing", &self.pool]);
+        if let Ok(mut freeing) = freeing_now() {
             loop {
-                let freeing = zpool(&["get", "-Hp", "-o", "value", "freeing", &self.pool])?;
                 if freeing.trim() == "0" {
                     return Ok(());
                 }
@@ -502,6 +502,7 @@ impl ZfsBackend {
                     )));
                 }
                 sleep(Duration::from_millis(200));
+                freeing = freeing_now()?;
             }
         }
         // Older pools (zfs-fuse's version 23) have no `freeing`: a destroy
@@ -697,10 +698,17 @@ impl SnapshotBackend for ZfsBackend {
                 .filter(|(name, gone)| *gone == "yes" || name.starts_with(&self.trash_prefix()))
                 .map(|(name, _)| name)
                 .collect();
-            if removed.is_empty() || removed.len() >= left {
+            if removed.is_empty() {
+                // All gone, whatever failed on the way.
+                last_error = None;
+                break;
+            }
+            if removed.len() >= left {
                 break;
             }
             left = removed.len();
+            // Only the failures of the last pass count.
+            last_error = None;
             for dataset in removed {
                 if let Err(err) = self.destroy_removed(dataset) {
                     last_error = Some(err);
@@ -708,10 +716,7 @@ impl SnapshotBackend for ZfsBackend {
             }
         }
         self.wait_for_freed_space()?;
-        match last_error {
-            Some(err) if left > 0 => Err(err.context("complete_deletes")),
-            _ => Ok(()),
-        }
+        last_error.map_or(Ok(()), |err| Err(err.context("complete_deletes")))
     }
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
@@ -721,7 +726,8 @@ impl SnapshotBackend for ZfsBackend {
                 "the zfs backend needs root (it creates, mounts and destroys datasets): run snapstore as root",
             ));
         }
-        let mut lines = vec![self.verify_dataset(&self.store_datasets()?)?];
+        let datasets = self.store_datasets()?;
+        let mut lines = vec![self.verify_dataset(&datasets)?];
         let health = zpool(&["list", "-H", "-o", "health", &self.pool])?;
         let health = health.trim();
         if health != "ONLINE" {
@@ -734,7 +740,7 @@ impl SnapshotBackend for ZfsBackend {
         let namespaces = Namespace::ALL.map(Namespace::as_str);
         for name in namespaces.iter().chain([&TRASH]) {
             let dataset = self.namespace_dataset(name);
-            if self.state(&dataset)? == State::Absent {
+            if !datasets.iter().any(|(name, _, _)| *name == dataset) {
                 return Err(StoreError::not_found(format!(
                     "dataset `{dataset}` is missing: create it with `zfs create {dataset}` \
                      (opening the store again also creates it)"

@@ -5,7 +5,7 @@ use std::process::{Command, ExitCode};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use snapstore::loader::{find_plugins, Found, Plugin};
+use snapstore::loader::{find_plugins, Found};
 use snapstore::names::parse_owner;
 use snapstore::{BlockingStore, Config, ErrorKind, Released, StoreError};
 
@@ -404,22 +404,22 @@ fn list(store: &BlockingStore, sort: SortBy) -> Result<Output, StoreError> {
 
 fn check(cli: &Cli) -> Result<Output, StoreError> {
     let config = Config::discover(cli.config.as_deref())?;
-    let plugin = Plugin::for_config(&config)?;
     let store = BlockingStore::open(&config)?;
+    let plugin = store.plugin().expect("a store opened from a config has a plugin");
     let found = store.backend().check()?;
     let mut text = format!(
         "config: {}\nbackend: {} {} (store-api {}) from {}\nroot: {}\n",
         config.file.display(),
-        plugin.info.name,
-        plugin.info.version,
-        plugin.info.api_version,
-        plugin.info.file.display(),
+        plugin.name,
+        plugin.version,
+        plugin.api_version,
+        plugin.file.display(),
         store.root().display()
     );
     for line in &found {
         text += &format!("ok: {line}\n");
     }
-    let json = json!({"config": config.file, "plugin": plugin.info, "root": store.root(), "checks": found});
+    let json = json!({"config": config.file, "plugin": plugin, "root": store.root(), "checks": found});
     Ok(Output::new(json, text))
 }
 

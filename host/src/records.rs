@@ -43,7 +43,12 @@ impl Records {
     /// rebuilt empty: reconcile then adopts every result.
     pub fn open(path: &Path) -> Result<Records, StoreError> {
         match Self::open_checked(path) {
-            Err(e) if matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)) => {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+                ) =>
+            {
                 let aside = path.with_extension(format!("sqlite.damaged-{}", now_ns()));
                 tracing::warn!("the result record is damaged; moved to {} and rebuilt", aside.display());
                 let _ = std::fs::rename(path, &aside);

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::fault;
-use crate::loader::Plugin;
+use crate::loader::{Plugin, PluginInfo};
 use crate::lock::{FileLock, Mode};
 use crate::names::{check_cache_name, check_id, escape_cache_name, is_hashed, unescape_cache_name};
 use crate::records::{Records, ResultRecord};
@@ -49,6 +49,8 @@ struct Inner {
     root: PathBuf,
     meta: PathBuf,
     backend_name: String,
+    /// The plugin the backend came from, when it came from one.
+    plugin: Option<PluginInfo>,
     backend: Box<dyn SnapshotBackend>,
     /// Opened on first use: most commands never need it.
     records: std::sync::OnceLock<Records>,
@@ -143,15 +145,7 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// A random 16-hex-digit token, unique across processes.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 8];
-    if getrandom::getrandom(&mut bytes).is_err() {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
-        bytes = ((nanos as u64) ^ ((std::process::id() as u64) << 32)).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use store_api::util::random_token;
 
 fn key(namespace: Namespace, name: &str) -> Result<Key, StoreError> {
     Key::new(namespace, name)
@@ -189,7 +183,7 @@ impl BlockingStore {
             }
         })?;
         prepare_root(&config.root, &plugin.info.name)?;
-        Self::assemble(&config.root, &plugin.info.name, Box::new(backend))
+        Ok(Self::assemble(&config.root, &plugin.info.name.clone(), Some(plugin.info), Box::new(backend)))
     }
 
     /// Opens a store on a backend object, e.g. one linked into the program.
@@ -199,22 +193,29 @@ impl BlockingStore {
         backend: Box<dyn SnapshotBackend>,
     ) -> Result<BlockingStore, StoreError> {
         prepare_root(root, backend_name)?;
-        Self::assemble(root, backend_name, backend)
+        Ok(Self::assemble(root, backend_name, None, backend))
     }
 
     fn assemble(
         root: &Path,
         backend_name: &str,
+        plugin: Option<PluginInfo>,
         backend: Box<dyn SnapshotBackend>,
-    ) -> Result<Self, StoreError> {
+    ) -> Self {
         let inner = Inner {
             root: root.to_path_buf(),
             meta: root.join(META_DIR),
             backend_name: backend_name.to_string(),
+            plugin,
             backend,
             records: std::sync::OnceLock::new(),
         };
-        Ok(BlockingStore { inner: Arc::new(inner) })
+        BlockingStore { inner: Arc::new(inner) }
+    }
+
+    /// The plugin the backend was loaded from (`None` for a linked-in backend).
+    pub fn plugin(&self) -> Option<&PluginInfo> {
+        self.inner.plugin.as_ref()
     }
 
     pub(crate) fn records(&self) -> Result<&Records, StoreError> {
@@ -328,11 +329,11 @@ impl BlockingStore {
 
     fn clone_base(&self, base: &str, tmp: &Key) -> Result<PathBuf, StoreError> {
         let _using = self.use_base(base)?;
-        let base_key = key(Namespace::Result, base)?;
-        if self.backend().path(&base_key)?.is_none() {
-            return Err(StoreError::not_found(format!("base `{base}` does not exist")));
-        }
-        self.backend().clone_tree(&base_key, tmp)
+        // A base deleted since the caller's check: the backend says NOT_FOUND.
+        self.backend().clone_tree(&key(Namespace::Result, base)?, tmp).map_err(|e| match e.kind() {
+            ErrorKind::NOT_FOUND => StoreError::not_found(format!("base `{base}` does not exist")),
+            _ => e,
+        })
     }
 
     /// Takes a shared lock on `base`, so that it is not deleted while it is
@@ -430,10 +431,12 @@ impl BlockingStore {
             LeaseRecord { lease: lease.clone(), cache: name.to_string(), generation, created: now(), bound };
         let json = serde_json::to_vec_pretty(&record).map_err(|e| StoreError::other(e.to_string()))?;
         // The record comes first: a tree in cache-tmp without one is stale.
-        write_atomic(&self.lease_path(&lease), &json)?;
-        fault::point("acquire:recorded");
-        let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
-        match self.backend().clone_tree(&snapshot, &key(Namespace::CacheTmp, &lease)?) {
+        let copied = write_atomic(&self.lease_path(&lease), &json).and_then(|()| {
+            fault::point("acquire:recorded");
+            let snapshot = key(Namespace::Cache, &format!("{escaped}.{generation}"))?;
+            self.backend().clone_tree(&snapshot, &key(Namespace::CacheTmp, &lease)?)
+        });
+        match copied {
             Ok(path) => {
                 fault::point("acquire:cloned");
                 debug!(name, lease, generation, "cache acquired");
@@ -441,9 +444,21 @@ impl BlockingStore {
             }
             Err(err) => {
                 let _ = self.backend().remove(&key(Namespace::CacheTmp, &lease)?);
-                let _ = fs::remove_file(self.lease_path(&lease));
+                let _ = self.forget_lease(&lease);
                 Err(err)
             }
+        }
+    }
+
+    /// Removes what marks lease `lease` as handed out: its record and, for a
+    /// bound lease, its lock file.
+    fn forget_lease(&self, lease: &str) -> Result<(), StoreError> {
+        let _ = fs::remove_file(self.lock_path("lease", lease));
+        match fs::remove_file(self.lease_path(lease)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::io("cannot remove lease record", &e))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -492,22 +507,19 @@ impl BlockingStore {
                 // The copy could not be published (e.g. disk full): it is
                 // discarded, and the cache keeps its previous snapshot.
                 let _ = self.backend().remove(&copy);
-                let _ = fs::remove_file(self.lease_path(lease));
+                let _ = self.forget_lease(lease);
                 return Err(err.context(format_args!("cache `{}` keeps its previous state", record.cache)));
             }
             fault::point("release:published");
-            self.remove_generations_before(&escaped, generation)?;
+            // The snapshot the copy was taken from is now the only older one.
+            self.remove_generation(&escaped, record.generation)?;
             Released::Published
         } else {
             self.backend().remove(&copy)?;
             Released::Discarded
         };
         fault::point("release:cleaned");
-        fs::remove_file(self.lease_path(lease)).or_else(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Ok(()),
-            _ => Err(StoreError::io("cannot remove lease record", &e)),
-        })?;
-        let _ = fs::remove_file(self.lock_path("lease", lease));
+        self.forget_lease(lease)?;
         debug!(lease, cache = record.cache, ?released, "cache released");
         Ok(released)
     }
@@ -531,7 +543,7 @@ impl BlockingStore {
         let cache_lock = FileLock::acquire(&self.lock_path("cache", &escaped), Mode::Exclusive)?;
         self.check_hashed_name(name, &escaped)?;
         for generation in self.generations(&escaped)? {
-            self.backend().remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
+            self.remove_generation(&escaped, generation)?;
         }
         if is_hashed(&escaped) {
             let _ = fs::remove_file(self.inner.meta.join("cache-names").join(&escaped));
@@ -585,18 +597,16 @@ impl BlockingStore {
     /// The latest snapshot of a cache; older ones (left by a crash between
     /// publishing and cleaning up) are removed on the way.
     fn latest_generation(&self, escaped: &str) -> Result<Option<u64>, StoreError> {
-        let latest = self.generations(escaped)?.last().copied();
-        if let Some(latest) = latest {
-            self.remove_generations_before(escaped, latest)?;
+        let mut generations = self.generations(escaped)?;
+        let latest = generations.pop();
+        for older in generations {
+            self.remove_generation(escaped, older)?;
         }
         Ok(latest)
     }
 
-    fn remove_generations_before(&self, escaped: &str, keep: u64) -> Result<(), StoreError> {
-        for generation in self.generations(escaped)?.into_iter().filter(|g| *g < keep) {
-            self.backend().remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)?;
-        }
-        Ok(())
+    fn remove_generation(&self, escaped: &str, generation: u64) -> Result<(), StoreError> {
+        self.backend().remove(&key(Namespace::Cache, &format!("{escaped}.{generation}"))?)
     }
 
     /// A store-wide counter, so that a generation is never reused, even by

@@ -48,3 +48,15 @@ pub fn create_owned_dir(path: &Path, owner: Option<crate::Owner>) -> Result<(), 
     }
     Ok(())
 }
+
+/// A random 16-hex-digit token, unique across processes: names for
+/// temporary trees, trash entries and leases.
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // Only if the kernel's random source is unavailable.
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        bytes = (nanos.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

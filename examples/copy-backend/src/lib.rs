@@ -122,6 +122,7 @@ impl CopyBackend {
     /// everything removed so far is gone.
     fn empty_trash(&self, wait: bool) -> Result<(), StoreError> {
         let trash = self.trash();
+        let mut result = Ok(());
         for entry in fs::read_dir(&trash).context("cannot read the trash")?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             // Only trees that `discard` put there: never guess about anything else.
@@ -133,12 +134,16 @@ impl CopyBackend {
                 continue;
             };
             // Another process may have finished it meanwhile; deleting
-            // what is already gone is not an error.
-            tree::delete(&entry.path()).map_err(delete_error)?;
+            // what is already gone is not an error. One tree that cannot be
+            // deleted must not keep the others (or its lock file) around.
+            let deleted = tree::delete(&entry.path()).map_err(delete_error);
             let _ = fs::remove_file(&lock_path);
             drop(lock);
+            if deleted.is_err() {
+                result = deleted;
+            }
         }
-        Ok(())
+        result
     }
 
     /// Syncs the filesystem holding the store: one call, however many files
@@ -166,8 +171,8 @@ impl SnapshotBackend for CopyBackend {
             return Err(StoreError::already_exists(format!("{dst} already exists")));
         }
         if let Err(e) = tree::copy(&from, &to) {
-            // Leave nothing half-made behind (the host would remove it
-            // later anyway, but only once it notices).
+            // Leave nothing half-made behind (the host also removes the
+            // temporary key after a failed clone; removing twice is fine).
             let _ = self.discard(&to);
             let context = format!("cannot copy {} to {}: {}", from.display(), to.display(), e.path.display());
             return Err(StoreError::io(context, &e.error));
@@ -263,7 +268,10 @@ impl SnapshotBackend for CopyBackend {
         let trash = self.trash();
         for entry in fs::read_dir(&trash).context("cannot read the trash")?.flatten() {
             let lock_path = entry.path();
-            let Some(tree) = lock_path.to_str().and_then(|p| p.strip_suffix(".lock")) else {
+            // Only the locks of trees that `discard` names `del-*`.
+            let Some(tree) = lock_path.to_str().and_then(|p| p.strip_suffix(".lock")).filter(|p| {
+                Path::new(p).file_name().is_some_and(|n| n.to_string_lossy().starts_with("del-"))
+            }) else {
                 continue;
             };
             if Path::new(tree).symlink_metadata().is_ok() {
