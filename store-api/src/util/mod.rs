@@ -5,6 +5,8 @@ use std::path::Path;
 
 use crate::{IoContext, StoreError};
 
+pub mod mounts;
+
 /// The key names in directory `dir`: entries whose name is a valid key
 /// name. Anything else (e.g. a backend's `.`-prefixed trees in transit) is
 /// skipped.
