@@ -31,7 +31,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use snapstore::{BlockingStore, Config};
+use snapstore::{BlockingStore, Config, LeaseKind};
 use store_api::plugin::RemoteBackend;
 use store_api::{Key, Namespace, SnapshotBackend};
 
@@ -668,7 +668,7 @@ fn cache_cycle(t: &Target, name: &str, ref_cache: &str, iters: usize) -> Vec<Opt
         }),
         Box::new(|_| {
             let a = timed(|| {
-                let lease = t.api.acquire(name, None, true).expect("acquire");
+                let lease = t.api.acquire_cache(name, None, LeaseKind::BoundToProcess).expect("acquire");
                 t.api.release(lease).expect("release");
             });
             [a, Duration::ZERO]
@@ -757,7 +757,7 @@ fn measure(t: &Target, rows: &mut Vec<Row>) {
     rows.push(row("delete it", m[0][1], m[1][1], m[2][1], m[3][1], Goal::None));
 
     eprintln!("[{}] cache of 10 000 files, {} iterations", t.label, t.big);
-    let lease = t.api.acquire("cache10k", None, true).expect("acquire");
+    let lease = t.api.acquire_cache("cache10k", None, LeaseKind::BoundToProcess).expect("acquire");
     fill_10k(&lease.path).expect("fill cache");
     t.api.release(lease).expect("release");
     t.reference.make_base("cache10k", fill_10k);
@@ -966,7 +966,7 @@ fn main() {
         };
         let (cli, api, config) =
             open_store(&bin, &work_path, name, plugin.replace('_', "-").as_str(), &root, &options);
-        let backend = snapstore::loader::Plugin::for_config(&config)
+        let backend = snapstore::internal::Plugin::for_config(&config)
             .and_then(|p| p.open(&config.root, &config.backend_options))
             .expect("backend");
         let (iters, big) = if kind == Kind::Zfs {

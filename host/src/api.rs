@@ -8,10 +8,37 @@ use std::path::{Path, PathBuf};
 use store_api::{Owner, StoreError};
 
 use crate::config::Config;
-use crate::prune::{prune, PruneOptions, PruneReport};
-use crate::store::{BlockingStore, Lease, Listing, Released};
+use crate::prune::{PruneOptions, PruneReport};
+use crate::store::{BlockingStore, Lease, LeaseKind, Listing, Released};
 
 /// A snapshot store. Cheap to clone.
+///
+/// ```
+/// use snapstore::{BlockingStore, Owner, Released, Store, StoreError};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let root = dir.path().join("store");
+/// // `Store::open(config)` loads the plugin a config names; here the
+/// // rsync backend is linked into the program instead.
+/// let backend = snapstore_rsync::open(&root, "")?;
+/// let store = Store::from_blocking(BlockingStore::with_backend(&root, "rsync", Box::new(backend))?);
+///
+/// let path = store
+///     .build(None, "step1", |dir| async move {
+///         tokio::fs::write(dir.join("out"), "built").await.map_err(|e| StoreError::io("cannot write out", &e))
+///     })
+///     .await?;
+/// assert_eq!(store.result("step1").await?, Some(path));
+///
+/// let owner = Owner { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() };
+/// let (copy_path, copy) = store.acquire_cache("downloads", owner).await?;
+/// std::fs::write(copy_path.join("file"), "kept")?;
+/// assert_eq!(copy.release().await?, Released::Published);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Store {
     inner: BlockingStore,
@@ -46,7 +73,8 @@ impl Store {
     /// `base`) is passed to `f`; if `f` succeeds the tree becomes result
     /// `id`, if it fails (or the future is dropped) nothing is recorded.
     /// Store failures reach the caller through `E: From<StoreError>`.
-    pub async fn build<E, F, Fut>(&self, base: Option<&str>, id: &str, f: F) -> Result<(), E>
+    /// Returns the path of the new result.
+    pub async fn build<E, F, Fut>(&self, base: Option<&str>, id: &str, f: F) -> Result<PathBuf, E>
     where
         F: FnOnce(PathBuf) -> Fut,
         Fut: Future<Output = Result<(), E>>,
@@ -55,10 +83,7 @@ impl Store {
         let (store, base, id) = (self.inner.clone(), base.map(str::to_string), id.to_string());
         let build = blocking(move || store.begin_build(base.as_deref(), &id)).await?;
         match f(build.path().to_path_buf()).await {
-            Ok(()) => {
-                blocking(move || build.commit()).await?;
-                Ok(())
-            }
+            Ok(()) => Ok(blocking(move || build.commit()).await?),
             Err(err) => {
                 blocking(move || build.abort()).await?;
                 Err(err)
@@ -78,12 +103,13 @@ impl Store {
         blocking(move || store.delete(&id)).await
     }
 
-    /// A writable copy of cache `name` (created empty, owned by `user`, if
+    /// A writable copy of cache `name` (created empty, owned by `owner`, if
     /// new) and the handle that releases it. A copy dropped without
-    /// [`CacheCopy::release`] is discarded by a later operation.
-    pub async fn cache(&self, user: Owner, name: &str) -> Result<(PathBuf, CacheCopy), StoreError> {
+    /// [`CacheCopy::release`] is discarded by a later operation (it is
+    /// bound to this process, see [`LeaseKind::BoundToProcess`]).
+    pub async fn acquire_cache(&self, name: &str, owner: Owner) -> Result<(PathBuf, CacheCopy), StoreError> {
         let (store, name) = (self.inner.clone(), name.to_string());
-        let lease = blocking(move || store.acquire(&name, Some(user), true)).await?;
+        let lease = blocking(move || store.acquire_cache(&name, Some(owner), LeaseKind::BoundToProcess)).await?;
         Ok((lease.path.clone(), CacheCopy { store: self.inner.clone(), lease }))
     }
 
@@ -116,9 +142,10 @@ impl Store {
     /// base in use, until `options` say stop.
     pub async fn prune(&self, options: PruneOptions) -> Result<PruneReport, StoreError> {
         let store = self.inner.clone();
-        blocking(move || prune(&store, &options, |_| ())).await
+        blocking(move || store.prune(&options, |_| ())).await
     }
 
+    /// The store's root directory.
     pub fn root(&self) -> &Path {
         self.inner.root()
     }
@@ -129,13 +156,14 @@ impl Store {
     }
 }
 
-/// A cache copy in use; see [`Store::cache`].
+/// A cache copy in use; see [`Store::acquire_cache`].
 pub struct CacheCopy {
     store: BlockingStore,
     lease: Lease,
 }
 
 impl CacheCopy {
+    /// The writable copy.
     pub fn path(&self) -> &Path {
         &self.lease.path
     }

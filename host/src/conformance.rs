@@ -9,8 +9,10 @@
 //! assert!(snapstore::conformance::run(&store, |case| println!("{case}")).passed());
 //! ```
 //!
-//! Every id and cache name it uses starts with a fresh scratch prefix, and
-//! it deletes all it made, so it can run on a store in use.
+//! Every case runs in a namespace of its own (a fresh prefix of its ids
+//! and cache name), so that one failure does not cascade into the next
+//! case; whatever a case made is deleted after it, so the suite can run on
+//! a store in use.
 
 use std::fmt;
 use std::fs;
@@ -19,7 +21,9 @@ use std::path::Path;
 
 use store_api::{ErrorKind, Key, Namespace, Owner, StoreError};
 
-use crate::store::{random_token, BlockingStore, Released};
+use store_api::util::random_token;
+
+use crate::store::{BlockingStore, Lease, LeaseKind, LockKind, Released};
 
 /// The outcome of one case.
 pub struct CaseResult {
@@ -61,10 +65,13 @@ macro_rules! ensure {
     };
 }
 
-/// The suite's view of the store: names in a scratch namespace.
+/// A case's view of the store: names in a scratch namespace.
 struct Suite<'a> {
     store: &'a BlockingStore,
+    /// The prefix of this case's names.
     prefix: String,
+    /// The prefix of every case's names in this run.
+    run_prefix: String,
 }
 
 fn store_err(e: StoreError) -> String {
@@ -96,8 +103,17 @@ impl Suite<'_> {
         format!("{} cache/../x", self.prefix)
     }
 
-    fn acquire(&self, owner: Option<Owner>) -> Result<crate::store::Lease, String> {
-        self.store.acquire(&self.cache(), owner, true).map_err(store_err)
+    fn acquire(&self, owner: Option<Owner>) -> Result<Lease, String> {
+        self.store.acquire_cache(&self.cache(), owner, LeaseKind::BoundToProcess).map_err(store_err)
+    }
+
+    /// Publishes `text` as the cache's file `data`.
+    fn publish(&self, text: &str) -> Outcome {
+        let lease = self.acquire(None)?;
+        fs::write(lease.path.join("data"), text).map_err(|e| e.to_string())?;
+        let released = self.store.release(lease).map_err(store_err)?;
+        ensure!(released == Released::Published, "a release with no other copy out was discarded");
+        Ok(())
     }
 }
 
@@ -118,6 +134,7 @@ fn build_and_lookup(s: &Suite) -> Outcome {
 }
 
 fn failure_is_not_recorded(s: &Suite) -> Outcome {
+    s.build(None, "base", "ok")?;
     let failed = s.store.build(Some(&s.id("base")), &s.id("fail"), |dir| {
         append(dir, "half")?;
         Err(std::io::Error::other("the build failed"))
@@ -130,6 +147,7 @@ fn failure_is_not_recorded(s: &Suite) -> Outcome {
 }
 
 fn existing_id_is_refused(s: &Suite) -> Outcome {
+    s.build(None, "base", "ok")?;
     match s.store.build(None, &s.id("base"), |dir| append(dir, "changed")) {
         Err(e) if e.kind() == ErrorKind::ALREADY_EXISTS => {}
         Err(e) => return Err(format!("wrong error: {e:?}")),
@@ -143,6 +161,7 @@ fn existing_id_is_refused(s: &Suite) -> Outcome {
 }
 
 fn delete_keeps_children(s: &Suite) -> Outcome {
+    s.build(None, "base", "ok")?;
     s.build(Some("base"), "child", "1")?;
     s.store.delete(&s.id("base")).map_err(store_err)?;
     s.store.delete(&s.id("base")).map_err(|e| format!("a second delete failed: {e}"))?;
@@ -173,6 +192,7 @@ fn cache_is_created_with_owner(s: &Suite) -> Outcome {
 }
 
 fn cache_publishes(s: &Suite) -> Outcome {
+    s.publish("v1")?;
     let lease = s.acquire(None)?;
     let data = fs::read_to_string(lease.path.join("data")).unwrap_or_default();
     ensure!(data == "v1", "the next copy holds {data:?}, not the published v1");
@@ -225,7 +245,7 @@ fn invalid_names_are_refused(s: &Suite) -> Outcome {
         ensure!(matches!(&built, Err(e) if e.kind() == ErrorKind::INVALID_INPUT), "build {bad:?} accepted");
     }
     for bad in ["", long.as_str(), "a\0b"] {
-        let acquired = s.store.acquire(bad, None, true);
+        let acquired = s.store.acquire_cache(bad, None, LeaseKind::BoundToProcess);
         ensure!(
             matches!(&acquired, Err(e) if e.kind() == ErrorKind::INVALID_INPUT),
             "cache {bad:?} accepted"
@@ -249,8 +269,13 @@ fn stale_tree_is_recovered(s: &Suite) -> Outcome {
 }
 
 fn nothing_leaks(s: &Suite) -> Outcome {
+    s.build(None, "base", "ok")?;
+    s.build(Some("base"), "child", "1")?;
+    s.publish("v1")?;
     cleanup(s)?;
-    let escaped = crate::names::escape_cache_name(&s.cache());
+    s.store.complete_deletes().map_err(store_err)?;
+    // Nothing of this case nor of any case before it (each cleaned up after it ran).
+    let prefix = &s.run_prefix;
     for ns in Namespace::ALL {
         let left: Vec<String> = s
             .store
@@ -258,35 +283,34 @@ fn nothing_leaks(s: &Suite) -> Outcome {
             .list(ns)
             .map_err(store_err)?
             .into_iter()
-            .filter(|n| n.starts_with(&s.prefix) || n.starts_with(&escaped))
+            .filter(|n| n.starts_with(prefix))
             .collect();
         ensure!(left.is_empty(), "{ns} still holds {left:?}");
     }
     // Nor any of the host's own files for them (locks, records).
-    let locks = s.store.root().join(crate::store::META_DIR).join("locks");
-    for kind in ["build", "use", "cache"] {
-        let dir = locks.join(kind);
+    for kind in [LockKind::Build, LockKind::Use, LockKind::Cache] {
+        let dir = s.store.lock_dir(kind);
         let left: Vec<String> = fs::read_dir(&dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&s.prefix) || n.starts_with(&escaped))
+            .filter(|n| n.starts_with(prefix))
             .collect();
         ensure!(left.is_empty(), "lock files left in {}: {left:?}", dir.display());
     }
     let recorded = s.store.records().and_then(|r| r.all()).map_err(store_err)?;
-    ensure!(!recorded.iter().any(|r| r.id.starts_with(&s.prefix)), "the result record keeps deleted results");
+    ensure!(!recorded.iter().any(|r| r.id.starts_with(prefix)), "the result record keeps deleted results");
     Ok(())
 }
 
+/// Deletes what the case of `s` made.
 fn cleanup(s: &Suite) -> Outcome {
     for id in s.store.backend().list(Namespace::Result).map_err(store_err)? {
         if id.starts_with(&s.prefix) {
             s.store.delete(&id).map_err(store_err)?;
         }
     }
-    s.store.delete_cache(&s.cache()).map_err(store_err)?;
-    s.store.complete_deletes().map_err(store_err)
+    s.store.delete_cache(&s.cache()).map_err(store_err)
 }
 
 type Case = (&'static str, fn(&Suite) -> Outcome);
@@ -307,19 +331,18 @@ const CASES: &[Case] = &[
 
 /// Runs every case on `store`, calling `report` after each.
 pub fn run(store: &BlockingStore, mut report: impl FnMut(&CaseResult)) -> Report {
-    let suite = Suite { store, prefix: format!("conformance-{}", random_token()) };
+    let run_prefix = format!("conformance-{}", random_token());
     let mut cases = Vec::new();
-    for (name, case) in CASES {
+    for (number, (name, case)) in CASES.iter().enumerate() {
+        let suite = Suite { store, prefix: format!("{run_prefix}-c{number:02}"), run_prefix: run_prefix.clone() };
         // A panicking case (e.g. a backend bug surfacing in the host) is a failure, not an abort.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&suite)))
             .unwrap_or_else(|_| Err("panicked".into()));
-        let result = CaseResult { name, outcome };
+        // Leave nothing behind, also when the case failed half-way.
+        let cleaned = cleanup(&suite).map_err(|e| format!("cannot delete what the case made: {e}"));
+        let result = CaseResult { name, outcome: outcome.and(cleaned) };
         report(&result);
         cases.push(result);
-    }
-    if cases.iter().any(|c| c.outcome.is_err()) {
-        // Leave nothing behind even when a case failed half-way.
-        let _ = cleanup(&suite);
     }
     Report { cases }
 }

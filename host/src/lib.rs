@@ -2,21 +2,42 @@
 //!
 //! [`Store`] is the async API for build tools (after obuilder's `STORE`);
 //! [`BlockingStore`] is the same store with blocking calls. Both load the
-//! backend plugin named in a [`Config`].
+//! backend plugin named in a [`Config`], or take a backend linked into the
+//! program (see the examples on each).
+//!
+//! Errors are [`StoreError`]s, the same type the backends return across the
+//! plugin boundary, with an [`ErrorKind`] that the command maps to its exit
+//! status: a host-side error enum would only be converted back into it, so
+//! there is none.
 
 mod api;
-pub mod config;
+mod config;
 pub mod conformance;
-pub mod fault;
-pub mod loader;
-pub(crate) mod lock;
-pub mod names;
-pub mod prune;
-pub mod records;
-pub mod store;
-pub mod stress;
+mod fault;
+mod loader;
+mod lock;
+mod names;
+mod prune;
+mod records;
+mod store;
+mod stress;
 
 pub use api::{CacheCopy, Store};
 pub use config::Config;
-pub use store::{BlockingStore, Build, Listing, Released};
+pub use loader::PluginInfo;
+pub use prune::{PruneOptions, PruneReport};
+pub use store::{
+    BlockingStore, Build, CacheInfo, Lease, LeaseInfo, LeaseKind, LeaseRecord, Listing, Recovered, ReleaseMode,
+    Released, ResultInfo,
+};
 pub use store_api::{ErrorKind, Owner, StoreError};
+
+/// What the `snapstore` command, the benchmarks and the tests use beyond
+/// the embedders' API. Not a stable interface.
+#[doc(hidden)]
+pub mod internal {
+    pub use crate::fault::POINTS as FAULT_POINTS;
+    pub use crate::loader::{find_plugins, Found, Plugin};
+    pub use crate::names::{check_id, escape_cache_name, is_hashed, parse_owner, unescape_cache_name};
+    pub use crate::stress::{run as stress, StressReport};
+}

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use store_api::{ErrorKind, StoreError};
 
-use crate::store::{random_token, BlockingStore};
+use store_api::util::random_token;
+
+use crate::store::{BlockingStore, LeaseKind};
 
 const STEPS: usize = 4;
 
@@ -94,7 +96,7 @@ fn job(store: &BlockingStore, prefix: &str, cache: &str, digits: &[u64]) -> Resu
                 Ok(Err(e)) => return Err(format!("build {id}: {e}")),
             }
         }
-        let lease = store.acquire(cache, None, true).map_err(|e| format!("cache: {e}"))?;
+        let lease = store.acquire_cache(cache, None, LeaseKind::BoundToProcess).map_err(|e| format!("cache: {e}"))?;
         let count = fs::read_to_string(lease.path.join("count")).unwrap_or_default();
         let count = count.trim().parse::<u64>().unwrap_or(0) + 1;
         fs::write(lease.path.join("count"), count.to_string()).map_err(|e| e.to_string())?;

@@ -8,7 +8,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use snapstore::fault::POINTS;
+use snapstore::internal::FAULT_POINTS as POINTS;
 use support::*;
 
 fn killed(out: &Output) -> bool {

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path};
 
 use proptest::prelude::*;
-use snapstore::names::{check_id, escape_cache_name, is_hashed, parse_owner, unescape_cache_name};
+use snapstore::internal::{check_id, escape_cache_name, is_hashed, parse_owner, unescape_cache_name};
 use snapstore::Config;
 use support::*;
 

@@ -3,6 +3,7 @@
 mod support;
 
 use std::fs;
+use std::path::PathBuf;
 
 use snapstore::{Config, ErrorKind, Owner, Released, Store, StoreError};
 use support::*;
@@ -26,7 +27,7 @@ async fn open(dir: &tempfile::TempDir) -> Store {
     Store::open(config).await.unwrap()
 }
 
-async fn write(store: &Store, base: Option<&str>, id: &str, text: &'static str) -> Result<(), BuildError> {
+async fn write(store: &Store, base: Option<&str>, id: &str, text: &'static str) -> Result<PathBuf, BuildError> {
     store
         .build(base, id, |dir| async move {
             let path = dir.join("output");
@@ -47,7 +48,9 @@ async fn results() {
     let store = open(&dir).await;
     assert_eq!(store.result("base").await.unwrap(), None);
     write(&store, None, "base", "ok").await.unwrap();
-    write(&store, Some("base"), "sub", "+").await.unwrap();
+    let sub = write(&store, Some("base"), "sub", "+").await.unwrap();
+    // The build returns the path of the new result.
+    assert_eq!(store.result("sub").await.unwrap(), Some(sub));
     assert_eq!(read(store.result("sub").await.unwrap()), "ok+");
     store.delete("sub").await.unwrap();
     assert_eq!(store.result("sub").await.unwrap(), None);
@@ -100,7 +103,7 @@ async fn caches() {
     let me = Owner { uid: nix::unistd::getuid().as_raw(), gid: nix::unistd::getgid().as_raw() };
     let user = if is_root() { Owner { uid: 4321, gid: 8765 } } else { me };
 
-    let (path, copy) = store.cache(user, "opam").await.unwrap();
+    let (path, copy) = store.acquire_cache("opam", user).await.unwrap();
     use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(&path).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (user.uid, user.gid));
@@ -108,20 +111,20 @@ async fn caches() {
     fs::write(path.join("data"), "v1").unwrap();
     assert_eq!(copy.release().await.unwrap(), Released::Published);
 
-    let (path_a, a) = store.cache(user, "opam").await.unwrap();
-    let (path_b, b) = store.cache(user, "opam").await.unwrap();
+    let (path_a, a) = store.acquire_cache("opam", user).await.unwrap();
+    let (path_b, b) = store.acquire_cache("opam", user).await.unwrap();
     assert_eq!(fs::read_to_string(path_a.join("data")).unwrap(), "v1");
     fs::write(path_a.join("data"), "v2a").unwrap();
     fs::write(path_b.join("data"), "v2b").unwrap();
     assert_eq!(b.release().await.unwrap(), Released::Published);
     assert_eq!(a.release().await.unwrap(), Released::Discarded);
-    let (path, copy) = store.cache(user, "opam").await.unwrap();
+    let (path, copy) = store.acquire_cache("opam", user).await.unwrap();
     assert_eq!(fs::read_to_string(path.join("data")).unwrap(), "v2b");
 
     // Delete while in use: done now, the copy is discarded on release.
     store.delete_cache("opam").await.unwrap();
     assert_eq!(copy.release().await.unwrap(), Released::Discarded);
-    let (path, copy) = store.cache(user, "opam").await.unwrap();
+    let (path, copy) = store.acquire_cache("opam", user).await.unwrap();
     assert_eq!(fs::read_dir(&path).unwrap().count(), 0);
 
     // A copy dropped without release is discarded by a later operation.

@@ -1,0 +1,242 @@
+//! Results: building one (on a clone of a base or on an empty tree),
+//! looking it up and deleting it.
+
+use std::path::{Path, PathBuf};
+
+use store_api::util::random_token;
+use store_api::{ErrorKind, Key, Namespace, StoreError};
+use tracing::{debug, info, warn};
+
+use super::{key, BlockingStore, LockKind};
+use crate::fault;
+use crate::lock::{FileLock, Mode};
+use crate::names::check_id;
+
+impl BlockingStore {
+    /// The path of result `id` if it is committed.
+    pub fn result(&self, id: &str) -> Result<Option<PathBuf>, StoreError> {
+        check_id(id)?;
+        let path = self.backend().path(&key(Namespace::Result, id)?)?;
+        if path.is_some() {
+            self.note_use(id);
+        }
+        Ok(path)
+    }
+
+    /// Starts building `id`, on a clone of `base` or on an empty tree. The
+    /// returned [`Build`] is committed with [`Build::commit`]; dropping it
+    /// discards the tree.
+    pub fn begin_build(&self, base: Option<&str>, id: &str) -> Result<Build, StoreError> {
+        check_id(id)?;
+        if let Some(base) = base {
+            check_id(base).map_err(|e| e.context("base"))?;
+        }
+        self.recover_temporary(Namespace::ResultTmp)?;
+        let id_lock = FileLock::acquire(&self.lock_path(LockKind::Build, id), Mode::Exclusive)?;
+        let result_key = key(Namespace::Result, id)?;
+        if self.backend().path(&result_key)?.is_some() {
+            return Err(StoreError::already_exists(format!(
+                "result `{id}` already exists; delete it first to build it again"
+            )));
+        }
+        if let Some(base) = base {
+            // Fails fast, before any lock file is made for a missing base.
+            if self.backend().path(&key(Namespace::Result, base)?)?.is_none() {
+                id_lock.release_and_remove();
+                return Err(StoreError::not_found(format!("base `{base}` does not exist")));
+            }
+        }
+        // Held until commit or abort: prune leaves a base in use alone.
+        let using = match base {
+            Some(base) => Some(FileLock::acquire(&self.lock_path(LockKind::Use, base), Mode::Shared)?),
+            None => None,
+        };
+        let token = random_token();
+        let tmp_lock = FileLock::acquire(&self.lock_path(LockKind::Tmp, &token), Mode::Exclusive)?;
+        let tmp = key(Namespace::ResultTmp, &token)?;
+        let made = match base {
+            None => self.backend().create(&tmp, None),
+            Some(base) => self.clone_base(base, &tmp),
+        };
+        let path = match made {
+            Ok(path) => path,
+            Err(err) => {
+                let _ = self.backend().remove(&tmp);
+                tmp_lock.release_and_remove();
+                id_lock.release_and_remove();
+                return Err(err);
+            }
+        };
+        fault::point("build:cloned");
+        debug!(id, ?base, tmp = %tmp, "build started");
+        Ok(Build {
+            store: self.clone(),
+            id: id.to_string(),
+            base: base.map(str::to_string),
+            tmp,
+            path,
+            locks: Some((id_lock, tmp_lock)),
+            _using: using,
+        })
+    }
+
+    fn clone_base(&self, base: &str, tmp: &Key) -> Result<PathBuf, StoreError> {
+        let _using = self.use_base(base)?;
+        // A base deleted since the caller's check: the backend says NOT_FOUND.
+        self.backend().clone_tree(&key(Namespace::Result, base)?, tmp).map_err(|e| match e.kind() {
+            ErrorKind::NOT_FOUND => StoreError::not_found(format!("base `{base}` does not exist")),
+            _ => e,
+        })
+    }
+
+    /// Takes a shared lock on `base`, so that it is not deleted while it is
+    /// cloned or committed against. Never waits on a build of `base` (which
+    /// could wait on us in turn): a base being built does not exist yet.
+    fn use_base(&self, base: &str) -> Result<FileLock, StoreError> {
+        let path = self.lock_path(LockKind::Build, base);
+        loop {
+            if let Some(lock) = FileLock::try_acquire(&path, Mode::Shared)? {
+                return Ok(lock);
+            }
+            if self.backend().path(&key(Namespace::Result, base)?)?.is_none() {
+                return Err(StoreError::not_found(format!("base `{base}` does not exist")));
+            }
+            // It exists and is being deleted: wait for the delete to finish.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Builds `id` with `f`, which gets the writable tree: committed if `f`
+    /// succeeds, discarded if it fails. The outer error is the store's.
+    pub fn build<E>(
+        &self,
+        base: Option<&str>,
+        id: &str,
+        f: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<Result<PathBuf, E>, StoreError> {
+        let build = self.begin_build(base, id)?;
+        match f(build.path()) {
+            Ok(()) => build.commit().map(Ok),
+            Err(err) => {
+                build.abort()?;
+                Ok(Err(err))
+            }
+        }
+    }
+
+    /// Deletes result `id` if present. Results built on it are unaffected.
+    pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        check_id(id)?;
+        let lock = FileLock::acquire(&self.lock_path(LockKind::Build, id), Mode::Exclusive)?;
+        self.remove_result(id, lock)
+    }
+
+    /// Removes result `id`, whose build lock the caller holds.
+    pub(crate) fn remove_result(&self, id: &str, lock: FileLock) -> Result<(), StoreError> {
+        self.backend().remove(&key(Namespace::Result, id)?)?;
+        fault::point("delete:removed");
+        if let Err(e) = self.records().and_then(|r| r.deleted(id)) {
+            warn!(id, "cannot drop the record of a deleted result: {e}");
+        }
+        if let Some(unused) = FileLock::try_acquire(&self.lock_path(LockKind::Use, id), Mode::Exclusive)? {
+            unused.release_and_remove();
+        }
+        lock.release_and_remove();
+        info!(id, "deleted");
+        Ok(())
+    }
+
+    /// Brings the result record in line with what the backend holds.
+    pub(crate) fn reconcile_records(&self) -> Result<(), StoreError> {
+        let present = self.backend().list(Namespace::Result)?;
+        let (adopted, dropped) = self.records()?.reconcile(&present)?;
+        if adopted + dropped > 0 {
+            info!(adopted, dropped, "result record reconciled");
+        }
+        Ok(())
+    }
+}
+
+/// A build in progress: a writable tree that becomes result `id` on
+/// [`commit`](Self::commit). Dropped without committing, it is discarded.
+pub struct Build {
+    store: BlockingStore,
+    id: String,
+    base: Option<String>,
+    tmp: Key,
+    path: PathBuf,
+    locks: Option<(FileLock, FileLock)>,
+    _using: Option<FileLock>,
+}
+
+impl Build {
+    /// The writable tree.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Saves the tree as result `id`; returns its path.
+    pub fn commit(mut self) -> Result<PathBuf, StoreError> {
+        let store = self.store.clone();
+        fault::point("build:before-commit");
+        let result = key(Namespace::Result, &self.id)?;
+        let committed = match &self.base {
+            Some(base) => {
+                // The base may have been deleted meanwhile; then there is
+                // nothing to share storage with.
+                let using = store.use_base(base).ok();
+                let parent = key(Namespace::Result, base)?;
+                let parent = using.as_ref().map(|_| &parent);
+                store.backend().commit(&self.tmp, &result, parent)
+            }
+            None => store.backend().commit(&self.tmp, &result, None),
+        };
+        match committed {
+            Ok(path) => {
+                fault::point("build:committed");
+                if let Err(e) = store.records().and_then(|r| r.committed(&self.id, self.base.as_deref())) {
+                    warn!(id = self.id, "cannot record the new result: {e}");
+                }
+                if let Some((_id_lock, tmp_lock)) = self.locks.take() {
+                    tmp_lock.release_and_remove();
+                }
+                info!(id = self.id, "committed");
+                Ok(path)
+            }
+            Err(err) => {
+                self.discard();
+                Err(err.context(format_args!("cannot commit result `{}`", self.id)))
+            }
+        }
+    }
+
+    /// Discards the tree; nothing is recorded.
+    pub fn abort(mut self) -> Result<(), StoreError> {
+        self.discard_checked()
+    }
+
+    fn discard(&mut self) {
+        if let Err(err) = self.discard_checked() {
+            warn!(id = self.id, "cannot discard build tree (a later operation will): {err}");
+        }
+    }
+
+    fn discard_checked(&mut self) -> Result<(), StoreError> {
+        let Some((id_lock, tmp_lock)) = self.locks.take() else {
+            return Ok(());
+        };
+        let removed = self.store.backend().remove(&self.tmp);
+        if removed.is_ok() {
+            tmp_lock.release_and_remove();
+        }
+        id_lock.release_and_remove();
+        debug!(id = self.id, "build discarded");
+        removed
+    }
+}
+
+impl Drop for Build {
+    fn drop(&mut self) {
+        self.discard();
+    }
+}
