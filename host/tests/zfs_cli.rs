@@ -16,7 +16,7 @@ fn zfs(args: &[&str]) -> String {
 #[test]
 fn contract_on_zfs() {
     require_plugin("zfs");
-    let Some(pool) = ZfsPool::new() else { return };
+    let Some(pool) = ZfsPool::new("512M") else { return };
     let dataset = format!("{}/store", pool.name);
     let root = pool.mount.join("store");
     zfs(&["create", &dataset]);

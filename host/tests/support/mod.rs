@@ -1,6 +1,6 @@
 //! Shared test support: a store in a temporary directory, driven through
-//! the `snapstore` binary, and loop-mounted filesystems for the backends
-//! that need one.
+//! the `snapstore` binary, on a loop-mounted filesystem (from the
+//! `test-support` crate) for the backends that need one.
 #![allow(dead_code)]
 
 use std::fs;
@@ -117,146 +117,20 @@ impl Fixture {
     }
 }
 
-/// True when running in CI, where nothing may be skipped.
-pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
-}
+// Each test binary uses some of these.
+#[allow(unused_imports)]
+pub use test_support::{in_ci, is_root, skip, LoopFs, ZfsPool};
 
-/// Skips a test that needs something missing here, loudly; in CI, fails.
-pub fn skip(why: &str) {
-    assert!(!in_ci(), "CI=true and this test cannot run: {why}");
-    eprintln!("\n*** SKIPPED: {why} ***\n");
-}
-
-pub fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-/// A loop-mounted filesystem image, unmounted and detached on drop.
-pub struct LoopFs {
-    _dir: tempfile::TempDir,
-    pub mount: PathBuf,
-}
-
-impl LoopFs {
-    /// Makes a `size` image formatted by `mkfs` (e.g. `["mkfs.btrfs", "-q"]`)
-    /// and mounts it. `None` (after a loud skip) if that is not possible here.
-    pub fn new(mkfs: &[&str], size: &str) -> Option<LoopFs> {
-        if !is_root() {
-            skip("loop filesystems need root");
-            return None;
-        }
-        if Command::new(mkfs[0]).arg("-V").output().is_err()
-            && Command::new("which").arg(mkfs[0]).output().map(|o| !o.status.success()).unwrap_or(true)
-        {
-            skip(&format!("{} is not installed", mkfs[0]));
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("fs.img");
-        let mount = dir.path().join("mnt");
-        fs::create_dir(&mount).unwrap();
-        assert!(Command::new("truncate").args(["-s", size]).arg(&image).status().unwrap().success());
-        let made = Command::new(mkfs[0]).args(&mkfs[1..]).arg(&image).output().unwrap();
-        assert!(made.status.success(), "{mkfs:?}: {}", String::from_utf8_lossy(&made.stderr));
-        let mounted = Command::new("mount").args(["-o", "loop"]).arg(&image).arg(&mount).output().unwrap();
-        if !mounted.status.success() {
-            skip(&format!("cannot loop-mount: {}", String::from_utf8_lossy(&mounted.stderr).trim()));
-            return None;
-        }
-        Some(LoopFs { _dir: dir, mount })
-    }
-}
-
-impl Drop for LoopFs {
-    fn drop(&mut self) {
-        // `umount` of a loop mount made with `-o loop` also detaches the device.
-        for _ in 0..50 {
-            let out = Command::new("umount").arg(&self.mount).output();
-            if matches!(out, Ok(ref o) if o.status.success()) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
-    }
-}
 pub mod contract;
 
 /// A store of `backend` on a fresh loop filesystem made by `mkfs`, or
 /// `None` (after a loud skip) where that is impossible here.
 pub fn loop_store(mkfs: &[&str], size: &str, backend: &str, options: &str) -> Option<(LoopFs, Fixture)> {
     require_plugin(backend);
-    let fs = LoopFs::new(mkfs, size)?;
-    let root = fs.mount.join("store");
+    let fs = LoopFs::new(mkfs, size, "")?;
+    let root = fs.root();
     let text =
         format!("[store]\nbackend = \"{backend}\"\nroot = \"{}\"\n[backend]\n{options}\n", root.display());
     let fixture = Fixture::with_config(tempfile::tempdir().unwrap(), &root, &text);
     Some((fs, fixture))
-}
-
-/// A ZFS pool on a file (zfs-fuse), destroyed on drop.
-pub struct ZfsPool {
-    _dir: tempfile::TempDir,
-    pub name: String,
-    pub mount: PathBuf,
-}
-
-impl ZfsPool {
-    /// Starts the zfs-fuse daemon if needed and makes a pool; `None`
-    /// (after a loud skip) where that is impossible here.
-    pub fn new() -> Option<ZfsPool> {
-        if !is_root() {
-            skip("ZFS pools need root");
-            return None;
-        }
-        if Command::new("zpool").arg("list").output().is_err() {
-            skip("zfs-fuse is not installed (apt-get install zfs-fuse)");
-            return None;
-        }
-        let running = Command::new("pgrep").arg("-x").arg("zfs-fuse").output().map(|o| o.status.success());
-        if !running.unwrap_or(false) {
-            let started = Command::new("zfs-fuse").status().map(|s| s.success()).unwrap_or(false);
-            assert!(started, "cannot start the zfs-fuse daemon");
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("pool.img");
-        let mount = dir.path().join("mnt");
-        assert!(Command::new("truncate").args(["-s", "512M"]).arg(&image).status().unwrap().success());
-        let name = format!("snapstoretest{}", std::process::id() as u64 * 1000 + rand_suffix());
-        // The daemon may take a moment to accept commands after starting.
-        let mut last = String::new();
-        for _ in 0..50 {
-            let out = Command::new("zpool")
-                .args(["create", "-m"])
-                .arg(&mount)
-                .arg(&name)
-                .arg(&image)
-                .output()
-                .unwrap();
-            if out.status.success() {
-                return Some(ZfsPool { _dir: dir, name, mount });
-            }
-            last = String::from_utf8_lossy(&out.stderr).into_owned();
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        panic!("zpool create failed: {last}");
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 % 1000
-}
-
-impl Drop for ZfsPool {
-    fn drop(&mut self) {
-        for _ in 0..20 {
-            let out = Command::new("zpool").args(["destroy", "-f", &self.name]).output();
-            if matches!(out, Ok(ref o) if o.status.success()) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(300));
-        }
-        eprintln!("warning: could not destroy zfs pool {}", self.name);
-    }
 }
