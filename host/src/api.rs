@@ -109,7 +109,8 @@ impl Store {
     /// bound to this process, see [`LeaseKind::BoundToProcess`]).
     pub async fn acquire_cache(&self, name: &str, owner: Owner) -> Result<(PathBuf, CacheCopy), StoreError> {
         let (store, name) = (self.inner.clone(), name.to_string());
-        let lease = blocking(move || store.acquire_cache(&name, Some(owner), LeaseKind::BoundToProcess)).await?;
+        let lease =
+            blocking(move || store.acquire_cache(&name, Some(owner), LeaseKind::BoundToProcess)).await?;
         Ok((lease.path.clone(), CacheCopy { store: self.inner.clone(), lease }))
     }
 

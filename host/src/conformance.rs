@@ -334,7 +334,8 @@ pub fn run(store: &BlockingStore, mut report: impl FnMut(&CaseResult)) -> Report
     let run_prefix = format!("conformance-{}", random_token());
     let mut cases = Vec::new();
     for (number, (name, case)) in CASES.iter().enumerate() {
-        let suite = Suite { store, prefix: format!("{run_prefix}-c{number:02}"), run_prefix: run_prefix.clone() };
+        let suite =
+            Suite { store, prefix: format!("{run_prefix}-c{number:02}"), run_prefix: run_prefix.clone() };
         // A panicking case (e.g. a backend bug surfacing in the host) is a failure, not an abort.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| case(&suite)))
             .unwrap_or_else(|_| Err("panicked".into()));

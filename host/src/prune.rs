@@ -34,7 +34,11 @@ impl BlockingStore {
     /// Deletes least-recently-used results nothing is built on, never a
     /// base in use, until `options` say stop; `progress` is told of each
     /// deletion.
-    pub fn prune(&self, options: &PruneOptions, progress: impl FnMut(&str)) -> Result<PruneReport, StoreError> {
+    pub fn prune(
+        &self,
+        options: &PruneOptions,
+        progress: impl FnMut(&str),
+    ) -> Result<PruneReport, StoreError> {
         prune(self, options, progress)
     }
 }
@@ -81,10 +85,12 @@ fn take_one(store: &BlockingStore, cutoff: Option<i64>) -> Result<Option<String>
     let started = Instant::now();
     for id in store.records()?.leaves_by_age(cutoff)? {
         // A base of a running build holds a shared `use` lock; skip it.
-        let Some(using) = FileLock::try_acquire(&store.lock_path(LockKind::Use, &id), Mode::Exclusive)? else {
+        let Some(using) = FileLock::try_acquire(&store.lock_path(LockKind::Use, &id), Mode::Exclusive)?
+        else {
             continue;
         };
-        let Some(lock) = FileLock::try_acquire(&store.lock_path(LockKind::Build, &id), Mode::Exclusive)? else {
+        let Some(lock) = FileLock::try_acquire(&store.lock_path(LockKind::Build, &id), Mode::Exclusive)?
+        else {
             continue;
         };
         // Built on since we listed it? Then it is no longer a leaf.

@@ -96,7 +96,8 @@ fn job(store: &BlockingStore, prefix: &str, cache: &str, digits: &[u64]) -> Resu
                 Ok(Err(e)) => return Err(format!("build {id}: {e}")),
             }
         }
-        let lease = store.acquire_cache(cache, None, LeaseKind::BoundToProcess).map_err(|e| format!("cache: {e}"))?;
+        let lease =
+            store.acquire_cache(cache, None, LeaseKind::BoundToProcess).map_err(|e| format!("cache: {e}"))?;
         let count = fs::read_to_string(lease.path.join("count")).unwrap_or_default();
         let count = count.trim().parse::<u64>().unwrap_or(0) + 1;
         fs::write(lease.path.join("count"), count.to_string()).map_err(|e| e.to_string())?;

@@ -27,7 +27,12 @@ async fn open(dir: &tempfile::TempDir) -> Store {
     Store::open(config).await.unwrap()
 }
 
-async fn write(store: &Store, base: Option<&str>, id: &str, text: &'static str) -> Result<PathBuf, BuildError> {
+async fn write(
+    store: &Store,
+    base: Option<&str>,
+    id: &str,
+    text: &'static str,
+) -> Result<PathBuf, BuildError> {
     store
         .build(base, id, |dir| async move {
             let path = dir.join("output");

@@ -48,10 +48,21 @@ impl LoopFs {
 
     /// Like [`new`](Self::new), but says why it failed instead of skipping.
     pub fn create(mkfs: &[&str], size: &str, mount_options: &str) -> Result<LoopFs, String> {
+        Self::create_in(&std::env::temp_dir(), mkfs, size, mount_options)
+    }
+
+    /// Like [`create`](Self::create), with the image in a new directory
+    /// under `parent` (e.g. on a disk rather than a tmpfs).
+    pub fn create_in(
+        parent: &Path,
+        mkfs: &[&str],
+        size: &str,
+        mount_options: &str,
+    ) -> Result<LoopFs, String> {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         let work = tempfile::Builder::new()
             .prefix("snapstore-loop-")
-            .tempdir()
+            .tempdir_in(parent)
             .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
         let mount_point = work.path().join("mnt");
         let image = work.path().join("fs.img");

@@ -60,10 +60,16 @@ impl ZfsPool {
     /// A pool named `prefix` + a unique number, on an image of `size`;
     /// starts zfs-fuse first if ZFS does not answer.
     pub fn create(prefix: &str, size: &str) -> Result<ZfsPool, String> {
+        Self::create_in(&std::env::temp_dir(), prefix, size)
+    }
+
+    /// Like [`create`](Self::create), with the image in a new directory
+    /// under `parent` (e.g. on a disk rather than a tmpfs).
+    pub fn create_in(parent: &Path, prefix: &str, size: &str) -> Result<ZfsPool, String> {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
         let work = tempfile::Builder::new()
             .prefix("snapstore-zfs-")
-            .tempdir()
+            .tempdir_in(parent)
             .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
         let daemon_pidfile = if zpool_works() { None } else { Some(start_daemon(work.path())?) };
         let image = work.path().join("pool.img");
@@ -129,15 +135,16 @@ impl Drop for ZfsPool {
             }
         }
         let mut last = String::new();
-        let destroyed = (0..150).any(|_| match run(Command::new("zpool").args(["destroy", "-f", &self.name])) {
-            Ok(_) => true,
-            Err(e) if e.contains("no such pool") => true,
-            Err(e) => {
-                last = e;
-                std::thread::sleep(Duration::from_millis(200));
-                false
-            }
-        });
+        let destroyed =
+            (0..150).any(|_| match run(Command::new("zpool").args(["destroy", "-f", &self.name])) {
+                Ok(_) => true,
+                Err(e) if e.contains("no such pool") => true,
+                Err(e) => {
+                    last = e;
+                    std::thread::sleep(Duration::from_millis(200));
+                    false
+                }
+            });
         if !destroyed {
             // Keep the image: the pool still uses it.
             let kept = self.work.take().map(|work| work.keep());
@@ -151,7 +158,8 @@ impl Drop for ZfsPool {
         }
         let pid = self.daemon_pidfile.as_ref().and_then(|f| std::fs::read_to_string(f).ok());
         if let Some(pid) = pid.and_then(|p| p.trim().parse::<i32>().ok()).filter(|_| self.stop_daemon) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
     }
 }

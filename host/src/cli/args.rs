@@ -122,4 +122,3 @@ pub enum CacheCmd {
     /// Delete cache NAME
     Delete { name: String },
 }
-

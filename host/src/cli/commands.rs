@@ -38,7 +38,12 @@ fn open(cli: &Cli) -> Result<BlockingStore, StoreError> {
     BlockingStore::open(&Config::discover(cli.config.as_deref())?)
 }
 
-fn build(store: &BlockingStore, base: Option<&str>, id: &str, command: &[String]) -> Result<Output, StoreError> {
+fn build(
+    store: &BlockingStore,
+    base: Option<&str>,
+    id: &str,
+    command: &[String],
+) -> Result<Output, StoreError> {
     let build = store.begin_build(base, id)?;
     let status = run_command(command, build.path())?;
     if status != 0 {

@@ -59,7 +59,12 @@ impl BlockingStore {
     /// Takes a writable copy of cache `name`, creating the cache as an empty
     /// directory owned by `owner` if it does not exist. `kind` says when an
     /// unreleased copy is discarded.
-    pub fn acquire_cache(&self, name: &str, owner: Option<Owner>, kind: LeaseKind) -> Result<Lease, StoreError> {
+    pub fn acquire_cache(
+        &self,
+        name: &str,
+        owner: Option<Owner>,
+        kind: LeaseKind,
+    ) -> Result<Lease, StoreError> {
         check_cache_name(name)?;
         self.recover_temporary(Namespace::CacheTmp)?;
         self.recover_leases()?;
@@ -267,7 +272,8 @@ mod tests {
 
     #[test]
     fn escaped_hostile_names_round_trip() {
-        for name in ["../x", "a.b", "a.1", ".", "..", "cache/../../etc", "sp ace", "ünï", "x".repeat(255).as_str()]
+        for name in
+            ["../x", "a.b", "a.1", ".", "..", "cache/../../etc", "sp ace", "ünï", "x".repeat(255).as_str()]
         {
             let escaped = escape_cache_name(name);
             let snapshot = CacheSnapshot::new(&escaped, 7);
@@ -279,7 +285,9 @@ mod tests {
 
     #[test]
     fn foreign_names_are_not_snapshots() {
-        for foreign in ["", "opam", ".3", "opam.", "opam.x", "opam.+3", "opam.-3", "opam.03", "a.b.3", "opam.3 "] {
+        for foreign in
+            ["", "opam", ".3", "opam.", "opam.x", "opam.+3", "opam.-3", "opam.03", "a.b.3", "opam.3 "]
+        {
             assert_eq!(CacheSnapshot::parse(foreign), None, "{foreign:?}");
         }
         let too_big = format!("opam.{}0", u64::MAX);

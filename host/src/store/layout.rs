@@ -74,8 +74,10 @@ struct Marker {
 /// Created as `File::create` would (0666 less the umask).
 fn staged(path: &Path, contents: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut file =
-        tempfile::Builder::new().prefix(".tmp-").permissions(Permissions::from_mode(0o666)).tempfile_in(dir)?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .permissions(Permissions::from_mode(0o666))
+        .tempfile_in(dir)?;
     file.write_all(contents)?;
     file.as_file().sync_all()?;
     Ok(file)
@@ -139,7 +141,11 @@ pub(crate) fn check_marker(root: &Path, backend: &str) -> Result<bool, StoreErro
     if found.format != FORMAT {
         return Err(StoreError::new(
             ErrorKind::INCOMPATIBLE,
-            format!("store {} has format {}; this snapstore reads format {FORMAT}", root.display(), found.format),
+            format!(
+                "store {} has format {}; this snapstore reads format {FORMAT}",
+                root.display(),
+                found.format
+            ),
         ));
     }
     Ok(true)

@@ -52,7 +52,11 @@ pub struct Listing {
 impl BlockingStore {
     /// Results, caches and leases.
     pub fn list(&self) -> Result<Listing, StoreError> {
-        Ok(Listing { results: self.list_results()?, caches: self.list_caches()?, leases: self.list_leases()? })
+        Ok(Listing {
+            results: self.list_results()?,
+            caches: self.list_caches()?,
+            leases: self.list_leases()?,
+        })
     }
 
     fn list_results(&self) -> Result<Vec<ResultInfo>, StoreError> {

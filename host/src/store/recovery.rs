@@ -50,7 +50,8 @@ impl BlockingStore {
             if !record.bound {
                 continue;
             }
-            let Some(_dead) = FileLock::try_acquire(&self.lock_path(LockKind::Lease, &lease), Mode::Exclusive)?
+            let Some(_dead) =
+                FileLock::try_acquire(&self.lock_path(LockKind::Lease, &lease), Mode::Exclusive)?
             else {
                 continue;
             };
@@ -74,7 +75,8 @@ impl BlockingStore {
                 // A leased copy: its lease decides (see `recover`).
                 continue;
             }
-            if let Some(lock) = FileLock::try_acquire(&self.lock_path(LockKind::Tmp, &name), Mode::Exclusive)? {
+            if let Some(lock) = FileLock::try_acquire(&self.lock_path(LockKind::Tmp, &name), Mode::Exclusive)?
+            {
                 warn!(tree = %tree, "removing a temporary tree left by a dead process");
                 self.backend().remove(&tree)?;
                 lock.release_and_remove();
