@@ -86,13 +86,13 @@ impl Suite<'_> {
     fn build(&self, base: Option<&str>, id: &str, text: &str) -> Outcome {
         let (base, id) = (base.map(|b| self.id(b)), self.id(id));
         let built = self.store.build(base.as_deref(), &id, |dir| append(dir, text));
-        built.map_err(store_err)?.map(|_| ()).map_err(|e| format!("writing the tree: {e}"))
+        built.map_err(store_err)?.map(|_| ()).map_err(|e| format!("cannot write the tree: {e}"))
     }
 
     fn read(&self, id: &str) -> Result<String, String> {
         let path = self.store.result(&self.id(id)).map_err(store_err)?;
         let path = path.ok_or_else(|| format!("result {id} is missing"))?;
-        fs::read_to_string(path.join("output")).map_err(|e| format!("reading {id}: {e}"))
+        fs::read_to_string(path.join("output")).map_err(|e| format!("cannot read {id}: {e}"))
     }
 
     fn exists(&self, id: &str) -> Result<bool, String> {
@@ -291,7 +291,7 @@ fn nothing_leaks(s: &Suite) -> Outcome {
     for kind in [LockKind::Build, LockKind::Use, LockKind::Cache] {
         let dir = s.store.lock_dir(kind);
         let left: Vec<String> = fs::read_dir(&dir)
-            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| n.starts_with(prefix))

@@ -30,7 +30,7 @@ pub struct Records {
 }
 
 fn db_error(e: rusqlite::Error) -> StoreError {
-    StoreError::new(store_api::ErrorKind::IO, format!("result record: {e}"))
+    StoreError::new(store_api::ErrorKind::IO, format!("cannot use the result record: {e}"))
 }
 
 pub fn now_ns() -> i64 {

@@ -68,7 +68,7 @@ pub fn run(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Stress
     let seconds = start.elapsed().as_secs_f64();
     let mut errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
     if let Err(e) = cleanup(store, &prefix, &cache) {
-        errors.push(format!("cleanup: {e}"));
+        errors.push(format!("cannot clean up: {e}"));
     }
     let failures = errors.len();
     errors.truncate(5);
@@ -92,21 +92,22 @@ fn job(store: &BlockingStore, prefix: &str, cache: &str, digits: &[u64]) -> Resu
                 Ok(Ok(_)) => {}
                 // Another job built the same step first: use theirs.
                 Err(e) if e.kind() == ErrorKind::ALREADY_EXISTS => {}
-                Err(e) => return Err(format!("build {id}: {e}")),
-                Ok(Err(e)) => return Err(format!("build {id}: {e}")),
+                Err(e) => return Err(format!("cannot build {id}: {e}")),
+                Ok(Err(e)) => return Err(format!("cannot build {id}: {e}")),
             }
         }
-        let lease =
-            store.acquire_cache(cache, None, LeaseKind::BoundToProcess).map_err(|e| format!("cache: {e}"))?;
+        let lease = store
+            .acquire_cache(cache, None, LeaseKind::BoundToProcess)
+            .map_err(|e| format!("cannot acquire the cache: {e}"))?;
         let count = fs::read_to_string(lease.path.join("count")).unwrap_or_default();
         let count = count.trim().parse::<u64>().unwrap_or(0) + 1;
         fs::write(lease.path.join("count"), count.to_string()).map_err(|e| e.to_string())?;
-        store.release(lease).map_err(|e| format!("cache release: {e}"))?;
+        store.release(lease).map_err(|e| format!("cannot release the cache: {e}"))?;
         base = Some(id);
     }
     let last = base.unwrap_or_default();
     let path = store.result(&last).map_err(|e| e.to_string())?.ok_or(format!("{last} vanished"))?;
-    let output = fs::read_to_string(path.join("output")).map_err(|e| format!("{last}: {e}"))?;
+    let output = fs::read_to_string(path.join("output")).map_err(|e| format!("cannot read {last}: {e}"))?;
     if output != expected {
         return Err(format!("{last} holds {output:?}, expected {expected:?}"));
     }

@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn lease_ids_are_sixteen_hex_digits() {
         assert!(check_lease_id("0123456789abcdef").is_ok());
-        for bad in ["", "0123456789abcde", "0123456789abcdefa", "0123456789abcdeg", "../../../etc/pa"] {
+        for bad in ["", "0123456789abcde", "0123456789abcdefa", "0123456789abcdeg", "../../../etc/pw"] {
             let err = check_lease_id(bad).unwrap_err();
             assert_eq!(err.kind(), store_api::ErrorKind::INVALID_INPUT, "{bad:?}");
         }
