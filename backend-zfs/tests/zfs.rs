@@ -7,9 +7,8 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use snapstore_zfs::{open, ZfsBackend};
 use store_api::{ErrorKind, Key, Namespace, Owner, SnapshotBackend};
@@ -29,75 +28,36 @@ fn zfs(args: &[&str]) -> String {
 
 /// Whether the tests can run here; if not, says why (or fails under CI).
 fn usable() -> bool {
-    let why = if !nix::unistd::geteuid().is_root() {
-        Some("not root")
-    } else if run("sh", &["-c", "command -v zpool && command -v zfs"]).is_err() {
-        Some("the zfs tools are missing (apt-get install -y zfs-fuse)")
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("zfs backend tests cannot run: {why}")
-        }
-        Some(why) => {
-            eprintln!("\n!!! SKIPPING zfs backend test: {why} !!!\n");
-            false
-        }
+    if !test_support::is_root() {
+        test_support::skip("zfs backend test: not root");
+        return false;
     }
+    if !test_support::installed("zpool") || !test_support::installed("zfs") {
+        test_support::skip("zfs backend test: the zfs tools are missing (apt-get install -y zfs-fuse)");
+        return false;
+    }
+    true
 }
 
-/// Starts the zfs-fuse daemon unless ZFS already answers (a daemon or a
-/// kernel module). Left running: other tests and users share it.
-fn ensure_daemon() {
-    static STARTING: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = STARTING.lock().unwrap_or_else(|e| e.into_inner());
-    if run("zpool", &["list"]).is_ok() {
-        return;
-    }
-    if run("pgrep", &["-x", "zfs-fuse"]).is_err() {
-        run("zfs-fuse", &[]).unwrap_or_else(|e| panic!("cannot start zfs-fuse: {e}"));
-    }
-    let start = Instant::now();
-    while run("zpool", &["list"]).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "zfs-fuse did not come up");
-        sleep(Duration::from_millis(100));
-    }
-}
-
-/// A file-backed pool with a dataset for the store; destroyed on drop, also
-/// when the test fails.
+/// A file-backed pool (from the workspace's `test-support` crate) with a
+/// dataset for the store; destroyed on drop, also when the test fails.
+/// zfs-fuse, if started for it, is left running: other tests and users
+/// share it.
 struct Pool {
     name: String,
-    dir: PathBuf,
     dataset: String,
     root: PathBuf,
-    /// One pool at a time: zfs-fuse wedged (all its mounts hung) when tests
-    /// created and destroyed pools in parallel. Released after the drop.
-    _serial: MutexGuard<'static, ()>,
+    _pool: test_support::ZfsPool,
 }
 
 impl Pool {
     fn new() -> Pool {
-        static SERIAL: Mutex<()> = Mutex::new(());
-        // A failed test poisons the lock; the next one may still run.
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        ensure_daemon();
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
-        let name = format!("sstest{}x{nanos}", std::process::id());
-        let dir = std::env::temp_dir().join(&name);
-        fs::create_dir_all(&dir).unwrap();
-        let image = dir.join("pool.img");
-        run("truncate", &["-s", "512M", image.to_str().unwrap()]).unwrap();
-        let mnt = dir.join("mnt");
-        // The guard exists before the pool so that a half-made pool goes too.
+        let pool = test_support::ZfsPool::create("sstest", "512M").unwrap_or_else(|e| panic!("{e}"));
+        let name = pool.name.clone();
         let dataset = format!("{name}/store");
-        let root = dir.join("root");
-        let pool = Pool { name, dir, dataset, root, _serial: serial };
-        zfs_pool(&["create", "-m", mnt.to_str().unwrap(), &pool.name, image.to_str().unwrap()]);
-        zfs(&["create", "-o", &format!("mountpoint={}", pool.root.display()), &pool.dataset]);
-        pool
+        let root = pool.mount.with_file_name("root");
+        zfs(&["create", "-o", &format!("mountpoint={}", root.display()), &dataset]);
+        Pool { name, dataset, root, _pool: pool }
     }
 
     fn options(&self) -> String {
@@ -114,45 +74,6 @@ impl Pool {
             .lines()
             .map(String::from)
             .collect()
-    }
-}
-
-fn zfs_pool(args: &[&str]) -> String {
-    run("zpool", args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // Unmount deepest first, then destroy; zfs-fuse often reports a
-        // dataset or pool busy for a moment after use, so retry (~30 s).
-        if let Ok(tree) = run("zfs", &["list", "-H", "-o", "name", "-r", &self.name]) {
-            for dataset in tree.lines().rev() {
-                let _ = run("zfs", &["umount", dataset]);
-            }
-        }
-        let mut last = String::new();
-        for _ in 0..150 {
-            match run("zpool", &["destroy", "-f", &self.name]) {
-                Ok(_) => {
-                    let _ = fs::remove_dir_all(&self.dir);
-                    return;
-                }
-                Err(e) if e.contains("no such pool") => {
-                    let _ = fs::remove_dir_all(&self.dir);
-                    return;
-                }
-                Err(e) => last = e,
-            }
-            sleep(Duration::from_millis(200));
-        }
-        // Keep the image: the pool still uses it.
-        eprintln!(
-            "\n!!! could not destroy test pool {} ({last}); zfs-fuse holds it: \
-             restart the zfs-fuse daemon, then `zpool destroy {}` and remove {} !!!\n",
-            self.name,
-            self.name,
-            self.dir.display()
-        );
     }
 }
 

@@ -330,10 +330,14 @@ const CASES: &[Case] = &[
 ];
 
 /// Runs every case on `store`, calling `report` after each.
-pub fn run(store: &BlockingStore, mut report: impl FnMut(&CaseResult)) -> Report {
+pub fn run(store: &BlockingStore, report: impl FnMut(&CaseResult)) -> Report {
+    run_cases(store, CASES, report)
+}
+
+fn run_cases(store: &BlockingStore, cases: &[Case], mut report: impl FnMut(&CaseResult)) -> Report {
     let run_prefix = format!("conformance-{}", random_token());
-    let mut cases = Vec::new();
-    for (number, (name, case)) in CASES.iter().enumerate() {
+    let mut results = Vec::new();
+    for (number, (name, case)) in cases.iter().enumerate() {
         let suite =
             Suite { store, prefix: format!("{run_prefix}-c{number:02}"), run_prefix: run_prefix.clone() };
         // A panicking case (e.g. a backend bug surfacing in the host) is a failure, not an abort.
@@ -343,7 +347,50 @@ pub fn run(store: &BlockingStore, mut report: impl FnMut(&CaseResult)) -> Report
         let cleaned = cleanup(&suite).map_err(|e| format!("cannot delete what the case made: {e}"));
         let result = CaseResult { name, outcome: outcome.and(cleaned) };
         report(&result);
-        cases.push(result);
+        results.push(result);
     }
-    Report { cases }
+    Report { cases: results }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rsync_store(dir: &Path) -> BlockingStore {
+        let root = dir.join("store");
+        let backend = snapstore_rsync::open(&root, "").unwrap();
+        BlockingStore::with_backend(&root, "rsync", Box::new(backend)).unwrap()
+    }
+
+    #[test]
+    fn every_case_passes_alone_on_a_fresh_store() {
+        for case in CASES {
+            let dir = tempfile::tempdir().unwrap();
+            let report = run_cases(&rsync_store(dir.path()), std::slice::from_ref(case), |_| ());
+            assert!(report.passed(), "{}", report.cases[0]);
+        }
+    }
+
+    #[test]
+    fn a_failing_case_does_not_fail_the_next() {
+        fn fails_half_way(s: &Suite) -> Outcome {
+            s.build(None, "base", "ok")?;
+            let lease = s.acquire(None)?;
+            std::mem::forget(lease);
+            Err("failed on purpose".into())
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cases: Vec<Case> = [("fails half-way", fails_half_way as fn(&Suite) -> Outcome)]
+            .into_iter()
+            .chain(CASES.iter().copied())
+            .collect();
+        let report = run_cases(&rsync_store(dir.path()), &cases, |_| ());
+        assert_eq!(
+            report.failures(),
+            1,
+            "{}",
+            report.cases.iter().map(|c| format!("{c}\n")).collect::<String>()
+        );
+        assert!(report.cases[0].outcome.is_err());
+    }
 }
