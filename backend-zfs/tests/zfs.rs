@@ -12,6 +12,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use snapstore_zfs::{open, ZfsBackend};
+use store_api::util::mounts::mounts_under;
 use store_api::{ErrorKind, Key, Namespace, Owner, SnapshotBackend};
 
 fn run(tool: &str, args: &[&str]) -> Result<String, String> {
@@ -465,4 +466,109 @@ fn parallel_builds_on_different_keys() {
     });
     b.complete_deletes().unwrap();
     assert_eq!(pool.all().len(), 6, "{:?}", pool.all());
+}
+
+/// A directory outside the store, with content to checksum.
+struct Outside(PathBuf);
+
+impl Outside {
+    fn new() -> Outside {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+        let dir = std::env::temp_dir().join(format!("sstest-outside-{}x{nanos}", std::process::id()));
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("precious"), "keep me").unwrap();
+        fs::write(dir.join("sub/data"), vec![42u8; 1 << 16]).unwrap();
+        Outside(dir)
+    }
+
+    /// The names and contents of every file, hashed.
+    fn checksum(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        let mut dirs = vec![self.0.clone()];
+        let mut files = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        for file in files {
+            hash.update(file.to_string_lossy().as_bytes());
+            hash.update(fs::read(&file).unwrap());
+        }
+        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Detaches every bind mount the test left under the store root, before
+/// the pool goes (a mount under a dataset keeps it busy).
+struct Unbind(PathBuf);
+
+impl Drop for Unbind {
+    fn drop(&mut self) {
+        if let Ok(mounts) = mounts_under(&self.0) {
+            for point in mounts.iter().filter(|p| p.ends_with("mnt")) {
+                let _ = run("umount", &["-l", point.to_str().unwrap()]);
+            }
+        }
+    }
+}
+
+fn bind(source: &Path, target: &Path) {
+    run("mount", &["--bind", source.to_str().unwrap(), target.to_str().unwrap()]).unwrap();
+}
+
+/// The bind mounts a build or a sandbox left under the store root.
+fn binds_under(root: &Path) -> Vec<PathBuf> {
+    mounts_under(root).unwrap().into_iter().filter(|p| p.ends_with("mnt")).collect()
+}
+
+#[test]
+fn mounts_left_in_trees_are_detached_not_crossed() {
+    if !usable() {
+        return;
+    }
+    let pool = Pool::new();
+    let _unbind = Unbind(pool.root.clone());
+    let b = pool.open();
+    let outside = Outside::new();
+    let before = outside.checksum();
+
+    // A build leaves a bind mount in its tree: the commit detaches it and
+    // keeps only the tree's own files.
+    let tmp = b.create(&key("result-tmp/a"), None).unwrap();
+    fs::write(tmp.join("own"), "own").unwrap();
+    fs::create_dir(tmp.join("mnt")).unwrap();
+    bind(&outside.0, &tmp.join("mnt"));
+    let result = b.commit(&key("result-tmp/a"), &key("result/a"), None).unwrap();
+    assert_eq!(binds_under(&pool.root), Vec::<PathBuf>::new());
+    assert_eq!(fs::read_to_string(result.join("own")).unwrap(), "own");
+    assert_eq!(fs::read_dir(result.join("mnt")).unwrap().count(), 0, "the mount's files were committed");
+
+    // A build on it leaves one in its tree, a sandbox one in the result;
+    // both are removed (the result while its clone lives, and then the
+    // clone), and their space given back.
+    let clone = b.clone_tree(&key("result/a"), &key("result-tmp/b")).unwrap();
+    bind(&outside.0, &clone.join("mnt"));
+    bind(&outside.0, &result.join("mnt"));
+    assert_eq!(binds_under(&pool.root).len(), 2);
+    b.remove(&key("result/a")).unwrap();
+    b.remove(&key("result-tmp/b")).unwrap();
+    b.complete_deletes().unwrap();
+
+    assert_eq!(binds_under(&pool.root), Vec::<PathBuf>::new());
+    assert_eq!(outside.checksum(), before, "data outside the store changed");
+    assert_eq!(pool.all().len(), 6, "left behind: {:?}", pool.all());
 }
