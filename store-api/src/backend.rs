@@ -90,9 +90,8 @@ use crate::{Key, Namespace, Owner, StoreError};
 /// parent; `path`, `list` and `free_percent` alongside anything, also on
 /// a key being committed or removed (they see it before or after); the
 /// removal of a key while trees cloned from it are cloned, committed or
-/// removed;
-/// `recover` and `complete_deletes` alongside all of these, in other
-/// processes. State a backend shares between processes (its trash, its
+/// removed; `recover` and `complete_deletes` alongside all of these, in
+/// other processes. State a backend shares between processes (its trash, its
 /// staging area) is protected with `flock`, never judged by age: a tree of
 /// a live process is never touched.
 ///
@@ -102,8 +101,9 @@ use crate::{Key, Namespace, Owner, StoreError};
 /// it. Build them with [`StoreError::io`] or
 /// [`IoContext::context`](crate::IoContext::context), which classify I/O
 /// errors (`ENOSPC` and `EDQUOT` are `NO_SPACE`, `ENOENT` is `NOT_FOUND`,
-/// `EACCES` is `PERMISSION`). A method that fails leaves committed keys as
-/// they were. Never write to stdout: it belongs to the CLI.
+/// `EEXIST` is `ALREADY_EXISTS`, `EACCES` and `EPERM` are `PERMISSION`).
+/// A method that fails leaves committed keys as they were. Never write to
+/// stdout: it belongs to the CLI.
 ///
 /// # What the host does, so a backend need not
 ///
@@ -113,7 +113,7 @@ use crate::{Key, Namespace, Owner, StoreError};
 /// its own locks) and removing them (with `remove`); recording which
 /// backend made a store root.
 ///
-/// # Example
+/// # Examples
 ///
 /// A build on a base, as the host runs it (each method's section has its
 /// own example). `backend` is a minimal directory backend made for these
@@ -144,6 +144,33 @@ use crate::{Key, Namespace, Owner, StoreError};
 /// backend.remove(&base)?;
 /// assert_eq!(backend.list(Namespace::Result)?, ["child"]);
 /// assert_eq!(fs::read_to_string(path.join("hello"))?, "changed");
+/// # Ok(()) }
+/// ```
+///
+/// A cache update: the user works on a copy of the latest generation; the
+/// host publishes it as the next generation and removes the old one.
+///
+/// ```
+/// # mod example { include!("../doc/example_backend.rs"); }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let backend = example::ExampleBackend::scratch();
+/// use std::fs;
+/// use store_api::{Key, Namespace, SnapshotBackend};
+///
+/// // The cache `downloads` at generation 1, made empty.
+/// let copy = Key::new(Namespace::CacheTmp, "c0ffee")?;
+/// backend.create(&copy, None)?;
+/// let gen1 = Key::new(Namespace::Cache, "downloads.1")?;
+/// backend.commit(&copy, &gen1, None)?;
+///
+/// // A copy, changed and published as generation 2.
+/// let copy = Key::new(Namespace::CacheTmp, "d00d")?;
+/// fs::write(backend.clone_tree(&gen1, &copy)?.join("pkg.tar"), "...")?;
+/// let gen2 = Key::new(Namespace::Cache, "downloads.2")?;
+/// backend.commit(&copy, &gen2, None)?;
+/// backend.remove(&gen1)?;
+/// assert_eq!(backend.list(Namespace::Cache)?, ["downloads.2"]);
+/// assert!(backend.list(Namespace::CacheTmp)?.is_empty());
 /// # Ok(()) }
 /// ```
 pub trait SnapshotBackend: Send + Sync + 'static {
@@ -225,8 +252,8 @@ pub trait SnapshotBackend: Send + Sync + 'static {
     /// first (see "Mounts" above): `dst` holds the tree's own files, never a
     /// sandbox's mount. `parent` is the committed tree `tmp` was cloned
     /// from, if it still exists: a hint for sharing storage, free to
-    /// ignore. On success `tmp` is gone; on failure `dst` is absent and the
-    /// host removes `tmp`.
+    /// ignore. On success `tmp` is gone; on failure `dst` is as it was
+    /// (absent, or the existing tree) and the host removes `tmp`.
     ///
     /// Errors: `ALREADY_EXISTS` if `dst` exists (it stays as it was);
     /// `NOT_FOUND` if `tmp` does not exist; `NO_SPACE`; `IO`.
@@ -265,9 +292,10 @@ pub trait SnapshotBackend: Send + Sync + 'static {
     /// state.
     ///
     /// Errors: `IO` or `PERMISSION` if the key cannot be taken from view;
-    /// a mount that cannot be detached is an error naming it. Once the key
-    /// is out of view, a failure to free its space is not an error of
-    /// `remove`: `complete_deletes` frees it or reports it.
+    /// a mount that cannot be detached is an error naming it. A key taken
+    /// from view stays absent even if freeing its space fails: the call may
+    /// then succeed (`complete_deletes` frees the space later) or report
+    /// the failure.
     ///
     /// ```
     /// # mod example { include!("../doc/example_backend.rs"); }
