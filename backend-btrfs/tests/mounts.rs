@@ -81,9 +81,10 @@ fn removing_trees_never_deletes_through_bind_mounts() {
             None => (tmp, tree),
         };
         let _binds = outside.mount_into(&tree);
-        s.remove(&key(target)).expect("remove a tree holding bind mounts");
-        assert_eq!(s.path(&key(target)).expect("path"), None, "{target}");
+        let removed = s.remove(&key(target));
         outside.assert_intact(target);
+        removed.expect("remove a tree holding bind mounts");
+        assert_eq!(s.path(&key(target)).expect("path"), None, "{target}");
         assert_eq!(mounts_under(&fs.root()), Vec::<String>::new(), "{target}: mounts left");
     }
     s.complete_deletes().expect("complete_deletes");
@@ -110,10 +111,12 @@ fn recovery_of_killed_builds_leaves_bind_mounted_directories_intact() {
     fs::rename(&removing, &transit).expect("rename");
     let _binds2 = outside.mount_into(&transit);
 
-    s.recover().expect("recover");
-    assert!(!transit.exists(), "recover left the dead transit tree");
-    s.remove(&key("result-tmp/killed")).expect("remove the killed build's tree");
+    let recovered = s.recover();
+    let removed = s.remove(&key("result-tmp/killed"));
     outside.assert_intact("recovery");
+    recovered.expect("recover");
+    removed.expect("remove the killed build's tree");
+    assert!(!transit.exists(), "recover left the dead transit tree");
     assert_eq!(mounts_under(&fs.root()), Vec::<String>::new());
     s.complete_deletes().expect("complete_deletes");
     outside.assert_intact("after complete_deletes");
