@@ -210,3 +210,80 @@ pub fn delete_entry(dir: &Dir, name: &OsStr) -> Result<Vec<u64>, StoreError> {
     deleted.extend(id);
     Ok(deleted)
 }
+
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+#[cfg(test)]
+mod tests {
+    use super::common::{is_ro, run, LoopBtrfs};
+    use super::*;
+
+    /// Bind-mounts `source` on `target` until dropped.
+    struct Bind(PathBuf);
+
+    impl Bind {
+        fn new(source: &Path, target: &Path) -> Bind {
+            std::fs::create_dir_all(target).expect("mkdir");
+            run("mount", &["--bind", source.to_str().expect("utf8"), target.to_str().expect("utf8")])
+                .expect("mount --bind");
+            Bind(target.to_path_buf())
+        }
+    }
+
+    impl Drop for Bind {
+        fn drop(&mut self) {
+            let _ = run("umount", &["-l", self.0.to_str().unwrap_or("")]);
+        }
+    }
+
+    fn assert_refused(result: Result<impl Sized, StoreError>, mount: &Path) {
+        let Err(err) = result else { panic!("a walk went on past the mount at {}", mount.display()) };
+        assert_eq!(err.kind(), ErrorKind::BUSY, "{err:?}");
+        assert!(err.message().contains(&format!("{} is a mount point", mount.display())), "{err}");
+        assert!(!err.message().contains('\n'));
+    }
+
+    /// Without the mounts detached first, a walk that meets one stops
+    /// with an error naming it, and leaves it and what it shows alone.
+    #[test]
+    fn a_mount_met_during_a_walk_is_refused_and_left_intact() {
+        let Some(fs) = LoopBtrfs::new("walk-mounts") else {
+            return;
+        };
+        let outside = fs.mnt.join("outside");
+        run("btrfs", &["subvolume", "create", outside.to_str().expect("utf8")]).expect("subvolume create");
+        std::fs::write(outside.join("keep"), "data").expect("write");
+        let root = fs.mnt.join("store");
+        std::fs::create_dir(&root).expect("mkdir");
+        let dir = Dir::open(&root).expect("open");
+
+        // A plain directory whose walk meets a mount.
+        let junk_mount = root.join("junk/mnt");
+        let _junk = Bind::new(&outside, &junk_mount);
+        assert_refused(delete_entry(&dir, OsStr::new("junk")), &junk_mount);
+
+        // A subvolume whose nested one sits below a mount: listing it
+        // (to delete, make read-only or clone it) stops at the mount.
+        sys::subvol_create(&dir.file, OsStr::new("t")).expect("create");
+        std::fs::create_dir(root.join("t/deep")).expect("mkdir");
+        let t = dir.child(OsStr::new("t")).expect("open t");
+        sys::subvol_create(&t.child(OsStr::new("deep")).expect("open deep").file, OsStr::new("inner"))
+            .expect("create nested");
+        let deep_mount = root.join("t/deep");
+        let _deep = Bind::new(&outside, &deep_mount);
+        assert_refused(make_readonly(&t), &deep_mount);
+        sys::subvol_create(&dir.file, OsStr::new("u")).expect("create");
+        assert_refused(snapshot_nested(&t, &dir.child(OsStr::new("u")).expect("open u")), &deep_mount);
+        drop(t);
+        assert_refused(delete_entry(&dir, OsStr::new("t")), &deep_mount);
+
+        // The mount that was met is the one it was, still there.
+        assert_refused(delete_entry(&dir, OsStr::new("t")), &deep_mount);
+        assert_refused(dir.child(OsStr::new("junk")).and_then(|j| j.child(OsStr::new("mnt"))), &junk_mount);
+        assert_eq!(std::fs::read_to_string(outside.join("keep")).expect("read"), "data");
+        assert_eq!(std::fs::read_dir(&outside).expect("read_dir").count(), 1);
+        assert!(!is_ro(&outside), "the mounted subvolume was made read-only");
+    }
+}
