@@ -146,7 +146,7 @@ impl Btrfs {
             Err(err) if err.kind() == ErrorKind::BUSY => return Err(err), // a mount came back
             Err(_) => None,                                               // not a directory: nothing to hold
         };
-        let id = held.as_ref().and_then(|sub| sys::subvolume_id(&sub.file).ok());
+        let id = held.as_ref().and_then(|sub| sys::subvolume_id(&sub.file).ok().flatten());
         if let Some(id) = id {
             // Do not keep the subvolume open while deleting it.
             drop(held);

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 
 use nix::errno::Errno;
 
@@ -218,12 +219,16 @@ pub fn child_subvolumes(subvol: &File) -> io::Result<Vec<(u64, u64)>> {
     }
 }
 
-/// The id of the subvolume open as `subvol`.
-pub fn subvolume_id(subvol: &File) -> io::Result<u64> {
+/// The id of the subvolume whose root is open as `dir`; `None` if `dir` is
+/// not the root of a subvolume.
+pub fn subvolume_id(dir: &File) -> io::Result<Option<u64>> {
+    if dir.metadata()?.ino() != SUBVOL_ROOT_INO {
+        return Ok(None);
+    }
     // With tree id 0 the kernel fills in the tree of the descriptor.
     let mut args = Box::new(InoLookupArgs { treeid: 0, objectid: SUBVOL_ROOT_INO, name: [0; 4080] });
-    check(unsafe { ioc_ino_lookup(subvol.as_raw_fd(), &mut *args) })?;
-    Ok(args.treeid)
+    check(unsafe { ioc_ino_lookup(dir.as_raw_fd(), &mut *args) })?;
+    Ok(Some(args.treeid))
 }
 
 /// Where the child subvolume `treeid` of the subvolume open as `subvol`

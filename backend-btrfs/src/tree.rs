@@ -168,7 +168,7 @@ pub fn delete_entry(dir: &Dir, name: &OsStr) -> Result<Vec<u64>, StoreError> {
     let cannot = |err: io::Error| StoreError::io(format!("cannot delete {}", path.display()), &err);
     let mut deleted = Vec::new();
     // Its id, for waiting on the cleaner; only a subvolume root has one.
-    let id = dir.child(name).ok().and_then(|sub| sys::subvolume_id(&sub.file).ok());
+    let id = dir.child(name).ok().and_then(|sub| sys::subvolume_id(&sub.file).ok().flatten());
     let err = match sys::snap_destroy(&dir.file, name) {
         Ok(()) => return Ok(deleted.into_iter().chain(id).collect()),
         Err(err) => err,

@@ -63,3 +63,22 @@ fn a_build_that_fills_the_disk_gives_its_space_back() {
     let result = s.commit(&second, &key("result/second"), None).expect("commit");
     assert_eq!(std::fs::metadata(result.join("big")).expect("stat").len(), done);
 }
+
+#[test]
+fn removing_a_temporary_plain_directory_waits_only_for_its_subvolumes() {
+    let Some(fs) = LoopBtrfs::new("plain-tmp") else {
+        return;
+    };
+    let s = store(&fs.root());
+    // Not a subvolume itself (e.g. left by an older layout), holding one.
+    let plain = fs.root().join("result-tmp/plain");
+    std::fs::create_dir_all(plain.join("dir")).expect("mkdir");
+    support::subvolume_create(&plain.join("dir/sub"));
+    std::fs::write(plain.join("dir/sub/f"), "x").expect("write");
+    let start = Instant::now();
+    s.remove(&key("result-tmp/plain")).expect("remove");
+    assert!(!plain.exists());
+    // Waiting for the directory's parent subvolume (never deleted) would
+    // last until the time limit.
+    assert!(start.elapsed().as_secs() < 10, "remove took {:?}", start.elapsed());
+}
