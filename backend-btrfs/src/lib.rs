@@ -7,6 +7,11 @@
 //! committed or removed. Their owner holds an `flock` on them; one whose
 //! lock is free was left by a dead process and is deleted by the next
 //! `complete_deletes`.
+//!
+//! No operation follows a mount a build's sandbox left in a tree: the
+//! mounts under a tree are detached before it is removed or committed, and
+//! every walk inside a tree goes by descriptor and refuses mount roots
+//! (see `tree`).
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -137,32 +142,26 @@ impl Btrfs {
     /// Deletes the tree of `key` (its mounts already detached) from `dir`,
     /// its namespace directory. Returns the ids of the subvolumes deleted.
     fn remove_entry(&self, key: &Key, dir: &Dir) -> Result<Vec<u64>, StoreError> {
-        let path = self.key_path(key);
         let name: &OsStr = key.name().as_ref();
-        // The common case, a subvolume without nested ones: one atomic ioctl.
-        let held = match dir.child(name) {
-            Ok(sub) => Some(sub),
+        // Not kept open: an open subvolume keeps its space after deletion.
+        let id = match dir.child(name) {
+            Ok(sub) => sys::subvolume_id(&sub.file).ok().flatten(),
             Err(err) if err.kind() == ErrorKind::NOT_FOUND => return Ok(Vec::new()),
             Err(err) if err.kind() == ErrorKind::BUSY => return Err(err), // a mount came back
-            Err(_) => None,                                               // not a directory: nothing to hold
+            Err(_) => None,                                               // not a directory
         };
-        let id = held.as_ref().and_then(|sub| sys::subvolume_id(&sub.file).ok().flatten());
+        // The common case, a subvolume without nested ones: one atomic ioctl.
         if let Some(id) = id {
-            // Do not keep the subvolume open while deleting it.
-            drop(held);
-            let err = match sys::snap_destroy(&dir.file, name) {
+            match sys::snap_destroy(&dir.file, name) {
                 Ok(()) => return Ok(vec![id]),
-                Err(err) => err,
-            };
-            match Errno::from_raw(err.raw_os_error().unwrap_or(0)) {
-                Errno::ENOENT => return Ok(Vec::new()),
-                // Nested subvolumes: handled below.
-                Errno::ENOTEMPTY => {}
-                _ => return Err(StoreError::io(format!("cannot delete subvolume {}", path.display()), &err)),
+                Err(err) if is_errno(&err, Errno::ENOENT) => return Ok(Vec::new()),
+                Err(err) if is_errno(&err, Errno::ENOTEMPTY) => {} // nested subvolumes
+                Err(err) => {
+                    let path = self.key_path(key);
+                    return Err(StoreError::io(format!("cannot delete subvolume {}", path.display()), &err));
+                }
             }
-            return self.remove_in_steps(key, dir);
         }
-        drop(held);
         self.remove_in_steps(key, dir)
     }
 
