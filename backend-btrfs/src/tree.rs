@@ -166,13 +166,13 @@ pub fn delete_entry(dir: &Dir, name: &OsStr) -> Result<Vec<u64>, StoreError> {
         Some(false) => {}
     }
     let cannot = |err: io::Error| StoreError::io(format!("cannot delete {}", path.display()), &err);
-    let mut deleted = Vec::new();
     // Its id, for waiting on the cleaner; only a subvolume root has one.
     let id = dir.child(name).ok().and_then(|sub| sys::subvolume_id(&sub.file).ok().flatten());
     let err = match sys::snap_destroy(&dir.file, name) {
-        Ok(()) => return Ok(deleted.into_iter().chain(id).collect()),
+        Ok(()) => return Ok(id.into_iter().collect()),
         Err(err) => err,
     };
+    let mut deleted = Vec::new();
     let result = match Errno::from_raw(err.raw_os_error().unwrap_or(0)) {
         Errno::ENOENT => Ok(()),
         // Not a directory: a file or symlink.
