@@ -15,8 +15,9 @@ const CAP_SYS_ADMIN: u32 = 21;
 /// Checks that `path` is on btrfs, that the kernel is recent enough and
 /// that we have the needed privileges. Returns what was found.
 pub fn check_environment(path: &Path) -> Result<Vec<String>, StoreError> {
-    let fs = statfs(path)
-        .map_err(|err| StoreError::io(format!("statfs {}", path.display()), &std::io::Error::from(err)))?;
+    let fs = statfs(path).map_err(|err| {
+        StoreError::io(format!("cannot statfs {}", path.display()), &std::io::Error::from(err))
+    })?;
     if fs.filesystem_type() != BTRFS_SUPER_MAGIC {
         return Err(StoreError::unsupported(format!(
             "{} is not on a btrfs filesystem (filesystem magic {:#x}): set the store root to a directory on btrfs \
@@ -28,7 +29,7 @@ pub fn check_environment(path: &Path) -> Result<Vec<String>, StoreError> {
     }
 
     let release = nix::sys::utsname::uname()
-        .map_err(|err| StoreError::io("uname", &std::io::Error::from(err)))?
+        .map_err(|err| StoreError::io("cannot run uname", &std::io::Error::from(err)))?
         .release()
         .to_string_lossy()
         .into_owned();

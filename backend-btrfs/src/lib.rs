@@ -7,13 +7,18 @@
 //! committed or removed. Their owner holds an `flock` on them; one whose
 //! lock is free was left by a dead process and is deleted by the next
 //! `complete_deletes`.
+//!
+//! No operation follows a mount a build's sandbox left in a tree: the
+//! mounts under a tree are detached before it is removed or committed, and
+//! every walk inside a tree goes by descriptor and refuses mount roots
+//! (see `tree`).
 
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{fchown, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{fchown, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,10 +26,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags};
 use serde::Deserialize;
-use store_api::{IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError};
+use store_api::util::mounts;
+use store_api::{ErrorKind, IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError};
+use tree::Dir;
 
 mod checks;
+mod cleaner;
 mod sys;
+mod tree;
 
 pub use checks::check_environment;
 
@@ -47,17 +56,12 @@ pub fn open(root: &Path, options: &str) -> Result<Btrfs, StoreError> {
     checks::check_environment(existing)?;
     for ns in Namespace::ALL {
         let dir = root.join(ns.as_str());
-        fs::create_dir_all(&dir).context(format!("creating {}", dir.display()))?;
+        fs::create_dir_all(&dir).context(format!("cannot create {}", dir.display()))?;
     }
     Ok(Btrfs { root: root.to_path_buf() })
 }
 
 store_api::export_backend!(name: "btrfs", version: env!("CARGO_PKG_VERSION"), open: open);
-
-fn open_dir(path: &Path) -> io::Result<File> {
-    // O_NOFOLLOW: a symlink planted in a tree must not redirect our ioctls.
-    fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW).open(path)
-}
 
 /// Takes an exclusive flock without waiting; `false` if someone holds it.
 fn try_lock(file: &File) -> io::Result<bool> {
@@ -89,74 +93,19 @@ fn is_errno(err: &io::Error, errno: Errno) -> bool {
     err.raw_os_error() == Some(errno as i32)
 }
 
-/// Deletes entry `name` of directory `dir`, whatever it is: a subvolume
-/// (read-only or not, with nested subvolumes or not), a plain directory
-/// tree that may hold subvolumes, or a file. Absent is fine (a concurrent
-/// sweeper may have got there first).
-fn delete_entry(dir: &Path, name: &OsStr) -> io::Result<()> {
-    let path = dir.join(name);
-    let parent = match open_dir(dir) {
-        Ok(parent) => parent,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(err) => return Err(err),
-    };
-    let err = match sys::snap_destroy(&parent, name) {
-        Ok(()) => return Ok(()),
-        Err(err) => err,
-    };
-    let result = match Errno::from_raw(err.raw_os_error().unwrap_or(0)) {
-        Errno::ENOENT => Ok(()),
-        // Not a directory: a file or symlink.
-        Errno::ENOTDIR => fs::remove_file(&path),
-        // A plain directory: empty it (it may hold subvolumes), then rmdir.
-        Errno::EINVAL => {
-            for entry in fs::read_dir(&path)? {
-                delete_entry(&path, &entry?.file_name())?;
-            }
-            fs::remove_dir(&path)
-        }
-        // A subvolume holding subvolumes: delete those first. Unlinking them
-        // needs their parent writable, so clear its read-only flag (it is
-        // out of view already, being deleted).
-        Errno::ENOTEMPTY => {
-            let sub = open_dir(&path)?;
-            sys::set_readonly(&sub, false)?;
-            for (holder, child) in nested_subvolumes(&sub, &path)? {
-                delete_entry(&holder, &child)?;
-            }
-            // Our descriptor would keep the deleted subvolume's space alive.
-            drop(sub);
-            sys::snap_destroy(&parent, name)
-        }
-        _ => Err(err),
-    };
-    match result {
-        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
+/// Detaches the mounts a build's sandbox left under `path` (and only
+/// those), so that the tree can be removed or committed without anything
+/// outside the store being reached through them. Nothing to do for an
+/// absent entry or one that is not a directory (never follow a symlink).
+fn detach_mounts(path: &Path) -> Result<(), StoreError> {
+    match path.symlink_metadata() {
+        Ok(meta) if meta.is_dir() => mounts::detach_mounts_under(path).map(drop),
+        _ => Ok(()),
     }
 }
 
-/// The subvolumes directly inside the subvolume `sub` (at `path`), as
-/// (directory holding it, its name).
-fn nested_subvolumes(sub: &File, path: &Path) -> io::Result<Vec<(PathBuf, OsString)>> {
-    let mut dirids: Vec<u64> = sys::child_subvolumes(sub)?.into_iter().map(|(_, dirid)| dirid).collect();
-    dirids.sort_unstable();
-    dirids.dedup();
-    let mut found = Vec::new();
-    for dirid in dirids {
-        // The kernel tells which directories hold subvolumes; in those, a
-        // subvolume is a directory entry whose inode is a subvolume root.
-        let holder = path.join(sys::dir_path_in_subvol(sub, dirid)?);
-        for entry in fs::read_dir(&holder)? {
-            let entry = entry?;
-            let meta = entry.metadata()?;
-            if meta.is_dir() && meta.ino() == sys::SUBVOL_ROOT_INO {
-                found.push((holder.clone(), entry.file_name()));
-            }
-        }
-    }
-    Ok(found)
-}
+/// How long removing a temporary tree waits for the cleaner to free it.
+const CLEANER_WAIT: Duration = Duration::from_secs(30);
 
 impl Btrfs {
     fn ns_dir(&self, ns: Namespace) -> PathBuf {
@@ -167,31 +116,86 @@ impl Btrfs {
         self.ns_dir(key.namespace()).join(key.name())
     }
 
-    fn open_ns(&self, ns: Namespace) -> Result<File, StoreError> {
+    fn open_ns(&self, ns: Namespace) -> Result<Dir, StoreError> {
         let dir = self.ns_dir(ns);
-        open_dir(&dir).context(format!("opening {}", dir.display()))
+        Dir::open(&dir).context(format!("cannot open {}", dir.display()))
     }
 
     /// Opens the subvolume of `key`, with a NOT_FOUND error naming the key.
-    fn open_key(&self, key: &Key) -> Result<File, StoreError> {
+    fn open_key(&self, key: &Key) -> Result<Dir, StoreError> {
         let path = self.key_path(key);
-        open_dir(&path).map_err(|err| match err.kind() {
+        Dir::open(&path).map_err(|err| match err.kind() {
             io::ErrorKind::NotFound => StoreError::not_found(format!("`{key}` does not exist")),
-            _ => StoreError::io(format!("opening {}", path.display()), &err),
+            _ => StoreError::io(format!("cannot open {}", path.display()), &err),
         })
     }
 
-    /// Marks the subvolume `sub` (at `path`) and every subvolume nested in
-    /// it read-only, innermost first.
-    fn make_readonly(sub: &File, path: &Path) -> Result<(), StoreError> {
-        let nested =
-            nested_subvolumes(sub, path).context(format!("listing subvolumes in {}", path.display()))?;
-        for (holder, name) in nested {
-            let child = holder.join(name);
-            let file = open_dir(&child).context(format!("opening {}", child.display()))?;
-            Self::make_readonly(&file, &child)?;
+    /// Removes entry `name` of namespace `ns` (a tree, in transit or not):
+    /// detaches the mounts under it, then deletes it without crossing
+    /// any. Returns the ids of the subvolumes deleted.
+    fn delete_tree(&self, ns: Namespace, name: &OsStr) -> Result<Vec<u64>, StoreError> {
+        let path = self.ns_dir(ns).join(name);
+        detach_mounts(&path)?;
+        tree::delete_entry(&self.open_ns(ns)?, name)
+    }
+
+    /// Deletes the tree of `key` (its mounts already detached) from `dir`,
+    /// its namespace directory. Returns the ids of the subvolumes deleted.
+    fn remove_entry(&self, key: &Key, dir: &Dir) -> Result<Vec<u64>, StoreError> {
+        let name: &OsStr = key.name().as_ref();
+        // Not kept open: an open subvolume keeps its space after deletion.
+        let id = match dir.child(name) {
+            Ok(sub) => sys::subvolume_id(&sub.file).ok().flatten(),
+            Err(err) if err.kind() == ErrorKind::NOT_FOUND => return Ok(Vec::new()),
+            Err(err) if err.kind() == ErrorKind::BUSY => return Err(err), // a mount came back
+            Err(_) => None,                                               // not a directory
+        };
+        // The common case, a subvolume without nested ones: one atomic ioctl.
+        if let Some(id) = id {
+            match sys::snap_destroy(&dir.file, name) {
+                Ok(()) => return Ok(vec![id]),
+                Err(err) if is_errno(&err, Errno::ENOENT) => return Ok(Vec::new()),
+                Err(err) if is_errno(&err, Errno::ENOTEMPTY) => {} // nested subvolumes
+                Err(err) => {
+                    let path = self.key_path(key);
+                    return Err(StoreError::io(format!("cannot delete subvolume {}", path.display()), &err));
+                }
+            }
         }
-        sys::set_readonly(sub, true).context(format!("making {} read-only", path.display()))
+        self.remove_in_steps(key, dir)
+    }
+
+    /// Removes a tree that takes several steps (nested subvolumes, a plain
+    /// directory, a file): first rename it out of view (a same-directory
+    /// rename, allowed even when read-only), holding its lock so that no
+    /// sweeper takes it for a dead process's leftover.
+    fn remove_in_steps(&self, key: &Key, dir: &Dir) -> Result<Vec<u64>, StoreError> {
+        let path = self.key_path(key);
+        let held = match dir.child(key.name().as_ref()) {
+            Ok(sub) => Some(sub),
+            Err(err) if err.kind() == ErrorKind::NOT_FOUND => return Ok(Vec::new()),
+            Err(err) if err.kind() == ErrorKind::BUSY => return Err(err),
+            Err(_) => None,
+        };
+        if let Some(sub) = &held {
+            if !try_lock(&sub.file).context(format!("cannot lock {}", path.display()))? {
+                return Err(StoreError::busy(format!(
+                    "`{key}` is being committed or removed by another process"
+                )));
+            }
+        }
+        let transit = transit_name("remove");
+        match rename_noreplace(&dir.file, key.name(), &dir.file, &transit) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(err) => {
+                return Err(StoreError::io(format!("cannot move {} out of view", path.display()), &err))
+            }
+        }
+        // Keep the lock until the transit name is gone.
+        let result = tree::delete_entry(dir, transit.as_ref());
+        drop(held);
+        result.context(format!("cannot delete {}", path.display()))
     }
 
     /// Commits a tree that holds nested subvolumes: move it next to `dst`
@@ -199,11 +203,11 @@ impl Btrfs {
     /// it to `dst`. A read-only subvolume cannot be moved to another
     /// directory (EROFS) but can be renamed within one, so `dst` only ever
     /// appears complete and read-only.
-    fn commit_by_rename(&self, tmp: &Key, tree: File, dst: &Key) -> Result<PathBuf, StoreError> {
+    fn commit_by_rename(&self, tmp: &Key, tree: Dir, dst: &Key) -> Result<PathBuf, StoreError> {
         let (tmp_path, dst_path) = (self.key_path(tmp), self.key_path(dst));
         // Held until we return, so that no sweeper takes the tree for a dead
         // process's leftover while it has its transit name.
-        if !try_lock(&tree).context(format!("locking {}", tmp_path.display()))? {
+        if !try_lock(&tree.file).context(format!("cannot lock {}", tmp_path.display()))? {
             return Err(StoreError::busy(format!(
                 "`{tmp}` is being committed or removed by another process"
             )));
@@ -211,24 +215,25 @@ impl Btrfs {
         // Write the build's data out before the result can become visible,
         // so that a power loss cannot leave a committed result with empty
         // files (setflags commits metadata only).
-        sys::sync(&tree).context(format!("syncing {}", tmp_path.display()))?;
+        sys::sync(&tree.file).context(format!("cannot sync {}", tmp_path.display()))?;
 
         let tmp_dir = self.open_ns(tmp.namespace())?;
         let dst_dir = self.open_ns(dst.namespace())?;
         let transit = transit_name("commit");
         let transit_path = self.ns_dir(dst.namespace()).join(&transit);
-        rename_noreplace(&tmp_dir, tmp.name(), &dst_dir, &transit).context(format!(
-            "moving {} to {}",
+        rename_noreplace(&tmp_dir.file, tmp.name(), &dst_dir.file, &transit).context(format!(
+            "cannot move {} to {}",
             tmp_path.display(),
             transit_path.display()
         ))?;
-        let published = Self::make_readonly(&tree, &transit_path).and_then(|()| {
-            rename_noreplace(&dst_dir, &transit, &dst_dir, dst.name()).map_err(|err| {
+        let tree = Dir { path: transit_path.clone(), ..tree };
+        let published = tree::make_readonly(&tree).and_then(|()| {
+            rename_noreplace(&dst_dir.file, &transit, &dst_dir.file, dst.name()).map_err(|err| {
                 if is_errno(&err, Errno::EEXIST) {
                     StoreError::already_exists(format!("`{dst}` already exists"))
                 } else {
                     StoreError::io(
-                        format!("renaming {} to {}", transit_path.display(), dst_path.display()),
+                        format!("cannot rename {} to {}", transit_path.display(), dst_path.display()),
                         &err,
                     )
                 }
@@ -237,12 +242,12 @@ impl Btrfs {
         if let Err(err) = published {
             // Nobody will use the tree again (the host discards a build whose
             // commit failed): delete it now, while our lock still marks it ours.
-            let _ = delete_entry(&self.ns_dir(dst.namespace()), transit.as_ref());
+            let _ = self.delete_tree(dst.namespace(), transit.as_ref());
             return Err(err);
         }
         // setflags committed the flag; commit the rename too, so that a
         // committed result survives a power loss.
-        sys::commit_transaction(&dst_dir).context(format!("committing {}", dst_path.display()))?;
+        sys::commit_transaction(&dst_dir.file).context(format!("cannot commit {}", dst_path.display()))?;
         Ok(dst_path)
     }
 
@@ -250,17 +255,17 @@ impl Btrfs {
     fn sweep(&self) -> Result<(), StoreError> {
         for ns in Namespace::ALL {
             let dir = self.ns_dir(ns);
-            for entry in fs::read_dir(&dir).context(format!("reading {}", dir.display()))? {
-                let entry = entry.context(format!("reading {}", dir.display()))?;
+            for entry in fs::read_dir(&dir).context(format!("cannot list {}", dir.display()))? {
+                let entry = entry.context(format!("cannot list {}", dir.display()))?;
                 let name = entry.file_name();
                 if !name.as_bytes().starts_with(b".") {
                     continue;
                 }
                 let path = entry.path();
-                let deleting = format!("deleting {}", path.display());
+                let deleting = format!("cannot delete {}", path.display());
                 // Only directories are held; anything else is junk.
-                if let Ok(held) = open_dir(&path) {
-                    if !try_lock(&held).context(format!("locking {}", path.display()))? {
+                if let Ok(held) = Dir::open(&path) {
+                    if !try_lock(&held.file).context(format!("cannot lock {}", path.display()))? {
                         continue; // a live process is working on it
                     }
                     // Transit names are never reused, and their owner renames
@@ -269,9 +274,9 @@ impl Btrfs {
                     if path.symlink_metadata().is_err() {
                         continue;
                     }
-                    delete_entry(&dir, &name).context(deleting)?;
+                    self.delete_tree(ns, &name).context(deleting)?;
                 } else {
-                    delete_entry(&dir, &name).context(deleting)?;
+                    self.delete_tree(ns, &name).context(deleting)?;
                 }
             }
         }
@@ -283,27 +288,33 @@ impl SnapshotBackend for Btrfs {
     fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
         let path = self.key_path(key);
         let dir = self.open_ns(key.namespace())?;
-        sys::subvol_create(&dir, key.name().as_ref())
-            .context(format!("creating subvolume {}", path.display()))?;
+        sys::subvol_create(&dir.file, key.name().as_ref())
+            .context(format!("cannot create subvolume {}", path.display()))?;
         // The kernel applies our umask to the new root; set what the contract says.
-        let sub = open_dir(&path).context(format!("opening {}", path.display()))?;
-        sub.set_permissions(fs::Permissions::from_mode(0o755))
-            .context(format!("chmod {}", path.display()))?;
+        let sub = dir.child(key.name().as_ref())?;
+        sub.file
+            .set_permissions(fs::Permissions::from_mode(0o755))
+            .context(format!("cannot chmod {}", path.display()))?;
         if let Some(Owner { uid, gid }) = owner {
-            fchown(&sub, Some(uid), Some(gid)).context(format!("chown {uid}:{gid} {}", path.display()))?;
+            fchown(&sub.file, Some(uid), Some(gid))
+                .context(format!("cannot chown {} to {uid}:{gid}", path.display()))?;
         }
         Ok(path)
     }
 
+    /// A writable snapshot of `src`, and of each subvolume nested in it,
+    /// put in place (a snapshot alone would show them as empty directories).
     fn clone_tree(&self, src: &Key, dst: &Key) -> Result<PathBuf, StoreError> {
         let source = self.open_key(src)?;
         let dir = self.open_ns(dst.namespace())?;
         let path = self.key_path(dst);
-        sys::snapshot(&source, &dir, dst.name().as_ref(), false).context(format!(
-            "snapshotting {} to {}",
-            self.key_path(src).display(),
+        sys::snapshot(&source.file, &dir.file, dst.name().as_ref(), false).context(format!(
+            "cannot snapshot {} to {}",
+            source.path.display(),
             path.display()
         ))?;
+        // A failure leaves a partial temporary tree, which the host removes.
+        tree::snapshot_nested(&source, &dir.child(dst.name().as_ref())?)?;
         Ok(path)
     }
 
@@ -312,7 +323,8 @@ impl SnapshotBackend for Btrfs {
     /// `dst` appears complete and read-only, so it is atomic and durable;
     /// then `tmp` is deleted. A snapshot leaves out the subvolumes a build
     /// created inside its tree, so such a tree is moved instead (see
-    /// `commit_by_rename`).
+    /// `commit_by_rename`). Mounts left under `tmp` are detached first:
+    /// nothing is committed or deleted through them.
     fn commit(&self, tmp: &Key, dst: &Key, _parent: Option<&Key>) -> Result<PathBuf, StoreError> {
         let dst_path = self.key_path(dst);
         // The host serialises calls on `dst`, so this check is reliable; the
@@ -321,67 +333,46 @@ impl SnapshotBackend for Btrfs {
             return Err(StoreError::already_exists(format!("`{dst}` already exists")));
         }
         let tmp_path = self.key_path(tmp);
+        detach_mounts(&tmp_path)?;
         let tree = self.open_key(tmp)?;
-        let nested =
-            sys::child_subvolumes(&tree).context(format!("listing subvolumes in {}", tmp_path.display()))?;
+        let nested = sys::child_subvolumes(&tree.file)
+            .context(format!("cannot list the subvolumes in {}", tmp_path.display()))?;
         if !nested.is_empty() {
             return self.commit_by_rename(tmp, tree, dst);
         }
         let dst_dir = self.open_ns(dst.namespace())?;
-        sys::snapshot(&tree, &dst_dir, dst.name().as_ref(), true).map_err(|err| {
+        sys::snapshot(&tree.file, &dst_dir.file, dst.name().as_ref(), true).map_err(|err| {
             if is_errno(&err, Errno::EEXIST) {
                 StoreError::already_exists(format!("`{dst}` already exists"))
             } else {
-                StoreError::io(format!("snapshotting {} to {}", tmp_path.display(), dst_path.display()), &err)
+                StoreError::io(
+                    format!("cannot snapshot {} to {}", tmp_path.display(), dst_path.display()),
+                    &err,
+                )
             }
         })?;
         drop(tree);
         // Were we killed here, the host would find `tmp` and remove it.
-        delete_entry(&self.ns_dir(tmp.namespace()), tmp.name().as_ref())
-            .context(format!("deleting {} after committing it", tmp_path.display()))?;
+        self.delete_tree(tmp.namespace(), tmp.name().as_ref())
+            .context(format!("cannot delete {} after committing it", tmp_path.display()))?;
         Ok(dst_path)
     }
 
+    /// Removes `key`; for a temporary tree (most often a failed build's),
+    /// also waits for the cleaner to give its space back (see README).
     fn remove(&self, key: &Key) -> Result<(), StoreError> {
         let path = self.key_path(key);
+        detach_mounts(&path)?;
         let dir = self.open_ns(key.namespace())?;
-        // The common case, a subvolume without nested ones: one atomic ioctl.
-        let err = match sys::snap_destroy(&dir, key.name().as_ref()) {
-            Ok(()) => return Ok(()),
-            Err(err) => err,
-        };
-        let errno = Errno::from_raw(err.raw_os_error().unwrap_or(0));
-        match errno {
-            Errno::ENOENT => return Ok(()),
-            // Nested subvolumes, a plain directory, a file: handled below.
-            Errno::ENOTEMPTY | Errno::EINVAL | Errno::ENOTDIR => {}
-            _ => return Err(StoreError::io(format!("deleting subvolume {}", path.display()), &err)),
+        let deleted = self.remove_entry(key, &dir)?;
+        if !key.namespace().is_committed() && !deleted.is_empty() {
+            let root = Dir::open(&self.root).context(format!("cannot open {}", self.root.display()))?;
+            // Past the limit the tree is gone all the same; the space comes
+            // back later (complete_deletes waits for it).
+            cleaner::wait_for(&root.file, &deleted, Some(CLEANER_WAIT))
+                .context(format!("cannot wait for btrfs to free {}", path.display()))?;
         }
-        // These take several steps: first rename the tree out of view (a
-        // same-directory rename, allowed even when read-only), holding its
-        // lock so that no sweeper takes it for a dead process's leftover.
-        let held = match open_dir(&path) {
-            Ok(file) => Some(file),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(_) => None, // not a directory: nothing to hold
-        };
-        if let Some(file) = &held {
-            if !try_lock(file).context(format!("locking {}", path.display()))? {
-                return Err(StoreError::busy(format!(
-                    "`{key}` is being committed or removed by another process"
-                )));
-            }
-        }
-        let transit = transit_name("remove");
-        match rename_noreplace(&dir, key.name(), &dir, &transit) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(err) => return Err(StoreError::io(format!("moving {} out of view", path.display()), &err)),
-        }
-        // Keep the lock until the transit name is gone.
-        let result = delete_entry(&self.ns_dir(key.namespace()), transit.as_ref());
-        drop(held);
-        result.context(format!("deleting {}", path.display()))
+        Ok(())
     }
 
     fn path(&self, key: &Key) -> Result<Option<PathBuf>, StoreError> {
@@ -389,7 +380,7 @@ impl SnapshotBackend for Btrfs {
         match path.symlink_metadata() {
             Ok(_) => Ok(Some(path)),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(StoreError::io(format!("looking up {}", path.display()), &err)),
+            Err(err) => Err(StoreError::io(format!("cannot look up {}", path.display()), &err)),
         }
     }
 
@@ -409,24 +400,12 @@ impl SnapshotBackend for Btrfs {
 
     fn complete_deletes(&self) -> Result<(), StoreError> {
         self.sweep()?;
-        let root = open_dir(&self.root).context(format!("opening {}", self.root.display()))?;
-        let what = format!("waiting for btrfs to clean deleted subvolumes under {}", self.root.display());
+        let root = Dir::open(&self.root).context(format!("cannot open {}", self.root.display()))?;
+        let what = format!("cannot wait for btrfs to clean deleted subvolumes under {}", self.root.display());
         // Wait for the subvolumes deleted so far, not for ones other
         // processes delete meanwhile (that could go on forever).
-        let pending = sys::deleted_subvolumes(&root).context(&what)?;
-        let mut delay = Duration::from_millis(5);
-        loop {
-            // Commits the transaction and wakes the cleaner thread.
-            sys::sync(&root).context(&what)?;
-            let left = sys::deleted_subvolumes(&root).context(&what)?;
-            if !pending.iter().any(|id| left.contains(id)) {
-                break;
-            }
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(Duration::from_millis(200));
-        }
-        // Space freed by the cleaner becomes usable at the next commit.
-        sys::sync(&root).context(&what)
+        let pending = sys::deleted_subvolumes(&root.file).context(&what)?;
+        cleaner::wait_for(&root.file, &pending, None).context(&what).map(drop)
     }
 
     fn check(&self) -> Result<Vec<String>, StoreError> {

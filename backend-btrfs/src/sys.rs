@@ -3,11 +3,12 @@
 //! Layouts and numbers follow the kernel's `include/uapi/linux/btrfs.h`;
 //! every struct is 4096 bytes or a plain `u64`, as the kernel expects.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::MetadataExt;
 
 use nix::errno::Errno;
 
@@ -16,7 +17,7 @@ const MAGIC: u8 = 0x94;
 /// `BTRFS_SUBVOL_RDONLY`: the subvolume flag (and snapshot flag) for read-only.
 const SUBVOL_RDONLY: u64 = 1 << 1;
 /// The inode number of every subvolume's root directory.
-pub const SUBVOL_ROOT_INO: u64 = 256;
+const SUBVOL_ROOT_INO: u64 = 256;
 /// The root tree, where subvolumes are recorded.
 const ROOT_TREE_ID: u64 = 1;
 /// Deleted subvolumes waiting for the cleaner are orphan items of this
@@ -75,6 +76,15 @@ struct InoLookupArgs {
     name: [u8; 4080],
 }
 
+/// `struct btrfs_ioctl_ino_lookup_user_args`.
+#[repr(C)]
+struct InoLookupUserArgs {
+    dirid: u64,
+    treeid: u64,
+    name: [u8; 256],
+    path: [u8; 4080 - 256],
+}
+
 /// One entry of `struct btrfs_ioctl_get_subvol_rootref_args`.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
@@ -103,6 +113,7 @@ nix::ioctl_read!(ioc_start_sync, MAGIC, 24, u64);
 nix::ioctl_read!(ioc_subvol_getflags, MAGIC, 25, u64);
 nix::ioctl_write_ptr!(ioc_subvol_setflags, MAGIC, 26, u64);
 nix::ioctl_readwrite!(ioc_get_subvol_rootref, MAGIC, 61, RootRefArgs);
+nix::ioctl_readwrite!(ioc_ino_lookup_user, MAGIC, 62, InoLookupUserArgs);
 
 // The kernel reads and writes exactly these sizes; a wrong layout would
 // corrupt memory, so check them at compile time.
@@ -112,6 +123,7 @@ const _: () = assert!(std::mem::size_of::<SearchKey>() == 104);
 const _: () = assert!(std::mem::size_of::<SearchArgs>() == 4096);
 const _: () = assert!(std::mem::size_of::<InoLookupArgs>() == 4096);
 const _: () = assert!(std::mem::size_of::<RootRefArgs>() == 4096);
+const _: () = assert!(std::mem::size_of::<InoLookupUserArgs>() == 4096);
 
 /// Copies a single path component into a NUL-terminated name buffer.
 fn fill_name(buf: &mut [u8], name: &OsStr) -> io::Result<()> {
@@ -207,14 +219,27 @@ pub fn child_subvolumes(subvol: &File) -> io::Result<Vec<(u64, u64)>> {
     }
 }
 
-/// The path of directory inode `dirid` relative to the root of the
-/// subvolume open as `subvol` ("" for the root itself, else "a/b/").
-pub fn dir_path_in_subvol(subvol: &File, dirid: u64) -> io::Result<String> {
-    let mut args = Box::new(InoLookupArgs { treeid: 0, objectid: dirid, name: [0; 4080] });
-    check(unsafe { ioc_ino_lookup(subvol.as_raw_fd(), &mut *args) })?;
-    let len = args.name.iter().position(|&b| b == 0).unwrap_or(args.name.len());
-    String::from_utf8(args.name[..len].to_vec())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "subvolume path is not UTF-8"))
+/// The id of the subvolume whose root is open as `dir`; `None` if `dir` is
+/// not the root of a subvolume.
+pub fn subvolume_id(dir: &File) -> io::Result<Option<u64>> {
+    if dir.metadata()?.ino() != SUBVOL_ROOT_INO {
+        return Ok(None);
+    }
+    // With tree id 0 the kernel fills in the tree of the descriptor.
+    let mut args = Box::new(InoLookupArgs { treeid: 0, objectid: SUBVOL_ROOT_INO, name: [0; 4080] });
+    check(unsafe { ioc_ino_lookup(dir.as_raw_fd(), &mut *args) })?;
+    Ok(Some(args.treeid))
+}
+
+/// Where the child subvolume `treeid` of the subvolume open as `subvol`
+/// sits, as recorded by the filesystem (mounts play no part): the path
+/// of its holding directory `dirid` relative to the subvolume's root ("" for
+/// the root itself, else "a/b/"), and its name in that directory.
+pub fn child_location(subvol: &File, treeid: u64, dirid: u64) -> io::Result<(Vec<u8>, OsString)> {
+    let mut args = Box::new(InoLookupUserArgs { dirid, treeid, name: [0; 256], path: [0; 4080 - 256] });
+    check(unsafe { ioc_ino_lookup_user(subvol.as_raw_fd(), &mut *args) })?;
+    let until_nul = |buf: &[u8]| buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())].to_vec();
+    Ok((until_nul(&args.path), OsString::from_vec(until_nul(&args.name))))
 }
 
 /// The ids of deleted subvolumes whose space the cleaner has not freed yet

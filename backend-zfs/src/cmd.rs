@@ -67,6 +67,32 @@ pub fn zfs(args: &[&str]) -> Result<String, StoreError> {
     }
 }
 
+/// `zfs list -H -o COLUMNS ARGS…`: one row of `N` fields per dataset.
+pub fn zfs_list<const N: usize>(columns: [&str; N], args: &[&str]) -> Result<Vec<[String; N]>, StoreError> {
+    let columns = columns.join(",");
+    zfs_rows(&[&["list", "-H", "-o", columns.as_str()][..], args].concat())
+}
+
+/// `zfs args…` for a command whose output (`-H`) is lines of `N`
+/// tab-separated fields, such as `zfs get -H -o name,property,value`.
+pub fn zfs_rows<const N: usize>(args: &[&str]) -> Result<Vec<[String; N]>, StoreError> {
+    let out = zfs(args)?;
+    out.lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            split_row(line).ok_or_else(|| {
+                StoreError::other(format!("unexpected line from `zfs {}`: {line:?}", args.join(" ")))
+            })
+        })
+        .collect()
+}
+
+/// The `N` tab-separated fields of `line`, if it has exactly `N`.
+fn split_row<const N: usize>(line: &str) -> Option<[String; N]> {
+    let fields: Vec<String> = line.split('\t').map(str::to_string).collect();
+    fields.try_into().ok()
+}
+
 pub fn zpool(args: &[&str]) -> Result<String, StoreError> {
     run("zpool", args)
 }
@@ -122,6 +148,13 @@ mod tests {
         assert_eq!(classify("connect: Permission denied"), ErrorKind::PERMISSION);
         assert_eq!(classify("connect: No such file or directory"), ErrorKind::UNSUPPORTED);
         assert_eq!(classify("cannot destroy: filesystem has dependent clones"), ErrorKind::OTHER);
+    }
+
+    #[test]
+    fn rows_have_the_fields_asked_for() {
+        assert_eq!(split_row::<3>("p/a\t-\tyes"), Some(["p/a".into(), "-".into(), "yes".into()]));
+        assert_eq!(split_row::<2>("p/a\t\t"), None);
+        assert_eq!(split_row::<2>("p/a"), None);
     }
 
     #[test]

@@ -1,103 +1,16 @@
-//! The zfs backend on a real, file-backed ZFS pool (zfs-fuse here).
-//!
-//! Needs root and zfs-fuse (or a ZFS kernel module): without them each test
-//! is skipped with a loud message, unless `CI=true`, where that is a failure.
+//! The zfs backend on a real, file-backed ZFS pool (zfs-fuse here); the
+//! fixtures are in `support`.
+
+mod support;
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::thread::sleep;
-use std::time::Duration;
 
-use snapstore_zfs::{open, ZfsBackend};
+use snapstore_zfs::open;
 use store_api::{ErrorKind, Key, Namespace, Owner, SnapshotBackend};
 
-fn run(tool: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(tool).args(args).output().map_err(|e| format!("{tool}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!("{tool} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-fn zfs(args: &[&str]) -> String {
-    run("zfs", args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Whether the tests can run here; if not, says why (or fails under CI).
-fn usable() -> bool {
-    if !test_support::is_root() {
-        test_support::skip("zfs backend test: not root");
-        return false;
-    }
-    if !test_support::installed("zpool") || !test_support::installed("zfs") {
-        test_support::skip("zfs backend test: the zfs tools are missing (apt-get install -y zfs-fuse)");
-        return false;
-    }
-    true
-}
-
-/// A file-backed pool (from the workspace's `test-support` crate) with a
-/// dataset for the store; destroyed on drop, also when the test fails.
-/// zfs-fuse, if started for it, is left running: other tests and users
-/// share it.
-struct Pool {
-    name: String,
-    dataset: String,
-    root: PathBuf,
-    _pool: test_support::ZfsPool,
-}
-
-impl Pool {
-    fn new() -> Pool {
-        let pool = test_support::ZfsPool::create("sstest", "512M").unwrap_or_else(|e| panic!("{e}"));
-        let name = pool.name.clone();
-        let dataset = format!("{name}/store");
-        let root = pool.mount.with_file_name("root");
-        zfs(&["create", "-o", &format!("mountpoint={}", root.display()), &dataset]);
-        Pool { name, dataset, root, _pool: pool }
-    }
-
-    fn options(&self) -> String {
-        format!("dataset = \"{}\"", self.dataset)
-    }
-
-    fn open(&self) -> ZfsBackend {
-        open(&self.root, &self.options()).expect("open")
-    }
-
-    /// Every dataset and snapshot under the store's dataset.
-    fn all(&self) -> Vec<String> {
-        zfs(&["list", "-H", "-o", "name", "-t", "all", "-r", &self.dataset])
-            .lines()
-            .map(String::from)
-            .collect()
-    }
-}
-
-/// Retries a zfs command that zfs-fuse may report busy for a moment.
-fn retry(f: impl Fn() -> Result<String, String>) -> String {
-    let mut last = String::new();
-    for _ in 0..50 {
-        match f() {
-            Ok(out) => return out,
-            Err(e) => last = e,
-        }
-        sleep(Duration::from_millis(100));
-    }
-    panic!("{last}")
-}
-
-fn key(s: &str) -> Key {
-    Key::parse(s).unwrap()
-}
-
-fn sorted(mut v: Vec<String>) -> Vec<String> {
-    v.sort();
-    v
-}
+use support::*;
 
 #[test]
 fn create_clone_commit() {
@@ -386,4 +299,42 @@ fn parallel_builds_on_different_keys() {
     });
     b.complete_deletes().unwrap();
     assert_eq!(pool.all().len(), 6, "{:?}", pool.all());
+}
+
+#[test]
+fn mounts_left_in_trees_are_detached_not_crossed() {
+    if !usable() {
+        return;
+    }
+    let pool = Pool::new();
+    let _unbind = Unbind(pool.root.clone());
+    let b = pool.open();
+    let outside = Outside::new();
+    let before = outside.checksum();
+
+    // A build leaves a bind mount in its tree: the commit detaches it and
+    // keeps only the tree's own files.
+    let tmp = b.create(&key("result-tmp/a"), None).unwrap();
+    fs::write(tmp.join("own"), "own").unwrap();
+    fs::create_dir(tmp.join("mnt")).unwrap();
+    bind(&outside.0, &tmp.join("mnt"));
+    let result = b.commit(&key("result-tmp/a"), &key("result/a"), None).unwrap();
+    assert_eq!(binds_under(&pool.root), Vec::<PathBuf>::new());
+    assert_eq!(fs::read_to_string(result.join("own")).unwrap(), "own");
+    assert_eq!(fs::read_dir(result.join("mnt")).unwrap().count(), 0, "the mount's files were committed");
+
+    // A build on it leaves one in its tree, a sandbox one in the result;
+    // both are removed (the result while its clone lives, and then the
+    // clone), and their space given back.
+    let clone = b.clone_tree(&key("result/a"), &key("result-tmp/b")).unwrap();
+    bind(&outside.0, &clone.join("mnt"));
+    bind(&outside.0, &result.join("mnt"));
+    assert_eq!(binds_under(&pool.root).len(), 2);
+    b.remove(&key("result/a")).unwrap();
+    b.remove(&key("result-tmp/b")).unwrap();
+    b.complete_deletes().unwrap();
+
+    assert_eq!(binds_under(&pool.root), Vec::<PathBuf>::new());
+    assert_eq!(outside.checksum(), before, "data outside the store changed");
+    assert_eq!(pool.all().len(), 6, "left behind: {:?}", pool.all());
 }
