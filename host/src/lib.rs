@@ -13,6 +13,7 @@ mod leftovers;
 pub mod loader;
 pub(crate) mod lock;
 pub mod names;
+mod plugin_file;
 pub mod prune;
 pub mod records;
 pub mod root;
