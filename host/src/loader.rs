@@ -102,7 +102,10 @@ impl Plugin {
             LibraryError::GetSymbolError { .. } => incompatible(format!(
                 "{shown} is not a snapstore plugin (it exports no abi_stable root module)"
             )),
-            other => incompatible(format!("cannot load plugin {shown}: {}", opened.explain(&other.to_string(), file))),
+            other => incompatible(format!(
+                "cannot load plugin {shown}: {}",
+                opened.explain(&other.to_string(), file)
+            )),
         })?;
         let library_version = header.version_strings().version.to_string();
         let module = match header.init_root_module::<PluginModRef>() {
@@ -166,9 +169,13 @@ impl Plugin {
         let root = root.to_str().ok_or_else(|| StoreError::invalid("the store root must be UTF-8"))?;
         let options = toml::to_string(options).map_err(|e| StoreError::invalid(e.to_string()))?;
         let (root, options) = (root.into(), options.as_str().into());
+        // A plugin may quote a config value in full: cut it to one short line.
+        let short = |e: StoreError| StoreError::new(e.kind(), crate::config::shorten(e.message()));
         Ok(match self.module {
-            Module::Current(m) => RemoteBackend::Current(m.open()(root, options).into_result()?),
-            Module::V1_0(m) => RemoteBackend::V1_0(m.open()(root, options).into_result()?),
+            Module::Current(m) => {
+                RemoteBackend::Current(m.open()(root, options).into_result().map_err(short)?)
+            }
+            Module::V1_0(m) => RemoteBackend::V1_0(m.open()(root, options).into_result().map_err(short)?),
         })
     }
 }

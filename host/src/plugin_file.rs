@@ -39,8 +39,8 @@ impl PluginFile {
     /// Opens `file` and, when running as root, checks that only root could
     /// have written it or any directory that leads to it.
     pub fn open(file: &Path) -> Result<PluginFile, StoreError> {
-        let opened =
-            File::open(file).map_err(|e| StoreError::io(format_args!("cannot open {}", file.display()), &e))?;
+        let opened = File::open(file)
+            .map_err(|e| StoreError::io(format_args!("cannot open {}", file.display()), &e))?;
         let load_path = PathBuf::from(format!("/proc/self/fd/{}", opened.as_raw_fd()));
         let meta = opened.metadata().map_err(|e| StoreError::io("cannot stat the plugin", &e))?;
         if !meta.is_file() {
