@@ -500,6 +500,9 @@ impl BlockingStore {
         let escaped = escape_cache_name(&record.cache);
         let _cache_lock = FileLock::acquire(&self.lock_path("cache", &escaped), Mode::Exclusive)?;
         let copy = key(Namespace::CacheTmp, lease)?;
+        if let Some(path) = self.backend().path(&copy)? {
+            crate::supervise::detach_mounts(&path)?;
+        }
         let latest = self.latest_generation(&escaped)?;
         let publish = !discard && latest == Some(record.generation) && self.backend().path(&copy)?.is_some();
         let released = if publish {
