@@ -16,10 +16,11 @@ use store_api::{ErrorKind, StoreError};
 const STICKY: u32 = 0o1000;
 const GROUP_OR_OTHER_WRITE: u32 = 0o022;
 
-/// A plugin library, opened and checked.
+/// A plugin library, opened and checked. The descriptor is never closed:
+/// the dynamic loader knows a library by the name it was loaded by, and a
+/// later `/proc/self/fd/N` with the same N must not name another file.
 pub struct PluginFile {
-    /// Kept open: the descriptor is what gets loaded.
-    _file: File,
+    _file: std::mem::ManuallyDrop<File>,
     /// The path to load it by: the descriptor in `/proc/self/fd`.
     pub load_path: PathBuf,
 }
@@ -55,7 +56,7 @@ impl PluginFile {
             }
             check_symlinks(file)?;
         }
-        Ok(PluginFile { _file: opened, load_path })
+        Ok(PluginFile { _file: std::mem::ManuallyDrop::new(opened), load_path })
     }
 
     /// Replaces the descriptor path in a loader message by the file's name.
