@@ -5,7 +5,7 @@
 //! backend plugin named in a [`Config`].
 
 mod api;
-pub mod cgroup;
+mod cgroup;
 pub mod config;
 pub mod conformance;
 pub mod fault;
