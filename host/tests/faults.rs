@@ -351,8 +351,9 @@ fn mounts_survive_crashes(f: &Fixture) {
     assert!(deaths >= POINTS.len(), "only {deaths} crashes were injected");
     // Killed while the command runs, its mount in place and a writer behind.
     for (n, args) in [&["build", "running"][..], &["cache", "run", "c"][..]].iter().enumerate() {
-        let script =
-            format!("{mount} && touch mnt/mounted-{n}; (while true; do date >> w; sleep 0.01; done) & sleep 100");
+        let script = format!(
+            "{mount} && touch mnt/mounted-{n}; (while true; do date >> w; sleep 0.01; done) & sleep 100"
+        );
         let mut args = args.to_vec();
         args.extend(["--", "sh", "-c", &script]);
         let mut child = f.command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();

@@ -95,6 +95,7 @@ fn a_bind_mount_left_in_a_build_is_detached_before_commit() {
     }
     let f = Fixture::rsync();
     let (outside, before) = outside_dir();
+    let _guard = DetachOnDrop(f.dir.path().to_path_buf());
     let script = format!("mkdir mnt && mount --bind {} mnt && echo built > f", outside.path().display());
     let path = PathBuf::from(f.ok(&["build", "bm", "--", "sh", "-c", &script]));
     assert!(mounts_under(&path).unwrap().is_empty(), "the result holds a mount");
@@ -112,6 +113,18 @@ fn a_bind_mount_left_in_a_build_is_detached_before_commit() {
     f.ok(&["complete-deletes"]);
     assert!(mounts_under(&f.root).unwrap().is_empty(), "a mount is left in the store");
     assert_eq!(snapshot(outside.path()), before, "data outside the store changed");
+}
+
+/// Detaches whatever a failed test left mounted in the store, before the
+/// temporary directories are removed (through the mount, otherwise).
+struct DetachOnDrop(PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = store_api::util::mounts::detach_mounts_under(&self.0);
+        }
+    }
 }
 
 /// The processes whose working directory is under `dir`.
@@ -141,6 +154,7 @@ fn a_killed_builds_leftovers_are_killed_by_recovery() {
     }
     let f = Fixture::rsync();
     let (outside, before) = outside_dir();
+    let _guard = DetachOnDrop(f.dir.path().to_path_buf());
     let script = format!(
         "mkdir mnt && mount --bind {} mnt; (while true; do echo x >> w; sleep 0.01; done) & sleep 100",
         outside.path().display()
