@@ -79,10 +79,10 @@ fn a_published_release_succeeds_when_the_old_snapshot_cannot_go() {
 fn recovery_never_warns_about_trees_just_committed() {
     let f = Fixture::rsync();
     std::thread::scope(|scope| {
-        for worker in 0..6 {
+        for worker in 0..8 {
             let f = &f;
             scope.spawn(move || {
-                for n in 0..15 {
+                for n in 0..25 {
                     let out = f.run(&["build", &format!("w{worker}-{n}"), "--", "true"]);
                     let err = String::from_utf8_lossy(&out.stderr);
                     assert!(out.status.success(), "{err}");
