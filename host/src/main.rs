@@ -144,6 +144,7 @@ enum CacheCmd {
     },
     /// Acquire, run CMD in the copy, release; exits with CMD's status
     Run {
+        #[arg(allow_hyphen_values = true)]
         name: String,
         #[arg(long, value_name = "UID:GID")]
         user: Option<String>,

@@ -33,6 +33,13 @@ fn ids_starting_with_a_dash_are_refused_and_base_goes_anywhere() {
     f.ok(&["build", "after", "--base", "base", "--", "true"]);
     assert_eq!(f.read_result("before", "f"), "b\n");
     assert_eq!(f.read_result("after", "f"), "b\n");
+    // Cache names may start with `-` (any string is a cache name).
+    f.ok(&["cache", "run", "-c", "--", "sh", "-c", "echo hi > f"]);
+    assert_eq!(f.ok(&["cache", "run", "--user", "0:0", "-c", "--", "cat", "f"]), "hi");
+    let lease = f.json(&["cache", "acquire", "--", "-c"])["lease"].as_str().unwrap().to_string();
+    f.ok(&["cache", "release", "--discard", &lease]);
+    f.ok(&["cache", "delete", "--", "-c"]);
+    assert!(f.json(&["list"])["caches"].as_array().unwrap().is_empty());
 }
 
 #[test]
