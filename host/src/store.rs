@@ -674,7 +674,9 @@ impl BlockingStore {
             };
             warn!(lease, cache = record.cache, "discarding the cache copy of a dead process");
             let copy = key(Namespace::CacheTmp, &lease)?;
-            crate::supervise::end_leftovers(&copy, self.backend().path(&copy)?.as_deref())?;
+            if !crate::supervise::end_leftovers(&copy, self.backend().path(&copy)?.as_deref())? {
+                continue;
+            }
             match self.release_id(&lease, true) {
                 Ok(_) => discarded += 1,
                 // Another process recovered it first.
@@ -700,7 +702,9 @@ impl BlockingStore {
                     continue;
                 };
                 warn!(tree = %tree, "removing a temporary tree left by a dead process");
-                crate::supervise::end_leftovers(&tree, Some(&path))?;
+                if !crate::supervise::end_leftovers(&tree, Some(&path))? {
+                    continue;
+                }
                 self.backend().remove(&tree)?;
                 lock.release_and_remove();
                 removed += 1;

@@ -153,21 +153,21 @@ pub fn detach_mounts(dir: &Path) -> Result<(), StoreError> {
 
 /// Before the tree `tree` of a dead owner is removed: kills the processes
 /// its command left (through its cgroup) and detaches the mounts under its
-/// `path`. Without a cgroup, processes that outlived a killed snapstore
-/// cannot be found; see [`crate::cgroup`].
-pub fn end_leftovers(tree: &Key, path: Option<&Path>) -> Result<(), StoreError> {
+/// `path`. Returns `false` if processes survive SIGKILL (stuck in the
+/// kernel): the tree must then be left for a later recovery. Without a
+/// cgroup, processes that outlived a killed snapstore cannot be found; see
+/// [`crate::cgroup`].
+pub fn end_leftovers(tree: &Key, path: Option<&Path>) -> Result<bool, StoreError> {
     if let Some(cgroup) = TreeCgroup::existing(tree) {
         if !cgroup.end() {
-            return Err(StoreError::new(
-                store_api::ErrorKind::BUSY,
-                format!("processes left in {tree} survive SIGKILL; it is left for a later recovery"),
-            ));
+            warn!(tree = %tree, "processes left in the tree survive SIGKILL; it is left for a later recovery");
+            return Ok(false);
         }
     }
-    match path {
-        Some(path) => detach_mounts(path),
-        None => Ok(()),
+    if let Some(path) = path {
+        detach_mounts(path)?;
     }
+    Ok(true)
 }
 
 /// The process group of the running command, 0 when none runs.

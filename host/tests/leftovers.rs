@@ -116,8 +116,9 @@ fn lock_files_of_killed_processes_are_removed() {
     fs::write(meta.join("generation.tmp-0123456789abcdef"), "7\n").unwrap();
     assert!(meta.join("locks/build/x").exists() && meta.join("locks/use/base").exists());
     // A held lock stays: a build is running while recovery runs.
-    let mut running =
-        f.command(&["build", "slow", "--", "sh", "-c", "touch started; sleep 2"]).spawn().unwrap();
+    let go = f.dir.path().join("go");
+    let script = format!("touch started; while [ ! -e {} ]; do sleep 0.02; done", go.display());
+    let mut running = f.command(&["build", "slow", "--", "sh", "-c", &script]).spawn().unwrap();
     let started = || {
         fs::read_dir(f.root.join("result-tmp")).unwrap().any(|e| e.unwrap().path().join("started").exists())
     };
@@ -136,6 +137,7 @@ fn lock_files_of_killed_processes_are_removed() {
     assert_eq!(left("locks/build"), ["slow"]);
     assert!(left("locks/use").is_empty() && left("locks/tmp").len() == 1, "{:?}", left("locks/tmp"));
     assert!(!left(".").iter().any(|n| n.starts_with("generation.tmp-")), "{:?}", left("."));
+    fs::write(&go, "").unwrap();
     assert!(running.wait().unwrap().success());
     assert!(f.result("slow").is_some() && f.result("base").is_some());
 }
