@@ -89,13 +89,16 @@ fn outside_dir() -> (tempfile::TempDir, Vec<(PathBuf, Vec<u8>)>) {
 
 #[test]
 fn a_bind_mount_left_in_a_build_is_detached_before_commit() {
+    a_bind_mount_is_detached_before_commit(&Fixture::rsync());
+}
+
+fn a_bind_mount_is_detached_before_commit(f: &Fixture) {
     if !is_root() {
         skip("bind mounts need root");
         return;
     }
-    let f = Fixture::rsync();
     let (outside, before) = outside_dir();
-    let _guard = DetachOnDrop(f.dir.path().to_path_buf());
+    let _guard = DetachOnDrop(f.root.clone());
     let script = format!("mkdir mnt && mount --bind {} mnt && echo built > f", outside.path().display());
     let path = PathBuf::from(f.ok(&["build", "bm", "--", "sh", "-c", &script]));
     assert!(mounts_under(&path).unwrap().is_empty(), "the result holds a mount");
@@ -148,13 +151,16 @@ fn cgroups_usable() -> bool {
 /// the recovery that removes its tree (through the build's cgroup).
 #[test]
 fn a_killed_builds_leftovers_are_killed_by_recovery() {
+    leftovers_are_killed_by_recovery(&Fixture::rsync());
+}
+
+fn leftovers_are_killed_by_recovery(f: &Fixture) {
     if !cgroups_usable() {
         skip("finding a killed snapstore's leftovers needs a writable cgroup2 mount (root)");
         return;
     }
-    let f = Fixture::rsync();
     let (outside, before) = outside_dir();
-    let _guard = DetachOnDrop(f.dir.path().to_path_buf());
+    let _guard = DetachOnDrop(f.root.clone());
     let script = format!(
         "mkdir mnt && mount --bind {} mnt; (while true; do echo x >> w; sleep 0.01; done) & sleep 100",
         outside.path().display()
@@ -181,4 +187,32 @@ fn a_killed_builds_leftovers_are_killed_by_recovery() {
     f.ok(&["complete-deletes"]);
     assert!(mounts_under(&f.root).unwrap().is_empty());
     assert_eq!(snapshot(outside.path()), before, "data outside the store changed");
+}
+
+fn all_scenarios(f: &Fixture) {
+    late_writers_never_reach_the_result(f, &[]);
+    a_bind_mount_is_detached_before_commit(f);
+    leftovers_are_killed_by_recovery(f);
+}
+
+#[test]
+fn sandboxes_on_xfs_reflink() {
+    let Some((_fs, f)) = loop_store(&["mkfs.xfs", "-q", "-m", "reflink=1"], "512M", "xfs-reflink", "") else {
+        return;
+    };
+    all_scenarios(&f);
+}
+
+#[test]
+fn sandboxes_on_btrfs() {
+    let Some((_fs, f)) = loop_store(&["mkfs.btrfs", "-q"], "512M", "btrfs", "") else { return };
+    all_scenarios(&f);
+}
+
+#[test]
+fn sandboxes_on_rsync_hardlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let text = "[store]\nbackend = \"rsync\"\nroot = \"store\"\n[backend]\nmode = \"hardlink\"\n";
+    all_scenarios(&Fixture::with_config(dir, &root, text));
 }
