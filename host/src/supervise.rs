@@ -43,8 +43,9 @@ pub fn run(command: &[String], dir: &Path, tree: &Key) -> Result<u8, StoreError>
     cmd.args(&command[1..]).current_dir(dir).env("SNAPSTORE_DIR", dir).process_group(0);
     let parent = getpid();
     let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
-    // SAFETY: only async-signal-safe calls (prctl, getppid, kill, write)
-    // run between fork and exec.
+    let terminal = in_terminal_foreground();
+    // SAFETY: only async-signal-safe calls (prctl, getppid, kill, write,
+    // sigprocmask, tcsetpgrp) run between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // If snapstore dies, its tree will never be committed: take the
@@ -59,6 +60,15 @@ pub fn run(command: &[String], dir: &Path, tree: &Key) -> Result<u8, StoreError>
                 // goes on with the process group and the subreaper only.
                 let _ = nix::libc::write(fd, b"0".as_ptr().cast(), 1);
             }
+            if terminal {
+                // The command's group takes the terminal, as a shell's job
+                // does: it can read it, and Ctrl-C reaches it directly.
+                let mut ttou = SigSet::empty();
+                ttou.add(Signal::SIGTTOU);
+                let _ = ttou.thread_block();
+                let _ = nix::libc::tcsetpgrp(0, nix::libc::getpid());
+                let _ = ttou.thread_unblock();
+            }
             Ok(())
         });
     }
@@ -70,6 +80,9 @@ pub fn run(command: &[String], dir: &Path, tree: &Key) -> Result<u8, StoreError>
             let waited = child.wait();
             COMMAND_GROUP.store(0, Ordering::SeqCst);
             end_all(group, cgroup);
+            if terminal {
+                take_terminal_back();
+            }
             let status = waited.map_err(|e| StoreError::io("cannot wait for the command", &e))?;
             use std::os::unix::process::ExitStatusExt;
             match (status.code(), status.signal()) {
@@ -120,6 +133,27 @@ fn end_all(group: Pid, cgroup: Option<TreeCgroup>) {
     }
     if let Some(cgroup) = cgroup {
         cgroup.end();
+    }
+}
+
+/// Whether stdin is a terminal whose foreground process group is ours.
+fn in_terminal_foreground() -> bool {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    // SAFETY: tcgetpgrp only reads the terminal's foreground group.
+    stdin.is_terminal() && unsafe { nix::libc::tcgetpgrp(0) } == nix::unistd::getpgrp().as_raw()
+}
+
+/// Makes our process group the terminal's foreground again. A background
+/// group that does so gets SIGTTOU: ignored for the call.
+fn take_terminal_back() {
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installs SIG_IGN, then restores what was there.
+    if let Ok(old) = unsafe { nix::sys::signal::sigaction(Signal::SIGTTOU, &ignore) } {
+        unsafe {
+            nix::libc::tcsetpgrp(0, nix::libc::getpgrp());
+            let _ = nix::sys::signal::sigaction(Signal::SIGTTOU, &old);
+        }
     }
 }
 

@@ -216,3 +216,42 @@ fn sandboxes_on_rsync_hardlink() {
     let text = "[store]\nbackend = \"rsync\"\nroot = \"store\"\n[backend]\nmode = \"hardlink\"\n";
     all_scenarios(&Fixture::with_config(dir, &root, text));
 }
+
+/// The command runs in a process group of its own, which takes the
+/// terminal while it runs: it can read it, Ctrl-C reaches it, and the
+/// terminal is given back afterwards.
+#[test]
+fn a_command_on_a_terminal_can_read_it_and_gives_it_back() {
+    use std::io::Write;
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        skip("script (util-linux) is not installed: no pseudo-terminal to test with");
+        return;
+    }
+    let f = Fixture::rsync();
+    let snapstore = format!("{} --config {}", snapstore_bin().display(), f.config.display());
+    let line = format!(
+        "{snapstore} build tty -- sh -c 'read a; echo $a > f' && {snapstore} build int -- sleep 20; \
+         echo status=$?; {snapstore} result tty && echo after"
+    );
+    let mut child = std::process::Command::new("timeout")
+        .args(["60", "script", "-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f.root.join("result/tty").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Time for the second build to start its command.
+    std::thread::sleep(Duration::from_secs(1));
+    stdin.write_all(b"\x03").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status=130") && text.contains("after"), "{text}");
+    assert_eq!(f.read_result("tty", "f"), "hello\n");
+    assert_eq!(f.result("int"), None);
+}
