@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::{kill, killpg, SaFlags, SigAction, SigHandler, SigSet, Signal};
-use nix::sys::wait::{waitpid, WaitPidFlag};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpid, Pid};
 use store_api::util::mounts::detach_mounts_under;
 use store_api::{Key, StoreError};
@@ -116,15 +116,23 @@ fn end_all(group: Pid, cgroup: Option<TreeCgroup>) {
     }
     let _ = killpg(group, Signal::SIGKILL);
     let mut reaped = 0usize;
+    // As a subreaper we inherit the orphans of every descendant that dies:
+    // kill our children until none is left to wait for.
     loop {
-        // As a subreaper we inherit the orphans of every descendant that
-        // dies: kill our children until none is left to wait for.
-        for pid in children_of(getpid()) {
-            let _ = kill(pid, Signal::SIGKILL);
-        }
-        match waitpid(None, Some(WaitPidFlag::__WALL)) {
+        match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                for pid in children_of(getpid()) {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                match waitpid(None, Some(WaitPidFlag::__WALL)) {
+                    Ok(_) => reaped += 1,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
             Ok(_) => reaped += 1,
             Err(nix::errno::Errno::EINTR) => {}
+            // ECHILD: nothing left.
             Err(_) => break,
         }
     }
@@ -157,8 +165,23 @@ fn take_terminal_back() {
     }
 }
 
+/// Our children: from `/proc/self/task/*/children` where the kernel has
+/// it, else from every `/proc/N/stat`.
+fn children_of(me: Pid) -> Vec<Pid> {
+    let mut children = Vec::new();
+    for task in fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        match fs::read_to_string(task.path().join("children")) {
+            Ok(list) => {
+                children.extend(list.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw))
+            }
+            Err(_) => return children_in_proc(me),
+        }
+    }
+    children
+}
+
 /// The processes whose parent is `parent`, from `/proc/N/stat`.
-fn children_of(parent: Pid) -> Vec<Pid> {
+fn children_in_proc(parent: Pid) -> Vec<Pid> {
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
     };
