@@ -517,7 +517,7 @@ impl BlockingStore {
             }
             fault::point("release:published");
             // The snapshot the copy was taken from is now the only older one;
-            // if it cannot go now, the next acquire or recovery removes it.
+            // if it cannot go now, the next acquire or release of the cache does.
             crate::leftovers::remove_old_generation(|| self.remove_generation(&escaped, record.generation));
             Released::Published
         } else {
