@@ -5,16 +5,21 @@
 //! backend plugin named in a [`Config`].
 
 mod api;
+mod cgroup;
 pub mod config;
 pub mod conformance;
 pub mod fault;
+mod leftovers;
 pub mod loader;
 pub(crate) mod lock;
 pub mod names;
+mod plugin_file;
 pub mod prune;
 pub mod records;
+pub mod root;
 pub mod store;
 pub mod stress;
+pub mod supervise;
 
 pub use api::{CacheCopy, Store};
 pub use config::Config;

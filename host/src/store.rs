@@ -171,6 +171,7 @@ impl BlockingStore {
     /// Loads the plugin the config names and opens the store at its root.
     pub fn open(config: &Config) -> Result<BlockingStore, StoreError> {
         let plugin = Plugin::for_config(config)?;
+        crate::root::validate(&config.root)?;
         // The marker is checked before the plugin touches the root, and
         // written only once the plugin has accepted it.
         check_marker(&config.root, &plugin.info.name)?;
@@ -192,6 +193,7 @@ impl BlockingStore {
         backend_name: &str,
         backend: Box<dyn SnapshotBackend>,
     ) -> Result<BlockingStore, StoreError> {
+        crate::root::validate(root)?;
         prepare_root(root, backend_name)?;
         Ok(Self::assemble(root, backend_name, None, backend))
     }
@@ -498,6 +500,9 @@ impl BlockingStore {
         let escaped = escape_cache_name(&record.cache);
         let _cache_lock = FileLock::acquire(&self.lock_path("cache", &escaped), Mode::Exclusive)?;
         let copy = key(Namespace::CacheTmp, lease)?;
+        if let Some(path) = self.backend().path(&copy)? {
+            crate::supervise::detach_mounts(&path)?;
+        }
         let latest = self.latest_generation(&escaped)?;
         let publish = !discard && latest == Some(record.generation) && self.backend().path(&copy)?.is_some();
         let released = if publish {
@@ -511,8 +516,9 @@ impl BlockingStore {
                 return Err(err.context(format_args!("cache `{}` keeps its previous state", record.cache)));
             }
             fault::point("release:published");
-            // The snapshot the copy was taken from is now the only older one.
-            self.remove_generation(&escaped, record.generation)?;
+            // The snapshot the copy was taken from is now the only older one;
+            // if it cannot go now, the next acquire or release of the cache does.
+            crate::leftovers::remove_old_generation(|| self.remove_generation(&escaped, record.generation));
             Released::Published
         } else {
             self.backend().remove(&copy)?;
@@ -648,6 +654,7 @@ impl BlockingStore {
                 lock.release_and_remove();
             }
         }
+        crate::leftovers::remove_stale_lock_files(&self.inner.meta)?;
         Ok(recovered)
     }
 
@@ -666,6 +673,10 @@ impl BlockingStore {
                 continue;
             };
             warn!(lease, cache = record.cache, "discarding the cache copy of a dead process");
+            let copy = key(Namespace::CacheTmp, &lease)?;
+            if !crate::supervise::end_leftovers(&copy, self.backend().path(&copy)?.as_deref())? {
+                continue;
+            }
             match self.release_id(&lease, true) {
                 Ok(_) => discarded += 1,
                 // Another process recovered it first.
@@ -685,7 +696,15 @@ impl BlockingStore {
                 continue;
             }
             if let Some(lock) = FileLock::try_acquire(&self.lock_path("tmp", &name), Mode::Exclusive)? {
+                // Committed (or removed) between the listing and the lock.
+                let Some(path) = self.backend().path(&tree)? else {
+                    lock.release_and_remove();
+                    continue;
+                };
                 warn!(tree = %tree, "removing a temporary tree left by a dead process");
+                if !crate::supervise::end_leftovers(&tree, Some(&path))? {
+                    continue;
+                }
                 self.backend().remove(&tree)?;
                 lock.release_and_remove();
                 removed += 1;
@@ -843,10 +862,16 @@ impl Build {
         &self.path
     }
 
+    /// The key of the writable tree (what recovery knows it by).
+    pub fn tree(&self) -> &Key {
+        &self.tmp
+    }
+
     /// Saves the tree as result `id`; returns its path.
     pub fn commit(mut self) -> Result<PathBuf, StoreError> {
         let store = self.store.clone();
         fault::point("build:before-commit");
+        crate::supervise::detach_mounts(&self.path)?;
         let result = key(Namespace::Result, &self.id)?;
         let committed = match &self.base {
             Some(base) => {
