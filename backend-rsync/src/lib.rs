@@ -14,7 +14,7 @@ use std::process::Command;
 
 use nix::fcntl::{renameat2, RenameFlags};
 use serde::Deserialize;
-use store_api::util::{mounts, remove_tree, unique_name, DirLayout, FileLock, LockMode};
+use store_api::util::{mounts, remove_tree, trash, unique_name, DirLayout, FileLock, LockMode};
 use store_api::{
     export_backend, parse_options, IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError,
 };
@@ -156,24 +156,27 @@ impl Rsync {
     fn discard(&self, path: &Path) -> Result<(), StoreError> {
         let doomed = self.trash().join(unique_name("del"));
         match fs::rename(path, &doomed) {
-            Ok(()) => remove_tree(&doomed).map_err(|e| self.set_aside(&doomed, e)),
+            Ok(()) => trash::remove_or_set_aside(&doomed),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(format_args!("cannot remove {}", path.display()), &e)),
         }
     }
 
     /// Deletes what crashed processes left in the trash. An entry that
-    /// cannot be deleted is reported once and set aside as `stuck-*`,
-    /// retried quietly by later calls: it never blocks the others.
+    /// cannot be deleted is reported once (on stderr) and set aside: it
+    /// never blocks the others (see [`trash`]).
     fn empty_trash(&self) -> Result<(), StoreError> {
-        let entries = fs::read_dir(self.trash()).context("cannot read the trash")?;
-        for entry in entries.flatten() {
+        let report = |result: Result<(), StoreError>| {
+            if let Err(e) = result {
+                eprintln!("warning: {e}");
+            }
+        };
+        trash::retry_stuck(&self.trash());
+        for entry in fs::read_dir(self.trash()).context("cannot read the trash")?.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if name.starts_with("del-") {
-                self.delete_or_set_aside(&entry.path());
-            } else if name.starts_with("stuck-") {
-                let _ = remove_tree(&entry.path());
+                report(trash::remove_or_set_aside(&entry.path()));
             } else if name.starts_with("stage-") {
                 // A staging tree (or the lock of one that was never made) is
                 // stale once no process holds its lock.
@@ -181,34 +184,12 @@ impl Rsync {
                 if let Some(stale) =
                     FileLock::try_acquire(&stage.with_extension("lock"), LockMode::Exclusive)?
                 {
-                    self.delete_or_set_aside(&stage);
+                    report(trash::remove_or_set_aside(&stage));
                     stale.remove();
                 }
             }
         }
         Ok(())
-    }
-
-    /// Deletes a trash entry; if that fails, renames it `stuck-*` and
-    /// says so once on stderr.
-    fn delete_or_set_aside(&self, path: &Path) {
-        if let Err(e) = remove_tree(path) {
-            let aside = self.trash().join(unique_name("stuck"));
-            if fs::rename(path, &aside).is_ok() {
-                eprintln!("warning: {e}; left in {} (retried by later complete-deletes)", aside.display());
-            }
-        }
-    }
-
-    /// Moves a tree that failed to be deleted out of the way (see
-    /// [`Self::delete_or_set_aside`]), and returns the error.
-    fn set_aside(&self, doomed: &Path, error: StoreError) -> StoreError {
-        let aside = self.trash().join(unique_name("stuck"));
-        if fs::rename(doomed, &aside).is_ok() {
-            return error
-                .context(format_args!("left in {} (retried by later complete-deletes)", aside.display()));
-        }
-        error
     }
 }
 

@@ -12,6 +12,8 @@
 //!   not.
 //! * [`unique_name`] / [`random_token`]: names unique across processes,
 //!   for temporary trees and trash entries.
+//! * [`trash`]: a trash entry that cannot be deleted is set aside and
+//!   reported once, never blocking the others.
 //! * [`mounts`]: the mounts under a tree.
 //! * Errors: [`crate::StoreError::errno`] and [`crate::IoContext`] on
 //!   `nix` and `rustix` results turn an errno into a classified error.
@@ -25,6 +27,7 @@ mod layout;
 mod lock;
 pub mod mounts;
 pub mod remove;
+pub mod trash;
 
 pub use layout::DirLayout;
 pub use lock::{FileLock, LockMode};

@@ -43,6 +43,14 @@ const MAX_DEPTH: usize = 2000;
 /// says: mounts under it detached first, then deleted without following a
 /// symlink or entering a mount. A path that does not exist is not an error.
 pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    // `/`, `..`: never a tree of the store, and detaching below them would
+    // reach far outside it.
+    if split(path).is_none() {
+        return Err(StoreError::invalid(format!(
+            "cannot remove {}: not a tree of the store",
+            path.display()
+        )));
+    }
     let is_dir = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         other => other.context(format_args!("cannot remove {}", path.display()))?.is_dir(),
@@ -62,7 +70,8 @@ pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
 /// The walk of [`remove_tree`] alone: mounts met are refused, not detached.
 fn remove_without_detaching(path: &Path) -> Result<(), StoreError> {
     let context = || format!("cannot remove {}", path.display());
-    let (parent_path, name) = split(path).ok_or_else(|| StoreError::invalid(context() + ": not a tree"))?;
+    let (parent_path, name) =
+        split(path).ok_or_else(|| StoreError::invalid(context() + ": not a tree of the store"))?;
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let parent = match openat(CWD, parent_path, flags, Mode::empty()) {
         Err(Errno::NOENT) => return Ok(()),

@@ -174,6 +174,14 @@ fn flags_outside_the_tree_are_left_alone() {
 }
 
 #[test]
+fn paths_that_are_not_trees_are_refused() {
+    for path in ["/", "/tmp/..", ".."] {
+        let err = remove_tree(Path::new(path)).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::INVALID_INPUT, "{path}: {err}");
+    }
+}
+
+#[test]
 fn concurrent_removals_of_one_tree_both_succeed() {
     let tree = temp_dir("tree");
     for i in 0..40 {
