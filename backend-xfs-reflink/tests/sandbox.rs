@@ -56,7 +56,12 @@ fn bind(from: &Path, to: &Path) {
 fn mounts_below(dir: &Path) -> Vec<String> {
     let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let dir = fs::canonicalize(dir).unwrap().display().to_string() + "/";
-    table.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&dir)).map(String::from).collect()
+    table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&dir))
+        .map(String::from)
+        .collect()
 }
 
 /// Detaches what a failed test left mounted below `0` (declare it after
@@ -160,7 +165,8 @@ fn immutable_and_append_only_files_in_a_result_are_removed() {
 /// reported once and never blocks the other entries or complete_deletes.
 #[test]
 fn a_stuck_trash_entry_is_reported_once_and_blocks_nothing() {
-    let Some(lfs) = LoopFs::new("a_stuck_trash_entry_is_reported_once_and_blocks_nothing", "xfs", 512 << 20, "")
+    let Some(lfs) =
+        LoopFs::new("a_stuck_trash_entry_is_reported_once_and_blocks_nothing", "xfs", 512 << 20, "")
     else {
         return;
     };
@@ -176,7 +182,9 @@ fn a_stuck_trash_entry_is_reported_once_and_blocks_nothing() {
     let nobody = 65534;
     fs::set_permissions(&lfs.mnt, fs::Permissions::from_mode(0o755)).unwrap();
     let own = |p: &str| std::os::unix::fs::chown(root.join(p), Some(nobody), Some(nobody)).unwrap();
-    for path in ["", "trash", "trash/del-stuck", "trash/del-fine", "trash/del-fine/sub", "trash/del-fine/sub/file"] {
+    for path in
+        ["", "trash", "trash/del-stuck", "trash/del-fine", "trash/del-fine/sub", "trash/del-fine/sub/file"]
+    {
         own(path);
     }
     let run = || {

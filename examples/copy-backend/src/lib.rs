@@ -189,8 +189,11 @@ impl SnapshotBackend for CopyBackend {
         }
         // The commit itself: atomic, and fails with EEXIST (ALREADY_EXISTS)
         // rather than replacing a committed tree.
-        renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE)
-            .context(format_args!("cannot rename {} to {}", from.display(), to.display()))?;
+        renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE).context(format_args!(
+            "cannot rename {} to {}",
+            from.display(),
+            to.display()
+        ))?;
         if self.sync {
             // Make the rename itself durable.
             let parent = to.parent().unwrap_or(self.layout.root());
@@ -228,8 +231,11 @@ impl SnapshotBackend for CopyBackend {
     }
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
-        let mut found =
-            vec![format!("store root {} on {}", self.layout.root().display(), filesystem_name(&self.layout.root())?)];
+        let mut found = vec![format!(
+            "store root {} on {}",
+            self.layout.root().display(),
+            filesystem_name(&self.layout.root())?
+        )];
         // Probe write access and RENAME_NOREPLACE (missing on some network
         // and FUSE filesystems), in the trash where nothing else looks.
         let (a, b) = (self.trash().join(unique_name("probe")), self.trash().join(unique_name("probe")));
