@@ -200,3 +200,35 @@ fn concurrent_removals_of_one_tree_both_succeed() {
     b.unwrap();
     assert!(fs::symlink_metadata(&tree).is_err());
 }
+
+#[test]
+fn deep_trees_are_removed_and_too_deep_ones_refused() {
+    let tree = temp_dir("tree");
+    let deep: PathBuf = std::iter::repeat("d").take(1500).collect();
+    fs::create_dir_all(tree.join(&deep)).unwrap();
+    fs::write(tree.join(&deep).join("f"), b"x").unwrap();
+    remove_tree(&tree).unwrap();
+    assert!(fs::symlink_metadata(&tree).is_err());
+
+    // Deeper than the walk goes: a one-line error, nothing half-done
+    // outside the tree.
+    let tree = temp_dir("tree");
+    let dir = fs::File::open(&tree).unwrap();
+    let mut fd: OwnedFd = dir.into();
+    for _ in 0..MAX_DEPTH + 1 {
+        rustix::fs::mkdirat(&fd, "d", Mode::RWXU).unwrap();
+        fd = openat(&fd, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    }
+    let err = remove_tree(&tree).unwrap_err();
+    assert!(err.message().contains("deeper than"), "{err}");
+    // Clean up: the bottom part first, reached through a descriptor.
+    while remove_tree(&tree).is_err() {
+        let mut at = fs::File::open(&tree).unwrap().into();
+        for _ in 0..MAX_DEPTH - 10 {
+            at = openat(&at, "d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        }
+        let inner = format!("/proc/self/fd/{}/d", at.as_raw_fd());
+        remove_tree(Path::new(&inner)).unwrap();
+    }
+    assert!(fs::symlink_metadata(&tree).is_err());
+}
