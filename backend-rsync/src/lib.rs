@@ -206,7 +206,14 @@ impl SnapshotBackend for Rsync {
         if exists(&to) {
             return Err(StoreError::already_exists(format!("{dst} already exists")));
         }
-        rsync(&from, &to, &[])?;
+        // A clone never reads through a mount left in a committed tree.
+        if let Some(point) = mounts::mounts_under(&from)?.first() {
+            return Err(StoreError::unsupported(format!(
+                "{} is a mount point inside {src}: unmount it, then retry",
+                point.display()
+            )));
+        }
+        rsync(&from, &to, &[OsStr::new("--one-file-system")])?;
         Ok(to)
     }
 

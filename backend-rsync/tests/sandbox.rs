@@ -155,6 +155,28 @@ fn hardlink_commit_never_copies_or_deletes_through_a_bind_mount() {
     }
 }
 
+#[test]
+fn a_clone_never_reads_through_a_bind_mount() {
+    if !can_run("a_clone_never_reads_through_a_bind_mount") {
+        return;
+    }
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let _unmount = Unmount(dir.path().to_path_buf());
+        let (outside, before) = outside(dir.path());
+        let root = dir.path().join("store");
+        let backend = open(&root, mode);
+        let tree = backend.create(&key("result-tmp/t"), None).unwrap();
+        bind(&outside, &tree.join("mnt"));
+        backend.commit(&key("result-tmp/t"), &key("result/r"), None).unwrap();
+        let err = backend.clone_tree(&key("result/r"), &key("result-tmp/c")).unwrap_err();
+        assert!(err.message().contains("mount point") && !err.message().contains('\n'), "{mode}: {err}");
+        assert_eq!(backend.path(&key("result-tmp/c")).unwrap(), None, "{mode}: nothing copied");
+        backend.remove(&key("result/r")).unwrap();
+        assert_eq!(contents(&outside), before, "{mode}: the outside data is intact");
+    }
+}
+
 /// `chattr` on `path`; false (after a loud skip) if the tool or the
 /// filesystem cannot.
 fn chattr(flag: &str, path: &Path) -> bool {
