@@ -86,6 +86,18 @@ impl FileLock {
     }
 }
 
+/// Takes an exclusive lock on an already open file (a lock file, or a
+/// directory a backend hands out) without waiting: `false` if another
+/// holder has it. The lock lives as long as `file` stays open.
+pub fn try_lock_open(file: &File) -> std::io::Result<bool> {
+    use rustix::fs::{flock, FlockOperation};
+    match flock(file, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(true),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(false),
+        Err(errno) => Err(errno.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +110,7 @@ mod tests {
         let held = FileLock::acquire(&path, LockMode::Exclusive).unwrap();
         assert!(FileLock::try_acquire(&path, LockMode::Exclusive).unwrap().is_none());
         assert!(FileLock::try_acquire(&path, LockMode::Shared).unwrap().is_none());
+        assert!(!try_lock_open(&File::open(&path).unwrap()).unwrap(), "an open file sees the held lock");
         drop(held);
         let a = FileLock::try_acquire(&path, LockMode::Shared).unwrap().expect("free");
         let b = FileLock::try_acquire(&path, LockMode::Shared).unwrap().expect("shared");

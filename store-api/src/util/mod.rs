@@ -30,7 +30,7 @@ pub mod remove;
 pub mod trash;
 
 pub use layout::DirLayout;
-pub use lock::{FileLock, LockMode};
+pub use lock::{try_lock_open, FileLock, LockMode};
 pub use remove::remove_tree;
 
 /// The key names in directory `dir`: entries whose name is a valid key
