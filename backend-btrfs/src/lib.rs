@@ -20,8 +20,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{fchown, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags};
@@ -63,24 +62,10 @@ pub fn open(root: &Path, options: &str) -> Result<Btrfs, StoreError> {
 
 store_api::export_backend!(name: "btrfs", version: env!("CARGO_PKG_VERSION"), open: open);
 
-/// Takes an exclusive flock without waiting; `false` if someone holds it.
-fn try_lock(file: &File) -> io::Result<bool> {
-    // The lock goes away when `file` is closed: no unlock call to fail.
-    match Errno::result(unsafe {
-        nix::libc::flock(file.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB)
-    }) {
-        Ok(_) => Ok(true),
-        Err(Errno::EWOULDBLOCK) => Ok(false),
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// A name for a tree in transit, unique among all processes and never reused.
+/// A name for a tree in transit, unique among all processes; the leading
+/// `.` keeps it out of key listings.
 fn transit_name(what: &str) -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(".{what}-{}-{nanos}-{n}", std::process::id())
+    format!(".{}", store_api::util::unique_name(what))
 }
 
 /// Renames within or across directories, never replacing anything.
@@ -178,7 +163,9 @@ impl Btrfs {
             Err(_) => None,
         };
         if let Some(sub) = &held {
-            if !try_lock(&sub.file).context(format!("cannot lock {}", path.display()))? {
+            if !store_api::util::try_lock_open(&sub.file)
+                .context(format!("cannot lock {}", path.display()))?
+            {
                 return Err(StoreError::busy(format!(
                     "`{key}` is being committed or removed by another process"
                 )));
@@ -207,7 +194,9 @@ impl Btrfs {
         let (tmp_path, dst_path) = (self.key_path(tmp), self.key_path(dst));
         // Held until we return, so that no sweeper takes the tree for a dead
         // process's leftover while it has its transit name.
-        if !try_lock(&tree.file).context(format!("cannot lock {}", tmp_path.display()))? {
+        if !store_api::util::try_lock_open(&tree.file)
+            .context(format!("cannot lock {}", tmp_path.display()))?
+        {
             return Err(StoreError::busy(format!(
                 "`{tmp}` is being committed or removed by another process"
             )));
@@ -265,7 +254,9 @@ impl Btrfs {
                 let deleting = format!("cannot delete {}", path.display());
                 // Only directories are held; anything else is junk.
                 if let Ok(held) = Dir::open(&path) {
-                    if !try_lock(&held.file).context(format!("cannot lock {}", path.display()))? {
+                    if !store_api::util::try_lock_open(&held.file)
+                        .context(format!("cannot lock {}", path.display()))?
+                    {
                         continue; // a live process is working on it
                     }
                     // Transit names are never reused, and their owner renames

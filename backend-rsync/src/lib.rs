@@ -8,12 +8,13 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use nix::fcntl::{renameat2, Flock, FlockArg, RenameFlags};
+use nix::fcntl::{renameat2, RenameFlags};
 use serde::Deserialize;
+use store_api::util::{mounts, remove_tree, trash, unique_name, DirLayout, FileLock, LockMode};
 use store_api::{
     export_backend, parse_options, IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError,
 };
@@ -41,7 +42,7 @@ struct Options {
 }
 
 pub struct Rsync {
-    root: PathBuf,
+    layout: DirLayout,
     mode: Mode,
 }
 
@@ -52,11 +53,9 @@ pub fn open(root: &Path, options: &str) -> Result<Rsync, StoreError> {
     let Options { mode } = parse_options(options)?;
     // rsync itself is looked for when first run (and by `check`): spawning
     // it here would cost every command a few milliseconds.
-    for dir in Namespace::ALL.iter().map(|ns| ns.as_str()).chain([TRASH]) {
-        let path = root.join(dir);
-        fs::create_dir_all(&path).context(format_args!("cannot create {}", path.display()))?;
-    }
-    Ok(Rsync { root: root.to_path_buf(), mode })
+    let layout = DirLayout::new(root);
+    layout.create_dirs(&[TRASH])?;
+    Ok(Rsync { layout, mode })
 }
 
 fn rsync_version() -> Result<String, StoreError> {
@@ -71,15 +70,22 @@ fn rsync_version() -> Result<String, StoreError> {
 fn rsync(src: &Path, dst: &Path, extra: &[&OsStr]) -> Result<(), StoreError> {
     let mut source = src.as_os_str().to_owned();
     source.push("/");
-    let out = Command::new("rsync")
-        .args(["-aHAX", "--numeric-ids", "--quiet"])
-        .args(extra)
-        .arg(&source)
-        .arg(dst)
-        .output()
-        .map_err(|e| {
-            StoreError::unsupported(format!("cannot run rsync ({e}); install it: apt-get install rsync"))
-        })?;
+    let mut command = Command::new("rsync");
+    command.args(["-aHAX", "--numeric-ids", "--quiet"]).args(extra).arg(&source).arg(dst);
+    // rsync dies with the operation that started it: its own process group
+    // (a signal to the host's group does not half-kill it), and SIGKILL
+    // when the thread that spawned it ends, which waits for it here.
+    command.process_group(0);
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = command.output().map_err(|e| {
+        StoreError::unsupported(format!("cannot run rsync ({e}); install it: apt-get install rsync"))
+    })?;
     if out.status.success() {
         return Ok(());
     }
@@ -100,55 +106,13 @@ fn rsync(src: &Path, dst: &Path, extra: &[&OsStr]) -> Result<(), StoreError> {
     })
 }
 
-/// A random name, unique across processes.
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", store_api::util::random_token())
-}
-
-/// Deletes a tree, coping with a concurrent deleter and with directories
-/// that a build left without write permission.
-fn delete_tree(path: &Path) -> Result<(), StoreError> {
-    let mut made_writable = false;
-    // Another process may be deleting the same tree (a `complete_deletes`
-    // racing a `remove`): entries vanishing under us are progress, not errors.
-    for _ in 0..100 {
-        match fs::remove_dir_all(path) {
-            Ok(()) => return Ok(()),
-            Err(_) if !exists(path) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(_) if !made_writable => {
-                make_writable(path);
-                made_writable = true;
-            }
-            Err(e) => return Err(StoreError::io(format_args!("cannot delete {}", path.display()), &e)),
-        }
-    }
-    Err(StoreError::other(format!("cannot delete {}: it keeps changing", path.display())))
-}
-
-fn make_writable(path: &Path) {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
-    }
-    let _ = fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
-    if let Ok(entries) = fs::read_dir(path) {
-        for entry in entries.flatten() {
-            make_writable(&entry.path());
-        }
-    }
-}
-
 /// Renames without replacing: fails with `ALREADY_EXISTS` if `to` exists.
 fn rename_new(from: &Path, to: &Path) -> Result<(), StoreError> {
-    renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE).map_err(|errno| {
-        StoreError::io(
-            format_args!("cannot rename {} to {}", from.display(), to.display()),
-            &std::io::Error::from(errno),
-        )
-    })
+    renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE).context(format_args!(
+        "cannot rename {} to {}",
+        from.display(),
+        to.display()
+    ))
 }
 
 fn exists(path: &Path) -> bool {
@@ -156,71 +120,72 @@ fn exists(path: &Path) -> bool {
 }
 
 impl Rsync {
-    fn path_of(&self, key: &Key) -> PathBuf {
-        self.root.join(key.to_string())
-    }
-
     fn trash(&self) -> PathBuf {
-        self.root.join(TRASH)
+        self.layout.dir(TRASH)
     }
 
     /// Commits by copying `tmp` next to its destination with `--link-dest`
     /// against `parent`, then renaming the copy into place. The staging
     /// tree is locked so that a cleaner never takes it for a stale one.
+    ///
+    /// The copy never reads through a mount a build left in `tmp`: those
+    /// are detached first, and rsync stays on one filesystem as well.
     fn commit_sharing(&self, tmp: &Path, dst: &Path, parent: &Path) -> Result<(), StoreError> {
-        let stage = self.trash().join(unique("stage"));
-        let lock = stage.with_extension("lock");
-        let lock_file = fs::File::create(&lock).context("cannot create staging lock")?;
-        let _held = Flock::lock(lock_file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| StoreError::io("cannot lock staging tree", &e.into()))?;
+        mounts::detach_mounts_under(tmp).context(format_args!("cannot commit {}", tmp.display()))?;
+        let stage = self.trash().join(unique_name("stage"));
+        let held = FileLock::acquire(&stage.with_extension("lock"), LockMode::Exclusive)?;
         let mut link_dest = OsStr::new("--link-dest=").to_owned();
         link_dest.push(parent.as_os_str());
-        let mut flags = vec![link_dest.as_os_str()];
+        let mut flags = vec![link_dest.as_os_str(), OsStr::new("--one-file-system")];
         if self.mode == Mode::Hardlink {
             flags.push(OsStr::new("--checksum"));
         }
         let result = rsync(tmp, &stage, &flags).and_then(|()| rename_new(&stage, dst));
         if result.is_err() {
-            let _ = delete_tree(&stage);
+            let _ = remove_tree(&stage);
         } else {
             // Committed: a tmp tree we fail to delete now is left to the
             // host's recovery, which removes unowned temporary trees.
             let _ = self.discard(tmp);
         }
-        let _ = fs::remove_file(&lock);
+        held.remove();
         result
     }
 
     /// Moves `path` into the trash (atomic), then deletes it.
     fn discard(&self, path: &Path) -> Result<(), StoreError> {
-        let doomed = self.trash().join(unique("del"));
+        let doomed = self.trash().join(unique_name("del"));
         match fs::rename(path, &doomed) {
-            Ok(()) => delete_tree(&doomed),
+            Ok(()) => trash::remove_or_set_aside(&doomed),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(format_args!("cannot remove {}", path.display()), &e)),
         }
     }
 
-    /// Deletes what crashed processes left in the trash.
+    /// Deletes what crashed processes left in the trash. An entry that
+    /// cannot be deleted is reported once (on stderr) and set aside: it
+    /// never blocks the others (see [`trash`]).
     fn empty_trash(&self) -> Result<(), StoreError> {
-        let entries = fs::read_dir(self.trash()).context("cannot read trash")?;
-        for entry in entries.flatten() {
+        let report = |result: Result<(), StoreError>| {
+            if let Err(e) = result {
+                eprintln!("warning: {e}");
+            }
+        };
+        trash::retry_stuck(&self.trash());
+        for entry in fs::read_dir(self.trash()).context("cannot read the trash")?.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if name.starts_with("del-") {
-                delete_tree(&entry.path())?;
+                report(trash::remove_or_set_aside(&entry.path()));
             } else if name.starts_with("stage-") {
                 // A staging tree (or the lock of one that was never made) is
                 // stale once no process holds its lock.
                 let stage = entry.path().with_extension("");
-                let lock = stage.with_extension("lock");
-                let stale = match fs::File::open(&lock) {
-                    Ok(f) => Flock::lock(f, FlockArg::LockExclusiveNonblock).is_ok(),
-                    Err(_) => true,
-                };
-                if stale {
-                    delete_tree(&stage)?;
-                    let _ = fs::remove_file(&lock);
+                if let Some(stale) =
+                    FileLock::try_acquire(&stage.with_extension("lock"), LockMode::Exclusive)?
+                {
+                    report(trash::remove_or_set_aside(&stage));
+                    stale.remove();
                 }
             }
         }
@@ -230,32 +195,37 @@ impl Rsync {
 
 impl SnapshotBackend for Rsync {
     fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
-        let path = self.path_of(key);
-        store_api::util::create_owned_dir(&path, owner)?;
-        Ok(path)
+        self.layout.create_key_dir(key, owner)
     }
 
     fn clone_tree(&self, src: &Key, dst: &Key) -> Result<PathBuf, StoreError> {
-        let (from, to) = (self.path_of(src), self.path_of(dst));
+        let (from, to) = (self.layout.path_of(src), self.layout.path_of(dst));
         if !from.is_dir() {
             return Err(StoreError::not_found(format!("{src} does not exist")));
         }
         if exists(&to) {
             return Err(StoreError::already_exists(format!("{dst} already exists")));
         }
-        rsync(&from, &to, &[])?;
+        // A clone never reads through a mount left in a committed tree.
+        if let Some(point) = mounts::mounts_under(&from)?.first() {
+            return Err(StoreError::unsupported(format!(
+                "{} is a mount point inside {src}: unmount it, then retry",
+                point.display()
+            )));
+        }
+        rsync(&from, &to, &[OsStr::new("--one-file-system")])?;
         Ok(to)
     }
 
     fn commit(&self, tmp: &Key, dst: &Key, parent: Option<&Key>) -> Result<PathBuf, StoreError> {
-        let (from, to) = (self.path_of(tmp), self.path_of(dst));
+        let (from, to) = (self.layout.path_of(tmp), self.layout.path_of(dst));
         if !from.is_dir() {
             return Err(StoreError::not_found(format!("{tmp} does not exist")));
         }
         if exists(&to) {
             return Err(StoreError::already_exists(format!("{dst} already exists")));
         }
-        let parent = parent.map(|p| self.path_of(p)).filter(|p| p.is_dir());
+        let parent = parent.map(|p| self.layout.path_of(p)).filter(|p| p.is_dir());
         match parent {
             Some(parent) if self.mode != Mode::Copy => self.commit_sharing(&from, &to, &parent)?,
             _ => rename_new(&from, &to)?,
@@ -264,20 +234,19 @@ impl SnapshotBackend for Rsync {
     }
 
     fn remove(&self, key: &Key) -> Result<(), StoreError> {
-        self.discard(&self.path_of(key))
+        self.discard(&self.layout.path_of(key))
     }
 
     fn path(&self, key: &Key) -> Result<Option<PathBuf>, StoreError> {
-        let path = self.path_of(key);
-        Ok(path.is_dir().then_some(path))
+        self.layout.existing(key)
     }
 
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
-        store_api::util::list_key_names(&self.root.join(namespace.as_str()))
+        self.layout.list(namespace)
     }
 
     fn free_percent(&self) -> Result<f64, StoreError> {
-        store_api::util::free_percent(&self.root)
+        store_api::util::free_percent(self.layout.root())
     }
 
     fn complete_deletes(&self) -> Result<(), StoreError> {
@@ -289,10 +258,10 @@ impl SnapshotBackend for Rsync {
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
         let found = vec![rsync_version()?, format!("mode: {:?}", self.mode).to_lowercase()];
-        let probe = self.trash().join(unique("probe"));
+        let probe = self.trash().join(unique_name("probe"));
         fs::write(&probe, b"").context(format_args!(
             "cannot write in {}; run as a user who owns the store root",
-            self.root.display()
+            self.layout.root().display()
         ))?;
         let _ = fs::remove_file(&probe);
         Ok(found)

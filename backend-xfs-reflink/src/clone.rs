@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
@@ -23,10 +23,11 @@ use nix::sys::stat::{
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
 use rayon::prelude::*;
-use store_api::StoreError;
+use store_api::util::mounts::is_mount_root;
+use store_api::{IoContext, StoreError};
 use xattr::FileExt;
 
-use crate::sys::{self, errno, join};
+use crate::sys::{self, join};
 
 /// The first copy of a multiply-linked inode: where it went, or why it failed.
 type LinkTarget = Arc<OnceLock<Result<PathBuf, StoreError>>>;
@@ -34,12 +35,12 @@ type LinkTarget = Arc<OnceLock<Result<PathBuf, StoreError>>>;
 /// Clones the directory `src` to the new directory `dst` (which must not
 /// exist). On error a partial `dst` may remain; the caller removes it.
 pub fn clone_tree(src: &Path, dst: &Path) -> Result<(), StoreError> {
-    let src_dir = sys::open_source(None, src, OFlag::O_DIRECTORY)
-        .map_err(|e| errno(format!("open {}", src.display()), e))?;
-    let st = fstat(src_dir.as_raw_fd()).map_err(|e| errno(format!("stat {}", src.display()), e))?;
+    let src_dir =
+        sys::open_source(None, src, OFlag::O_DIRECTORY).context(format!("cannot open {}", src.display()))?;
+    let st = fstat(src_dir.as_raw_fd()).context(format!("cannot stat {}", src.display()))?;
     // Private until complete: the final mode is set last.
-    mkdirat(None, dst, Mode::S_IRWXU).map_err(|e| errno(format!("create {}", dst.display()), e))?;
-    let dst_dir = sys::open_dir_at(None, dst).map_err(|e| errno(format!("open {}", dst.display()), e))?;
+    mkdirat(None, dst, Mode::S_IRWXU).context(format!("cannot create {}", dst.display()))?;
+    let dst_dir = sys::open_dir_at(None, dst).context(format!("cannot open {}", dst.display()))?;
     let cloner = Cloner { dev: st.st_dev, links: Mutex::new(HashMap::new()) };
     cloner.fill_dir(&src_dir, &dst_dir, src, dst)?;
     copy_fd_meta(&src_dir, &dst_dir, &st, dst)
@@ -58,6 +59,7 @@ struct Cloner {
 #[derive(Clone, Copy)]
 struct At<'a> {
     fd: RawFd,
+    dir: BorrowedFd<'a>,
     path: &'a Path,
 }
 
@@ -67,24 +69,27 @@ impl At<'_> {
     }
     fn err<'n>(&self, what: &'static str, name: &'n CStr) -> impl FnOnce(Errno) -> StoreError + 'n {
         let path = self.join(name);
-        move |e| errno(format!("{what} {}", path.display()), e)
+        move |e| StoreError::errno(format!("cannot {what} {}", path.display()), e)
     }
 }
 
 impl Cloner {
     fn fill_dir(&self, src: &File, dst: &File, src_path: &Path, dst_path: &Path) -> Result<(), StoreError> {
-        let names =
-            sys::read_dir(src).map_err(|e| errno(format!("read directory {}", src_path.display()), e))?;
-        let src = At { fd: src.as_raw_fd(), path: src_path };
-        let dst = At { fd: dst.as_raw_fd(), path: dst_path };
+        let names = sys::read_dir(src).context(format!("cannot read directory {}", src_path.display()))?;
+        let src = At { fd: src.as_raw_fd(), dir: src.as_fd(), path: src_path };
+        let dst = At { fd: dst.as_raw_fd(), dir: dst.as_fd(), path: dst_path };
         names.par_iter().try_for_each(|(name, _)| self.clone_entry(src, dst, name))
     }
 
     fn clone_entry(&self, src: At, dst: At, name: &CStr) -> Result<(), StoreError> {
         let st = fstatat(Some(src.fd), name, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(src.err("stat", name))?;
-        if st.st_dev != self.dev {
+        // A mount inside the tree (another filesystem, or a bind mount of
+        // this one, e.g. a file a sandbox bound in) is never cloned from.
+        let is_mount = st.st_dev != self.dev
+            || is_mount_root(src.dir, name).context(format!("cannot stat {}", src.join(name).display()))?;
+        if is_mount {
             return Err(StoreError::unsupported(format!(
-                "{} is on another filesystem (a mount point inside the tree): unmount it, then retry",
+                "{} is a mount point inside the tree: unmount it, then retry",
                 src.join(name).display()
             )));
         }
@@ -198,13 +203,13 @@ fn clone_file(src: At, dst: At, name: &CStr, st: &FileStat) -> Result<(), StoreE
 }
 
 fn ficlone_error(path: &Path, e: Errno) -> StoreError {
-    let context = format!("clone {} with FICLONE", path.display());
+    let context = format!("cannot clone {} with FICLONE", path.display());
     match e {
         Errno::EOPNOTSUPP | Errno::ENOTTY | Errno::EXDEV | Errno::EINVAL => StoreError::unsupported(format!(
             "{context}: {} (the filesystem must support reflinks)",
             sys::describe(e)
         )),
-        _ => errno(context, e),
+        _ => StoreError::errno(context, e),
     }
 }
 
@@ -212,34 +217,30 @@ fn ficlone_error(path: &Path, e: Errno) -> StoreError {
 /// order: chown clears setuid/setgid and security.capability, and every
 /// other change would touch the times.
 fn copy_fd_meta(src: &File, dst: &File, st: &FileStat, dst_path: &Path) -> Result<(), StoreError> {
-    let ctx = |what: &str| format!("{what} {}", dst_path.display());
+    let ctx = |what: &str| format!("cannot {what} {}", dst_path.display());
     let (uid, gid) = owner(st);
-    fchown(dst.as_raw_fd(), uid, gid).map_err(|e| errno(ctx("chown"), e))?;
-    let names = src.list_xattr().map_err(|e| StoreError::io(ctx("list xattrs of the source of"), &e))?;
+    fchown(dst.as_raw_fd(), uid, gid).context(ctx("chown"))?;
+    let names = src.list_xattr().context(ctx("list xattrs of the source of"))?;
     for attr in names {
         // A value may vanish between list and get: nothing to copy then.
-        let value =
-            src.get_xattr(&attr).map_err(|e| StoreError::io(ctx("read xattr of the source of"), &e))?;
+        let value = src.get_xattr(&attr).context(ctx("read xattr of the source of"))?;
         if let Some(value) = value {
-            dst.set_xattr(&attr, &value)
-                .map_err(|e| StoreError::io(ctx(&format!("set xattr {attr:?} on")), &e))?;
+            dst.set_xattr(&attr, &value).context(ctx(&format!("set xattr {attr:?} on")))?;
         }
     }
-    fchmod(dst.as_raw_fd(), perms(st)).map_err(|e| errno(ctx("chmod"), e))?;
+    fchmod(dst.as_raw_fd(), perms(st)).context(ctx("chmod"))?;
     let (atime, mtime) = times(st);
-    futimens(dst.as_raw_fd(), &atime, &mtime).map_err(|e| errno(ctx("set times of"), e))
+    futimens(dst.as_raw_fd(), &atime, &mtime).context(ctx("set times of"))
 }
 
 /// Xattrs by path, without following symlinks (for symlinks and nodes).
 fn copy_path_xattrs(src: &Path, dst: &Path) -> Result<(), StoreError> {
-    let names =
-        xattr::list(src).map_err(|e| StoreError::io(format!("list xattrs of {}", src.display()), &e))?;
+    let names = xattr::list(src).context(format!("cannot list xattrs of {}", src.display()))?;
     for attr in names {
-        let value = xattr::get(src, &attr)
-            .map_err(|e| StoreError::io(format!("read xattr of {}", src.display()), &e))?;
+        let value = xattr::get(src, &attr).context(format!("cannot read xattr of {}", src.display()))?;
         if let Some(value) = value {
             xattr::set(dst, &attr, &value)
-                .map_err(|e| StoreError::io(format!("set xattr {attr:?} on {}", dst.display()), &e))?;
+                .context(format!("cannot set xattr {attr:?} on {}", dst.display()))?;
         }
     }
     Ok(())

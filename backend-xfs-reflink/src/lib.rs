@@ -10,25 +10,20 @@
 //! and `ROOT/state/`.
 
 mod clone;
-mod delete;
 mod sys;
 
-use std::ffi::CString;
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
 use nix::fcntl::{renameat2, RenameFlags};
 use nix::unistd::{access, AccessFlags, Uid};
 use rayon::prelude::*;
 use serde::Deserialize;
+use store_api::util::{trash, unique_name, DirLayout};
 use store_api::{IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError};
-
-use crate::sys::errno;
 
 store_api::export_backend!(name: "xfs-reflink", version: env!("CARGO_PKG_VERSION"), open: open);
 
@@ -45,6 +40,7 @@ pub struct Options {
 
 pub struct XfsReflink {
     root: PathBuf,
+    layout: DirLayout,
     /// Started on first use: most commands never clone or delete a tree.
     pool: std::sync::OnceLock<rayon::ThreadPool>,
     threads: usize,
@@ -68,7 +64,7 @@ pub fn open(root: &Path, options: &str) -> Result<XfsReflink, StoreError> {
     // is laid out, not on every command; `check` runs it every time.
     if !root.join(TRASH).is_dir() {
         let created = !root.exists();
-        fs::create_dir_all(root).context(format!("create {}", root.display()))?;
+        fs::create_dir_all(root).context(format!("cannot create {}", root.display()))?;
         // Refuse before leaving anything behind.
         if let Err(e) = sys::probe_reflink(root) {
             if created {
@@ -76,13 +72,11 @@ pub fn open(root: &Path, options: &str) -> Result<XfsReflink, StoreError> {
             }
             return Err(e);
         }
-        for dir in Namespace::ALL.iter().map(|ns| ns.as_str()).chain([TRASH]) {
-            let path = root.join(dir);
-            fs::create_dir_all(&path).context(format!("create {}", path.display()))?;
-        }
+        DirLayout::new(root).create_dirs(&[TRASH])?;
     }
     Ok(XfsReflink {
         root: root.to_path_buf(),
+        layout: DirLayout::new(root),
         pool: std::sync::OnceLock::new(),
         threads,
         sync_on_commit: options.sync_on_commit.unwrap_or(true),
@@ -104,43 +98,28 @@ impl XfsReflink {
         Ok(self.pool.get_or_init(|| pool))
     }
 
-    fn key_path(&self, key: &Key) -> PathBuf {
-        self.root.join(key.namespace().as_str()).join(key.name())
-    }
-
     fn exists(path: &Path) -> Result<bool, StoreError> {
         match fs::symlink_metadata(path) {
             Ok(_) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(StoreError::io(format!("stat {}", path.display()), &e)),
+            Err(e) => Err(StoreError::io(format!("cannot stat {}", path.display()), &e)),
         }
     }
 
-    /// A fresh name in the trash, unique across processes and calls.
-    fn trash_name() -> String {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        format!("{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
-    }
-
-    /// Deletes the trash entry `name`, in parallel.
-    fn delete_trash_entry(&self, name: &CString) -> Result<(), StoreError> {
-        let trash = self.root.join(TRASH);
-        let dir =
-            sys::open_dir_at(None, &trash).map_err(|e| errno(format!("open {}", trash.display()), e))?;
-        self.pool()?.install(|| delete::delete_entry(&dir, &trash, name, None))
+    /// Deletes the trash entry at `path` on the worker pool; one that
+    /// cannot be deleted is set aside, and the error says so.
+    fn delete_trash_entry(&self, path: &Path) -> Result<(), StoreError> {
+        self.pool()?.install(|| trash::remove_or_set_aside(path))
     }
 }
 
 impl SnapshotBackend for XfsReflink {
     fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
-        let path = self.key_path(key);
-        store_api::util::create_owned_dir(&path, owner)?;
-        Ok(path)
+        self.layout.create_key_dir(key, owner)
     }
 
     fn clone_tree(&self, src: &Key, dst: &Key) -> Result<PathBuf, StoreError> {
-        let (from, to) = (self.key_path(src), self.key_path(dst));
+        let (from, to) = (self.layout.path_of(src), self.layout.path_of(dst));
         if !Self::exists(&from)? {
             return Err(StoreError::not_found(format!("`{src}` does not exist")));
         }
@@ -151,20 +130,19 @@ impl SnapshotBackend for XfsReflink {
             // Don't leave a half-clone behind; if this fails too, the
             // host's recovery removes it later.
             let _ = self.remove(dst);
-            return Err(e.context(format!("clone `{src}` to `{dst}`")));
+            return Err(e.context(format!("cannot clone `{src}` to `{dst}`")));
         }
         Ok(to)
     }
 
     fn commit(&self, tmp: &Key, dst: &Key, _parent: Option<&Key>) -> Result<PathBuf, StoreError> {
         // `parent` is not needed: the clone already shares every extent.
-        let (from, to) = (self.key_path(tmp), self.key_path(dst));
+        let (from, to) = (self.layout.path_of(tmp), self.layout.path_of(dst));
         if self.sync_on_commit {
             // The rename below must not become durable before the data and
             // metadata of the tree it publishes.
-            let dir =
-                sys::open_dir_at(None, &from).map_err(|e| errno(format!("open {}", from.display()), e))?;
-            nix::unistd::syncfs(dir.as_raw_fd()).map_err(|e| errno(format!("sync {}", from.display()), e))?;
+            let dir = sys::open_dir_at(None, &from).context(format!("cannot open {}", from.display()))?;
+            nix::unistd::syncfs(dir.as_raw_fd()).context(format!("cannot sync {}", from.display()))?;
         }
         // Atomic, and never replaces an existing tree (not even an empty one).
         match renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE) {
@@ -173,41 +151,47 @@ impl SnapshotBackend for XfsReflink {
                 return Err(StoreError::already_exists(format!("`{dst}` already exists")))
             }
             Err(Errno::ENOENT) => return Err(StoreError::not_found(format!("`{tmp}` does not exist"))),
-            Err(e) => return Err(errno(format!("rename {} to {}", from.display(), to.display()), e)),
+            Err(e) => {
+                return Err(StoreError::errno(
+                    format!("cannot rename {} to {}", from.display(), to.display()),
+                    e,
+                ))
+            }
         }
         if self.sync_on_commit {
             let ns = self.root.join(dst.namespace().as_str());
-            let dir = sys::open_dir_at(None, &ns).map_err(|e| errno(format!("open {}", ns.display()), e))?;
-            nix::unistd::fsync(dir.as_raw_fd()).map_err(|e| errno(format!("sync {}", ns.display()), e))?;
+            let dir = sys::open_dir_at(None, &ns).context(format!("cannot open {}", ns.display()))?;
+            nix::unistd::fsync(dir.as_raw_fd()).context(format!("cannot sync {}", ns.display()))?;
         }
         Ok(to)
     }
 
     fn remove(&self, key: &Key) -> Result<(), StoreError> {
-        let path = self.key_path(key);
-        let name = Self::trash_name();
-        let trashed = self.root.join(TRASH).join(&name);
+        let path = self.layout.path_of(key);
+        let trashed = self.root.join(TRASH).join(unique_name("del"));
         // Out of view at once; the slow part happens in the trash.
         match renameat2(None, &path, None, &trashed, RenameFlags::RENAME_NOREPLACE) {
             Ok(()) => {}
             Err(Errno::ENOENT) => return Ok(()),
-            Err(e) => return Err(errno(format!("move {} to {}", path.display(), trashed.display()), e)),
+            Err(e) => {
+                return Err(StoreError::errno(
+                    format!("cannot move {} to {}", path.display(), trashed.display()),
+                    e,
+                ))
+            }
         }
-        // The key is gone whatever happens next: if deleting fails (or the
-        // process dies), complete_deletes finishes the job and reports.
-        if let Ok(name) = CString::new(name) {
-            let _ = self.delete_trash_entry(&name);
-        }
-        Ok(())
+        // The key is gone whatever happens next. A tree that cannot be
+        // deleted is reported here, once, and set aside; if the process
+        // dies, complete_deletes finishes the job.
+        self.delete_trash_entry(&trashed)
     }
 
     fn path(&self, key: &Key) -> Result<Option<PathBuf>, StoreError> {
-        let path = self.key_path(key);
-        Ok(Self::exists(&path)?.then_some(path))
+        self.layout.existing(key)
     }
 
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
-        store_api::util::list_key_names(&self.root.join(namespace.as_str()))
+        self.layout.list(namespace)
     }
 
     fn free_percent(&self) -> Result<f64, StoreError> {
@@ -216,15 +200,25 @@ impl SnapshotBackend for XfsReflink {
 
     fn complete_deletes(&self) -> Result<(), StoreError> {
         // Deletes are done by remove itself; what is left in the trash was
-        // left by a failure or a killed process. Finish it (other processes
-        // may be doing the same: entries already gone are fine).
+        // left by a killed process (other processes may be finishing the
+        // same entries: what is already gone is fine). An entry that cannot
+        // be deleted is reported once and set aside: it blocks nothing.
         let trash = self.root.join(TRASH);
-        let dir =
-            sys::open_dir_at(None, &trash).map_err(|e| errno(format!("open {}", trash.display()), e))?;
-        let names = sys::read_dir(&dir).map_err(|e| errno(format!("read {}", trash.display()), e))?;
+        let entries = fs::read_dir(&trash).context(format!("cannot read {}", trash.display()))?;
+        let doomed: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|entry| !trash::is_stuck(&entry.file_name().to_string_lossy()))
+            .map(|entry| entry.path())
+            .collect();
         self.pool()?.install(|| {
-            names.par_iter().try_for_each(|(name, is_dir)| delete::delete_entry(&dir, &trash, name, *is_dir))
-        })
+            trash::retry_stuck(&trash);
+            doomed.par_iter().for_each(|path| {
+                if let Err(e) = trash::remove_or_set_aside(path) {
+                    eprintln!("warning: {e}");
+                }
+            })
+        });
+        Ok(())
     }
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
@@ -232,25 +226,20 @@ impl SnapshotBackend for XfsReflink {
         let mut lines = vec![format!("root {root} is on {}", sys::fs_name(&self.root))];
         sys::probe_reflink(&self.root)?;
         lines.push(format!("reflinks: FICLONE works in {root}"));
-        let root_dev = fs::metadata(&self.root).context(format!("stat {root}"))?.dev();
+        let root_dev = fs::metadata(&self.root).context(format!("cannot stat {root}"))?.dev();
         for dir in Namespace::ALL.iter().map(|ns| ns.as_str()).chain([TRASH]) {
             let path = self.root.join(dir);
-            let meta = fs::metadata(&path).context(format!("stat {}", path.display()))?;
+            let meta = fs::metadata(&path).context(format!("cannot stat {}", path.display()))?;
             if meta.dev() != root_dev {
                 return Err(StoreError::unsupported(format!(
                     "{} is on another filesystem than {root}; trees can only be cloned and renamed within one",
                     path.display()
                 )));
             }
-            access(&path, AccessFlags::W_OK | AccessFlags::X_OK).map_err(|e| {
-                errno(
-                    format!(
-                        "{} is not writable (fix its owner or mode, or run as its owner)",
-                        path.display()
-                    ),
-                    e,
-                )
-            })?;
+            access(&path, AccessFlags::W_OK | AccessFlags::X_OK).context(format!(
+                "{} is not writable (fix its owner or mode, or run as its owner)",
+                path.display()
+            ))?;
         }
         lines.push(format!(
             "{root}/{{result,result-tmp,cache,cache-tmp,trash}} are writable and on one filesystem"

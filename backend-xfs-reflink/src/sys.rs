@@ -1,9 +1,8 @@
 //! Thin helpers over the system calls the backend uses.
 
 use std::ffi::{CStr, CString, OsStr};
-use std::fmt::Display;
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -12,7 +11,7 @@ use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
-use store_api::StoreError;
+use store_api::{IoContext, StoreError};
 
 // FICLONE = _IOW(0x94, 9, int): share all extents of the source fd.
 nix::ioctl_write_int!(ficlone_ioctl, 0x94, 9);
@@ -20,11 +19,6 @@ nix::ioctl_write_int!(ficlone_ioctl, 0x94, 9);
 nix::ioctl_read!(get_flags_ioctl, b'f', 1, libc::c_long);
 nix::ioctl_write_ptr!(set_flags_ioctl, b'f', 2, libc::c_long);
 const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
-
-/// An error from a nix call, classified like any I/O error.
-pub fn errno(context: impl Display, err: Errno) -> StoreError {
-    StoreError::io(context, &io::Error::from(err))
-}
 
 /// `dir/name` for messages and path-based calls; names may be any bytes.
 pub fn join(dir: &Path, name: &CStr) -> PathBuf {
@@ -144,11 +138,10 @@ pub fn fs_name(path: &Path) -> String {
 pub fn probe_reflink(dir: &Path) -> Result<(), StoreError> {
     let tmpfile = || {
         open_at(None, dir, OFlag::O_TMPFILE | OFlag::O_RDWR, Mode::from_bits_truncate(0o600))
-            .map_err(|e| errno(format!("cannot create a probe file in {}", dir.display()), e))
+            .context(format!("cannot create a probe file in {}", dir.display()))
     };
     let mut src = tmpfile()?;
-    src.write_all(&[0x5a; 4096])
-        .map_err(|e| StoreError::io(format!("write probe file in {}", dir.display()), &e))?;
+    src.write_all(&[0x5a; 4096]).context(format!("cannot write a probe file in {}", dir.display()))?;
     let dst = tmpfile()?;
     match ficlone(&dst, &src) {
         Ok(()) => Ok(()),
@@ -161,6 +154,6 @@ pub fn probe_reflink(dir: &Path) -> Result<(), StoreError> {
                 describe(e)
             )))
         }
-        Err(e) => Err(errno(format!("FICLONE probe in {}", dir.display()), e)),
+        Err(e) => Err(StoreError::errno(format!("cannot probe FICLONE in {}", dir.display()), e)),
     }
 }

@@ -5,6 +5,7 @@ use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
+use store_api::util::{FileLock, LockMode};
 use store_api::{ErrorKind, StoreError};
 
 /// How often a "busy" command is retried, and the first pause (doubled each
@@ -41,11 +42,10 @@ const ZFS_LOCK: &str = "/run/lock/snapstore-zfs.lock";
 /// machines) has hung for good when several commands ran at once, e.g. two
 /// clones of one snapshot; a kernel ZFS serializes changes to a pool
 /// anyway, so running our commands one at a time costs little.
-fn one_at_a_time() -> Option<nix::fcntl::Flock<std::fs::File>> {
+fn one_at_a_time() -> Option<FileLock> {
     let _ = std::fs::create_dir_all("/run/lock");
-    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(ZFS_LOCK).ok()?;
     // If the lock cannot be had (e.g. no /run), the command runs unserialized.
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).ok()
+    FileLock::acquire(std::path::Path::new(ZFS_LOCK), LockMode::Exclusive).ok()
 }
 
 /// `zfs args…`, one at a time, retrying while ZFS says the dataset is busy.

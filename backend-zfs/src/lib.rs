@@ -45,7 +45,6 @@ mod destroy;
 mod names;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
 
 use serde::Deserialize;
 use store_api::StoreError;
@@ -70,8 +69,6 @@ pub struct ZfsBackend {
     /// The store's dataset, mounted at `root`.
     dataset: Dataset,
     root: PathBuf,
-    /// Makes snapshot and trash names unique within this process.
-    counter: AtomicU64,
 }
 
 /// Opens the store at `root`, which must be the mountpoint of the dataset
@@ -79,7 +76,7 @@ pub struct ZfsBackend {
 pub fn open(root: &Path, options: &str) -> Result<ZfsBackend, StoreError> {
     let options: Options = store_api::parse_options(options)?;
     let dataset = Dataset::from_config(&options.dataset)?;
-    let backend = ZfsBackend { dataset, root: root.to_path_buf(), counter: AtomicU64::new(0) };
+    let backend = ZfsBackend { dataset, root: root.to_path_buf() };
     // One `zfs list` for both checks: each costs milliseconds on every command.
     let datasets = backend.store_datasets()?;
     backend.verify_dataset(&datasets)?;

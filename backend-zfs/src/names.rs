@@ -3,16 +3,14 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use store_api::{Key, Namespace, StoreError};
 
 use crate::ZfsBackend;
 
-/// The longest name `unique_name` makes: `<16 hex>-<8 hex>-<16 hex>`.
-pub const MAX_UNIQUE: usize = 16 + 1 + 8 + 1 + 16;
+/// The longest name `unique_name` makes: a random token of 16 hex digits.
+pub const MAX_UNIQUE: usize = 16;
 /// Where a removed dataset goes when its key is needed again before it
 /// could be destroyed.
 pub const TRASH: &str = "trash";
@@ -150,16 +148,13 @@ impl ZfsBackend {
     /// A name unique across processes and threads, for snapshots and the
     /// trash.
     pub(crate) fn unique_name(&self) -> String {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}-{:x}-{n:x}", nanos as u64, std::process::id())
+        store_api::util::random_token()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU64;
 
     #[test]
     fn dataset_names_are_checked() {
@@ -189,11 +184,7 @@ mod tests {
 
     #[test]
     fn long_names_are_hashed() {
-        let backend = ZfsBackend {
-            dataset: Dataset::listed("tank/store"),
-            root: "/r".into(),
-            counter: AtomicU64::new(0),
-        };
+        let backend = ZfsBackend { dataset: Dataset::listed("tank/store"), root: "/r".into() };
         let short = Key::parse("result/abc").unwrap();
         assert_eq!(backend.dataset_of(&short).as_str(), "tank/store/result/abc");
         assert_eq!(backend.mount_path(&backend.dataset_of(&short)), Some(PathBuf::from("/r/result/abc")));

@@ -42,7 +42,33 @@ struct RawStore {
 }
 
 fn config_error(file: &Path, message: impl std::fmt::Display) -> StoreError {
-    StoreError::invalid(format!("{}: {message}", file.display()))
+    StoreError::invalid(shorten(&format!("{}: {message}", file.display())))
+}
+
+/// The longest word (e.g. a quoted value) an error message shows in full.
+const MAX_WORD: usize = 100;
+/// The longest error message, in bytes.
+const MAX_MESSAGE: usize = 1000;
+
+/// An error message fit for one line: control characters become spaces,
+/// and long words (values quoted from the config, names made of them) and
+/// the message itself are cut, saying how long they were.
+pub fn shorten(message: &str) -> String {
+    let one_line: String = message.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let cut = |text: &str, keep: usize| {
+        let end = (0..=keep).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        format!("{}… ({} bytes)", &text[..end], text.len())
+    };
+    let words: Vec<String> = one_line
+        .split(' ')
+        .map(|word| if word.len() > MAX_WORD { cut(word, MAX_WORD / 2) } else { word.to_string() })
+        .collect();
+    let joined = words.join(" ");
+    if joined.len() > MAX_MESSAGE {
+        cut(&joined, MAX_MESSAGE / 2)
+    } else {
+        joined
+    }
 }
 
 impl Config {
@@ -154,6 +180,22 @@ mod tests {
         assert!(parse("[store\nroot=1").unwrap_err().message().contains("/etc/s.toml"));
         assert!(parse("[store]\n").unwrap_err().message().contains("root"));
         assert!(!parse("[store]\nroot = 5\n").unwrap_err().message().contains('\n'));
+    }
+
+    #[test]
+    fn long_values_are_cut_in_errors() {
+        let value = "A".repeat(5_000_000);
+        for text in [
+            format!("[store]\nroot = [\"{value}\"]\n"),
+            format!("[store]\nroot = \"x\"\n{value} = 1\n"),
+            format!("[store]\nroot = \"x\"\nbackend = 5\nextra = \"{}\"\n", "a b\\n".repeat(100_000)),
+        ] {
+            let msg = parse(&text).unwrap_err().message().to_string();
+            assert!(msg.len() < 1200 && !msg.contains('\n') && msg.contains("/etc/s.toml"), "{}", msg.len());
+        }
+        assert_eq!(shorten("short `value`"), "short `value`");
+        let cut = shorten(&format!("unknown variant `{}`", "é".repeat(100)));
+        assert!(cut.starts_with("unknown variant `é") && cut.ends_with("(202 bytes)"), "{cut}");
     }
 
     #[test]

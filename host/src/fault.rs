@@ -25,3 +25,10 @@ pub const POINTS: &[&str] = &[
     "release:cleaned",
     "delete:removed",
 ];
+
+/// Whether `SNAPSTORE_FAIL_AT` is `name`: the step there fails instead of
+/// running, as an I/O error there would.
+pub fn fails(name: &str) -> bool {
+    static FAIL_AT: OnceLock<Option<String>> = OnceLock::new();
+    FAIL_AT.get_or_init(|| std::env::var("SNAPSTORE_FAIL_AT").ok()).as_deref() == Some(name)
+}

@@ -11,16 +11,21 @@
 //! there is none.
 
 mod api;
+mod cgroup;
 mod config;
 pub mod conformance;
 mod fault;
+mod leftovers;
 mod loader;
 mod lock;
 mod names;
+mod plugin_file;
 mod prune;
 mod records;
+mod root;
 mod store;
 mod stress;
+mod supervise;
 
 pub use api::{CacheCopy, Store};
 pub use config::Config;
@@ -40,4 +45,14 @@ pub mod internal {
     pub use crate::loader::{find_plugins, Found, Plugin};
     pub use crate::names::{check_id, escape_cache_name, is_hashed, parse_owner, unescape_cache_name};
     pub use crate::stress::{run as stress, StressReport};
+
+    /// Checks on a store root before anything is made in it.
+    pub mod root {
+        pub use crate::root::validate;
+    }
+
+    /// Running a command in a tree until every process it started is gone.
+    pub mod supervise {
+        pub use crate::supervise::run;
+    }
 }

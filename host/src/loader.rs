@@ -2,7 +2,6 @@
 
 use std::env;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
@@ -11,6 +10,7 @@ use store_api::plugin::RemoteBackend;
 use store_api::{ErrorKind, StoreError};
 
 use crate::config::Config;
+use crate::plugin_file::PluginFile;
 
 /// The file name of plugin `name`: `libsnapstore_NAME.so`, hyphens as underscores.
 pub fn library_file_name(name: &str) -> String {
@@ -86,46 +86,26 @@ fn incompatible(message: String) -> StoreError {
     StoreError::new(ErrorKind::INCOMPATIBLE, message)
 }
 
-/// When running as root, refuse a library that others could have replaced
-/// (the rule sudo and ssh apply to their files).
-fn check_ownership(file: &Path) -> Result<(), StoreError> {
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(());
-    }
-    let dir = file.parent().unwrap_or(Path::new("/"));
-    for path in [file, dir] {
-        let meta = fs::metadata(path)
-            .map_err(|e| StoreError::io(format_args!("cannot read {}", path.display()), &e))?;
-        let writable_by_others = meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0;
-        if meta.uid() != 0 || writable_by_others {
-            return Err(incompatible(format!(
-                "refusing to load {}: {} is {} while snapstore runs as root; \
-                 fix with: chown root {} && chmod go-w {}",
-                file.display(),
-                path.display(),
-                if meta.uid() != 0 { "not owned by root" } else { "writable by other users" },
-                path.display(),
-                path.display()
-            )));
-        }
-    }
-    Ok(())
-}
-
 impl Plugin {
     /// Loads and checks the library at `file`.
     pub fn load(file: &Path) -> Result<Plugin, StoreError> {
-        check_ownership(file)?;
+        let opened = PluginFile::open(file)?;
         let shown = file.display();
-        let header = lib_header_from_path(file).map_err(|err| match err {
+        let header = lib_header_from_path(&opened.load_path).map_err(|err| match err {
             LibraryError::OpenError { .. } => incompatible(format!(
                 "cannot load plugin {shown}: {}",
-                err.to_string().lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("")
+                opened.explain(
+                    err.to_string().lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or(""),
+                    file
+                )
             )),
             LibraryError::GetSymbolError { .. } => incompatible(format!(
                 "{shown} is not a snapstore plugin (it exports no abi_stable root module)"
             )),
-            other => incompatible(format!("cannot load plugin {shown}: {other}")),
+            other => incompatible(format!(
+                "cannot load plugin {shown}: {}",
+                opened.explain(&other.to_string(), file)
+            )),
         })?;
         let library_version = header.version_strings().version.to_string();
         let module = match header.init_root_module::<PluginModRef>() {
@@ -189,9 +169,13 @@ impl Plugin {
         let root = root.to_str().ok_or_else(|| StoreError::invalid("the store root must be UTF-8"))?;
         let options = toml::to_string(options).map_err(|e| StoreError::invalid(e.to_string()))?;
         let (root, options) = (root.into(), options.as_str().into());
+        // A plugin may quote a config value in full: cut it to one short line.
+        let short = |e: StoreError| StoreError::new(e.kind(), crate::config::shorten(e.message()));
         Ok(match self.module {
-            Module::Current(m) => RemoteBackend::Current(m.open()(root, options).into_result()?),
-            Module::V1_0(m) => RemoteBackend::V1_0(m.open()(root, options).into_result()?),
+            Module::Current(m) => {
+                RemoteBackend::Current(m.open()(root, options).into_result().map_err(short)?)
+            }
+            Module::V1_0(m) => RemoteBackend::V1_0(m.open()(root, options).into_result().map_err(short)?),
         })
     }
 }

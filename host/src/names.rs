@@ -4,9 +4,16 @@
 use sha2::{Digest, Sha256};
 use store_api::{key::check_name, Owner, StoreError};
 
-/// Checks a result id: 1–255 characters of `A-Z a-z 0-9 . _ -`, not starting with `.`.
+/// Checks a result id: 1–255 characters of `A-Z a-z 0-9 . _ -`, not
+/// starting with `.` or `-` (which a command line would take for an option).
 pub fn check_id(id: &str) -> Result<(), StoreError> {
-    check_name(id).map_err(|e| StoreError::invalid(format!("invalid id: {}", e.message())))
+    check_name(id).map_err(|e| StoreError::invalid(format!("invalid id: {}", e.message())))?;
+    if id.starts_with('-') {
+        return Err(StoreError::invalid(format!(
+            "invalid id `{id}`: it starts with `-`; start it with a letter, digit or `_`"
+        )));
+    }
+    Ok(())
 }
 
 /// The longest cache name, in bytes.
@@ -104,6 +111,10 @@ pub fn parse_owner(spec: &str) -> Result<Owner, StoreError> {
         },
         Err(_) => return Err(bad("the group is empty")),
     };
+    // chown(2) takes -1 (4294967295) as "leave unchanged", not as an id.
+    if uid == u32::MAX || gid == u32::MAX {
+        return Err(bad("4294967295 is not an id (chown reads it as \"unchanged\")"));
+    }
     Ok(Owner { uid, gid })
 }
 
@@ -113,7 +124,7 @@ mod tests {
 
     #[test]
     fn ids_are_checked() {
-        for bad in ["../x", "a/b", ".x", "", &"a".repeat(256)] {
+        for bad in ["../x", "a/b", ".x", "", &"a".repeat(256), "-x", "--base"] {
             let err = check_id(bad).unwrap_err();
             assert!(err.message().starts_with("invalid id"), "{err}");
         }
@@ -148,7 +159,7 @@ mod tests {
     fn owners_parse() {
         assert_eq!(parse_owner("1000:100").unwrap(), Owner { uid: 1000, gid: 100 });
         assert_eq!(parse_owner("root:root").unwrap(), Owner { uid: 0, gid: 0 });
-        for bad in ["1000", ":1", "1:", "nosuchuser:1", "1:2:3"] {
+        for bad in ["1000", ":1", "1:", "nosuchuser:1", "1:2:3", "4294967295:4294967295", "0:4294967295"] {
             assert!(parse_owner(bad).is_err(), "{bad}");
         }
     }

@@ -285,3 +285,127 @@ fn full_disk_on_btrfs() {
     let Some((_fs, f)) = loop_store(&["mkfs.btrfs", "-q"], "300M", "btrfs", "") else { return };
     full_disk(&f, 60, true);
 }
+
+/// Every file and directory under `dir` with its contents.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let contents = if path.is_dir() { Vec::new() } else { fs::read(&path).unwrap() };
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            all.push((path, contents));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// Detaches whatever a failed test left mounted in the store.
+struct DetachOnDrop(std::path::PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = store_api::util::mounts::detach_mounts_under(&self.0);
+        }
+    }
+}
+
+/// Builds and cache runs that bind-mount an outside directory, killed at
+/// every injection point and in the middle of their command: the outside
+/// directory never changes, and no mount is left in the store.
+fn mounts_survive_crashes(f: &Fixture) {
+    if !is_root() {
+        skip("bind mounts need root");
+        return;
+    }
+    let outside = tempfile::tempdir().unwrap();
+    fs::create_dir(outside.path().join("sub")).unwrap();
+    fs::write(outside.path().join("keep"), "precious\n").unwrap();
+    fs::write(outside.path().join("sub/deep"), vec![7u8; 100_000]).unwrap();
+    let before = snapshot(outside.path());
+    let out_dir = outside.path().display().to_string();
+    f.ok(&["build", "base", "--", "sh", "-c", "echo ok > output"]);
+    let _guard = DetachOnDrop(f.root.clone());
+    let mount = format!("mkdir -p mnt && mount --bind {out_dir} mnt");
+    let mut deaths = 0;
+    for (n, point) in POINTS.iter().enumerate() {
+        let id = format!("m{n}");
+        let build = format!("{mount} && cat output > copy");
+        let out = run_killed_at(f, point, &["build", &id, "--base", "base", "--", "sh", "-c", &build]);
+        deaths += killed(&out) as usize;
+        let out = run_killed_at(f, point, &["cache", "run", "c", "--", "sh", "-c", &mount]);
+        deaths += killed(&out) as usize;
+        f.ok(&["complete-deletes"]);
+        if f.result(&id).is_some() {
+            let out = run_killed_at(f, point, &["delete", &id]);
+            deaths += killed(&out) as usize;
+        }
+        f.ok(&["complete-deletes"]);
+        assert_eq!(snapshot(outside.path()), before, "killed at {point}: the outside directory changed");
+    }
+    assert!(deaths >= POINTS.len(), "only {deaths} crashes were injected");
+    // Killed while the command runs, its mount in place and a writer behind.
+    for (n, args) in [&["build", "running"][..], &["cache", "run", "c"][..]].iter().enumerate() {
+        let script = format!(
+            "{mount} && touch mnt/mounted-{n}; (while true; do date >> w; sleep 0.01; done) & sleep 100"
+        );
+        let mut args = args.to_vec();
+        args.extend(["--", "sh", "-c", &script]);
+        let mut child = f.command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !fs::read_dir(outside.path())
+            .unwrap()
+            .any(|e| e.unwrap().file_name() == *format!("mounted-{n}"))
+        {
+            assert!(Instant::now() < deadline, "the command never mounted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        fs::remove_file(outside.path().join(format!("mounted-{n}"))).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        f.ok(&["complete-deletes"]);
+        // What the background writer may have added before the kill is not
+        // the store's to remove: only the mount is the store's concern.
+        let _ = fs::remove_file(outside.path().join("w"));
+        assert_eq!(snapshot(outside.path()), before, "killed mid-command: the outside directory changed");
+    }
+    f.ok(&["cache", "delete", "c"]);
+    f.ok(&["complete-deletes"]);
+    assert!(
+        store_api::util::mounts::mounts_under(&f.root).unwrap().is_empty(),
+        "a mount is left in the store"
+    );
+    assert_eq!(snapshot(outside.path()), before);
+}
+
+#[test]
+fn mounts_survive_crashes_on_rsync() {
+    mounts_survive_crashes(&Fixture::rsync());
+}
+
+#[test]
+fn mounts_survive_crashes_on_rsync_hardlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let text = "[store]\nbackend = \"rsync\"\nroot = \"store\"\n[backend]\nmode = \"hardlink\"\n";
+    mounts_survive_crashes(&Fixture::with_config(dir, &root, text));
+}
+
+#[test]
+fn mounts_survive_crashes_on_xfs_reflink() {
+    let Some((_fs, f)) = loop_store(&["mkfs.xfs", "-q", "-m", "reflink=1"], "1G", "xfs-reflink", "") else {
+        return;
+    };
+    mounts_survive_crashes(&f);
+}
+
+#[test]
+fn mounts_survive_crashes_on_btrfs() {
+    let Some((_fs, f)) = loop_store(&["mkfs.btrfs", "-q"], "1G", "btrfs", "") else { return };
+    mounts_survive_crashes(&f);
+}

@@ -103,7 +103,7 @@ impl StoreError {
     /// An error from an I/O call, classified by its OS error.
     pub fn io(context: impl fmt::Display, err: &io::Error) -> Self {
         let kind = match err.raw_os_error() {
-            Some(libc_enospc) if libc_enospc == 28 || libc_enospc == 122 => ErrorKind::NO_SPACE,
+            Some(nix::libc::ENOSPC | nix::libc::EDQUOT) => ErrorKind::NO_SPACE,
             _ => match err.kind() {
                 io::ErrorKind::NotFound => ErrorKind::NOT_FOUND,
                 io::ErrorKind::AlreadyExists => ErrorKind::ALREADY_EXISTS,
@@ -112,6 +112,11 @@ impl StoreError {
             },
         };
         Self::new(kind, format!("{context}: {err}"))
+    }
+
+    /// An error from a `nix` call, classified like [`Self::io`].
+    pub fn errno(context: impl fmt::Display, errno: nix::errno::Errno) -> Self {
+        Self::io(context, &io::Error::from(errno))
     }
 
     pub fn kind(&self) -> ErrorKind {
@@ -152,6 +157,20 @@ impl<T> IoContext<T> for Result<T, io::Error> {
     }
 }
 
+/// `nix` calls return a bare [`nix::errno::Errno`].
+impl<T> IoContext<T> for Result<T, nix::errno::Errno> {
+    fn context(self, context: impl fmt::Display) -> Result<T, StoreError> {
+        self.map_err(|errno| StoreError::errno(context, errno))
+    }
+}
+
+/// `rustix` calls return a bare [`rustix::io::Errno`].
+impl<T> IoContext<T> for Result<T, rustix::io::Errno> {
+    fn context(self, context: impl fmt::Display) -> Result<T, StoreError> {
+        self.map_err(|errno| StoreError::io(context, &io::Error::from(errno)))
+    }
+}
+
 impl<T> IoContext<T> for Result<T, StoreError> {
     fn context(self, context: impl fmt::Display) -> Result<T, StoreError> {
         self.map_err(|err| err.context(context))
@@ -164,8 +183,16 @@ mod tests {
 
     #[test]
     fn io_errors_are_classified() {
-        let full = io::Error::from_raw_os_error(28);
+        let full = io::Error::from_raw_os_error(nix::libc::ENOSPC);
         assert_eq!(StoreError::io("write", &full).kind(), ErrorKind::NO_SPACE);
+        let quota: Result<(), _> = Err(nix::errno::Errno::EDQUOT);
+        assert_eq!(quota.context("write").unwrap_err().kind(), ErrorKind::NO_SPACE);
+        let gone: Result<(), _> = Err(rustix::io::Errno::NOENT);
+        let err = gone.context("cannot open y").unwrap_err();
+        assert_eq!(
+            (err.kind(), err.message()),
+            (ErrorKind::NOT_FOUND, "cannot open y: No such file or directory (os error 2)")
+        );
         let missing = io::Error::from(io::ErrorKind::NotFound);
         let err = StoreError::io("open x", &missing);
         assert_eq!(err.kind(), ErrorKind::NOT_FOUND);

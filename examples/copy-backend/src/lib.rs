@@ -16,7 +16,12 @@
 //!   `sync = true` (the default) the filesystem is synced first, so that a
 //!   crash never leaves a committed result with missing contents.
 //! * `remove`: one `rename(2)` into `ROOT/trash/` (the key disappears at
-//!   once), then the tree is deleted there.
+//!   once), then the tree is deleted there with
+//!   `store_api::util::remove_tree`, which never deletes through a mount or
+//!   a symlink a build left in it.
+//!
+//! The plumbing (key to path, locks, unique names, safe removal) comes from
+//! `store_api::util`, shared by every directory backend.
 //!
 //! The host does the rest: names, locks, cache generations, leases and
 //! recovery of temporary trees left by dead processes. All this backend
@@ -38,8 +43,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{renameat2, Flock, FlockArg, RenameFlags};
+use nix::fcntl::{renameat2, RenameFlags};
 use serde::Deserialize;
+use store_api::util::{trash, unique_name, DirLayout, FileLock, LockMode};
 use store_api::{IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError};
 
 pub mod tree;
@@ -64,7 +70,7 @@ fn default_sync() -> bool {
 
 /// The backend: a store root, and its options.
 pub struct CopyBackend {
-    root: PathBuf,
+    layout: DirLayout,
     sync: bool,
 }
 
@@ -76,22 +82,14 @@ const TRASH: &str = "trash";
 /// `[backend]` table as TOML text). Called once per process; keep it cheap.
 pub fn open(root: &Path, options: &str) -> Result<CopyBackend, StoreError> {
     let Options { sync } = store_api::parse_options(options)?;
-    for dir in Namespace::ALL.iter().map(|ns| ns.as_str()).chain([TRASH]) {
-        let path = root.join(dir);
-        fs::create_dir_all(&path).context(format_args!("cannot create {}", path.display()))?;
-    }
-    Ok(CopyBackend { root: root.to_path_buf(), sync })
+    let layout = DirLayout::new(root);
+    layout.create_dirs(&[TRASH])?;
+    Ok(CopyBackend { layout, sync })
 }
 
 impl CopyBackend {
-    /// The directory of `key`. Keys are validated by the host and again by
-    /// the adapter in store-api (no `/`, no leading `.`), so joining is safe.
-    fn path_of(&self, key: &Key) -> PathBuf {
-        self.root.join(key.to_string())
-    }
-
     fn trash(&self) -> PathBuf {
-        self.root.join(TRASH)
+        self.layout.dir(TRASH)
     }
 
     /// Moves `path` into the trash and deletes it there.
@@ -102,18 +100,17 @@ impl CopyBackend {
     /// finished or died, and [`Self::empty_trash`] may finish the job.
     fn discard(&self, path: &Path) -> Result<(), StoreError> {
         let name = unique_name("del");
-        let lock_path = self.trash().join(format!("{name}.lock"));
-        let lock = lock(&lock_path, true)?.expect("a blocking lock is always taken");
+        let lock = FileLock::acquire(&self.trash().join(format!("{name}.lock")), LockMode::Exclusive)?;
         let doomed = self.trash().join(&name);
         let result = match fs::rename(path, &doomed) {
-            Ok(()) => tree::delete(&doomed).map_err(delete_error),
+            // A tree that cannot be deleted is set aside (and retried by
+            // complete_deletes); the error says so, once.
+            Ok(()) => trash::remove_or_set_aside(&doomed),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(format_args!("cannot remove {}", path.display()), &e)),
         };
-        // On failure the tree stays in the trash; complete_deletes retries.
         // The lock file goes while still locked, so nobody waits on a stale one.
-        let _ = fs::remove_file(&lock_path);
-        drop(lock);
+        lock.remove();
         result
     }
 
@@ -122,7 +119,7 @@ impl CopyBackend {
     /// everything removed so far is gone.
     fn empty_trash(&self, wait: bool) -> Result<(), StoreError> {
         let trash = self.trash();
-        let mut result = Ok(());
+        trash::retry_stuck(&trash);
         for entry in fs::read_dir(&trash).context("cannot read the trash")?.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             // Only trees that `discard` put there: never guess about anything else.
@@ -130,40 +127,42 @@ impl CopyBackend {
                 continue;
             }
             let lock_path = trash.join(format!("{name}.lock"));
-            let Some(lock) = lock(&lock_path, wait)? else {
-                continue;
+            let lock = if wait {
+                FileLock::acquire(&lock_path, LockMode::Exclusive)?
+            } else {
+                match FileLock::try_acquire(&lock_path, LockMode::Exclusive)? {
+                    Some(lock) => lock,
+                    None => continue,
+                }
             };
-            // Another process may have finished it meanwhile; deleting
-            // what is already gone is not an error. One tree that cannot be
-            // deleted must not keep the others (or its lock file) around.
-            let deleted = tree::delete(&entry.path()).map_err(delete_error);
-            let _ = fs::remove_file(&lock_path);
-            drop(lock);
-            if deleted.is_err() {
-                result = deleted;
+            // Another process may have finished it meanwhile; deleting what
+            // is already gone is not an error. One tree that cannot be
+            // deleted is reported once and set aside: it must not keep the
+            // others (or later calls) from completing.
+            if let Err(e) = trash::remove_or_set_aside(&entry.path()) {
+                eprintln!("warning: {e}");
             }
+            lock.remove();
         }
-        result
+        Ok(())
     }
 
     /// Syncs the filesystem holding the store: one call, however many files
     /// the tree has (an fsync per file would cost far more on big trees).
     fn sync_filesystem(&self) -> Result<(), StoreError> {
-        let root = fs::File::open(&self.root).context("cannot open the store root")?;
+        let root = fs::File::open(&self.layout.root()).context("cannot open the store root")?;
         nix::unistd::syncfs(std::os::fd::AsRawFd::as_raw_fd(&root))
-            .map_err(|e| StoreError::io("syncfs", &e.into()))
+            .context("cannot sync the store's filesystem")
     }
 }
 
 impl SnapshotBackend for CopyBackend {
     fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
-        let path = self.path_of(key);
-        store_api::util::create_owned_dir(&path, owner)?;
-        Ok(path)
+        self.layout.create_key_dir(key, owner)
     }
 
     fn clone_tree(&self, src: &Key, dst: &Key) -> Result<PathBuf, StoreError> {
-        let (from, to) = (self.path_of(src), self.path_of(dst));
+        let (from, to) = (self.layout.path_of(src), self.layout.path_of(dst));
         if !from.is_dir() {
             return Err(StoreError::not_found(format!("{src} does not exist")));
         }
@@ -181,7 +180,7 @@ impl SnapshotBackend for CopyBackend {
     }
 
     fn commit(&self, tmp: &Key, dst: &Key, _parent: Option<&Key>) -> Result<PathBuf, StoreError> {
-        let (from, to) = (self.path_of(tmp), self.path_of(dst));
+        let (from, to) = (self.layout.path_of(tmp), self.layout.path_of(dst));
         if !from.is_dir() {
             return Err(StoreError::not_found(format!("{tmp} does not exist")));
         }
@@ -190,15 +189,14 @@ impl SnapshotBackend for CopyBackend {
         }
         // The commit itself: atomic, and fails with EEXIST (ALREADY_EXISTS)
         // rather than replacing a committed tree.
-        renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE).map_err(|errno| {
-            StoreError::io(
-                format_args!("cannot rename {} to {}", from.display(), to.display()),
-                &errno.into(),
-            )
-        })?;
+        renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE).context(format_args!(
+            "cannot rename {} to {}",
+            from.display(),
+            to.display()
+        ))?;
         if self.sync {
             // Make the rename itself durable.
-            let parent = to.parent().unwrap_or(&self.root);
+            let parent = to.parent().unwrap_or(self.layout.root());
             fs::File::open(parent)
                 .and_then(|d| d.sync_all())
                 .context("cannot sync the namespace directory")?;
@@ -208,21 +206,20 @@ impl SnapshotBackend for CopyBackend {
 
     fn remove(&self, key: &Key) -> Result<(), StoreError> {
         // Absent keys are fine: `discard` treats a missing path as done.
-        self.discard(&self.path_of(key))
+        self.discard(&self.layout.path_of(key))
     }
 
     fn path(&self, key: &Key) -> Result<Option<PathBuf>, StoreError> {
-        let path = self.path_of(key);
-        Ok(path.is_dir().then_some(path))
+        self.layout.existing(key)
     }
 
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
         // Only valid key names: anything else in there is not a key.
-        store_api::util::list_key_names(&self.root.join(namespace.as_str()))
+        self.layout.list(namespace)
     }
 
     fn free_percent(&self) -> Result<f64, StoreError> {
-        store_api::util::free_percent(&self.root)
+        store_api::util::free_percent(&self.layout.root())
     }
 
     fn complete_deletes(&self) -> Result<(), StoreError> {
@@ -234,8 +231,11 @@ impl SnapshotBackend for CopyBackend {
     }
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
-        let mut found =
-            vec![format!("store root {} on {}", self.root.display(), filesystem_name(&self.root)?)];
+        let mut found = vec![format!(
+            "store root {} on {}",
+            self.layout.root().display(),
+            filesystem_name(&self.layout.root())?
+        )];
         // Probe write access and RENAME_NOREPLACE (missing on some network
         // and FUSE filesystems), in the trash where nothing else looks.
         let (a, b) = (self.trash().join(unique_name("probe")), self.trash().join(unique_name("probe")));
@@ -250,7 +250,7 @@ impl SnapshotBackend for CopyBackend {
             return Err(StoreError::unsupported(format!(
                 "the filesystem of {} does not support rename with RENAME_NOREPLACE ({errno}); \
                  put the store root on a local filesystem such as ext4, xfs or btrfs",
-                self.root.display()
+                self.layout.root().display()
             )));
         }
         found.push("rename without replace: supported".into());
@@ -278,53 +278,18 @@ impl SnapshotBackend for CopyBackend {
                 continue;
             }
             // Held means a live `discard` about to rename its tree in.
-            if let Some(lock) = lock(&lock_path, false)? {
-                let _ = fs::remove_file(&lock_path);
-                drop(lock);
+            if let Some(lock) = FileLock::try_acquire(&lock_path, LockMode::Exclusive)? {
+                lock.remove();
             }
         }
         Ok(())
     }
 }
 
-fn delete_error(e: tree::TreeError) -> StoreError {
-    StoreError::io(format_args!("cannot delete {}", e.path.display()), &e.error)
-}
-
-/// Opens (creating it if need be) and locks `path` exclusively. Without
-/// `wait`, returns `None` if another process holds the lock.
-fn lock(path: &Path, wait: bool) -> Result<Option<Flock<fs::File>>, StoreError> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .context(format_args!("cannot open lock {}", path.display()))?;
-    let how = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
-    match Flock::lock(file, how) {
-        Ok(locked) => Ok(Some(locked)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) if !wait => Ok(None),
-        Err((_, errno)) => Err(StoreError::io(format_args!("cannot lock {}", path.display()), &errno.into())),
-    }
-}
-
-/// `PREFIX-` and 16 random hex digits: unique across processes.
-fn unique_name(prefix: &str) -> String {
-    let mut bytes = [0u8; 8];
-    let random = fs::File::open("/dev/urandom").and_then(|mut f| io::Read::read_exact(&mut f, &mut bytes));
-    if random.is_err() {
-        // Never expected on Linux; the clock and pid are unique enough.
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        bytes = (nanos.as_nanos() as u64 ^ ((std::process::id() as u64) << 32)).to_le_bytes();
-    }
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}-{hex}")
-}
-
 /// The filesystem type of `path`, for `check`.
 fn filesystem_name(path: &Path) -> Result<String, StoreError> {
     use nix::sys::statfs::*;
-    let kind = statfs(path).map_err(|e| StoreError::io("statfs", &e.into()))?.filesystem_type();
+    let kind = statfs(path).context(format_args!("cannot statfs {}", path.display()))?.filesystem_type();
     let known = [
         (EXT4_SUPER_MAGIC, "ext4"),
         (XFS_SUPER_MAGIC, "xfs"),

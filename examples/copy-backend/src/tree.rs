@@ -1,4 +1,5 @@
-//! Whole-tree operations: copying with all metadata, and deleting.
+//! Copying a whole tree with all its metadata. (Deleting one is
+//! `store_api::util::remove_tree`.)
 //!
 //! Plain `std::fs` where it suffices; `nix` for what std lacks (device
 //! nodes, nanosecond times on symlinks).
@@ -92,42 +93,4 @@ fn copy_metadata(path: &Path, meta: &fs::Metadata) -> Result<(), TreeError> {
     let atime = TimeSpec::new(meta.atime(), meta.atime_nsec());
     let mtime = TimeSpec::new(meta.mtime(), meta.mtime_nsec());
     utimensat(None, path, &atime, &mtime, UtimensatFlags::NoFollowSymlink).at(path)
-}
-
-/// Deletes the tree at `path`, whatever state it is in: half-copied,
-/// with directories a build made unreadable, or partly deleted already
-/// (by a process that died, or one deleting it at the same time). What
-/// is already gone is not an error.
-pub fn delete(path: &Path) -> Result<(), TreeError> {
-    let meta = match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        other => other.at(path)?,
-    };
-    if !meta.is_dir() {
-        return ignore_missing(fs::remove_file(path)).at(path);
-    }
-    if meta.mode() & 0o700 != 0o700 {
-        // We need to list and write it to empty it.
-        let mode = meta.mode() | 0o700;
-        ignore_missing(fs::set_permissions(path, fs::Permissions::from_mode(mode))).at(path)?;
-    }
-    let entries = match fs::read_dir(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        other => other.at(path)?,
-    };
-    for entry in entries {
-        match entry {
-            Ok(entry) => delete(&entry.path())?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).at(path),
-        }
-    }
-    ignore_missing(fs::remove_dir(path)).at(path)
-}
-
-fn ignore_missing(result: io::Result<()>) -> io::Result<()> {
-    match result {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
 }

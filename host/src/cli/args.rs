@@ -113,6 +113,7 @@ pub enum CacheCmd {
     },
     /// Acquire, run CMD in the copy, release; exits with CMD's status
     Run {
+        #[arg(allow_hyphen_values = true)]
         name: String,
         #[arg(long, value_name = "UID:GID")]
         user: Option<String>,

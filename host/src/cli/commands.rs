@@ -4,11 +4,11 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use snapstore::internal::supervise;
 use snapstore::internal::{find_plugins, parse_owner};
 use snapstore::{BlockingStore, Config, LeaseKind, Owner, PruneOptions, ReleaseMode, Released, StoreError};
 
 use super::args::{CacheCmd, Cli, Cmd, SortBy};
-use super::child::run_command;
 use super::output::{backends_text, check_text, listing_text, to_json, Output};
 
 /// Runs the command `cli` names.
@@ -45,7 +45,7 @@ fn build(
     command: &[String],
 ) -> Result<Output, StoreError> {
     let build = store.begin_build(base, id)?;
-    let status = run_command(command, build.path())?;
+    let status = supervise::run(command, build.path(), build.tree())?;
     if status != 0 {
         build.abort()?;
         eprintln!("error: `{}` failed with status {status}; result `{id}` not recorded", command[0]);
@@ -101,7 +101,8 @@ fn cache_run(
     command: &[String],
 ) -> Result<Output, StoreError> {
     let lease = store.acquire_cache(name, owner, LeaseKind::BoundToProcess)?;
-    let status = run_command(command, &lease.path);
+    let copy = store_api::Key::new(store_api::Namespace::CacheTmp, &lease.id)?;
+    let status = supervise::run(command, &lease.path, &copy);
     // Released whatever the command's status: the copy is published
     // unless the cache changed meanwhile.
     let released = store.release(lease)?;

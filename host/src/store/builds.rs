@@ -175,10 +175,16 @@ impl Build {
         &self.path
     }
 
+    /// The key of the writable tree (what recovery knows it by).
+    pub fn tree(&self) -> &Key {
+        &self.tmp
+    }
+
     /// Saves the tree as result `id`; returns its path.
     pub fn commit(mut self) -> Result<PathBuf, StoreError> {
         let store = self.store.clone();
         fault::point("build:before-commit");
+        crate::supervise::detach_mounts(&self.path)?;
         let result = key(Namespace::Result, &self.id)?;
         let committed = match &self.base {
             Some(base) => {

@@ -137,6 +137,9 @@ impl BlockingStore {
         let escaped = escape_cache_name(&record.cache);
         let _cache_lock = FileLock::acquire(&self.lock_path(LockKind::Cache, &escaped), Mode::Exclusive)?;
         let copy = key(Namespace::CacheTmp, lease)?;
+        if let Some(path) = self.backend().path(&copy)? {
+            crate::supervise::detach_mounts(&path)?;
+        }
         let latest = self.latest_generation(&escaped)?;
         let publish = mode == ReleaseMode::PublishIfCurrent
             && latest == Some(record.generation)
@@ -151,8 +154,10 @@ impl BlockingStore {
                 return Err(err.context(format_args!("cache `{}` keeps its previous state", record.cache)));
             }
             fault::point("release:published");
-            // The snapshot the copy was taken from is now the only older one.
-            self.remove_snapshot(&CacheSnapshot::new(&escaped, record.generation))?;
+            // The snapshot the copy was taken from is now the only older one;
+            // if it cannot go now, the next acquire or recovery removes it.
+            let older = CacheSnapshot::new(&escaped, record.generation);
+            crate::leftovers::remove_old_generation(|| self.remove_snapshot(&older));
             Released::Published
         } else {
             self.backend().remove(&copy)?;

@@ -34,7 +34,7 @@ use crate::records::Records;
 pub use builds::Build;
 pub(crate) use caches::CacheSnapshot;
 pub(crate) use layout::LockKind;
-use layout::META_DIR;
+pub(crate) use layout::META_DIR;
 pub use layout::STATE_DIR;
 pub use leases::{Lease, LeaseKind, LeaseRecord, ReleaseMode, Released};
 pub use listing::{CacheInfo, LeaseInfo, Listing, ResultInfo};
@@ -95,6 +95,7 @@ impl BlockingStore {
     /// Loads the plugin the config names and opens the store at its root.
     pub fn open(config: &Config) -> Result<BlockingStore, StoreError> {
         let plugin = Plugin::for_config(config)?;
+        crate::root::validate(&config.root)?;
         // The marker is checked before the plugin touches the root, and
         // written only once the plugin has accepted it.
         layout::check_marker(&config.root, &plugin.info.name)?;
@@ -116,6 +117,7 @@ impl BlockingStore {
         backend_name: &str,
         backend: Box<dyn SnapshotBackend>,
     ) -> Result<BlockingStore, StoreError> {
+        crate::root::validate(root)?;
         layout::prepare_root(root, backend_name)?;
         Ok(Self::assemble(root, backend_name, None, backend))
     }

@@ -37,6 +37,7 @@ impl BlockingStore {
                 lock.release_and_remove();
             }
         }
+        crate::leftovers::remove_stale_lock_files(&self.inner.meta)?;
         Ok(recovered)
     }
 
@@ -56,6 +57,10 @@ impl BlockingStore {
                 continue;
             };
             warn!(lease, cache = record.cache, "discarding the cache copy of a dead process");
+            let copy = key(Namespace::CacheTmp, &lease)?;
+            if !crate::supervise::end_leftovers(&copy, self.backend().path(&copy)?.as_deref())? {
+                continue;
+            }
             match self.release_id(&lease, ReleaseMode::Discard) {
                 Ok(_) => discarded += 1,
                 // Another process recovered it first.
@@ -77,7 +82,15 @@ impl BlockingStore {
             }
             if let Some(lock) = FileLock::try_acquire(&self.lock_path(LockKind::Tmp, &name), Mode::Exclusive)?
             {
+                // Committed (or removed) between the listing and the lock.
+                let Some(path) = self.backend().path(&tree)? else {
+                    lock.release_and_remove();
+                    continue;
+                };
                 warn!(tree = %tree, "removing a temporary tree left by a dead process");
+                if !crate::supervise::end_leftovers(&tree, Some(&path))? {
+                    continue;
+                }
                 self.backend().remove(&tree)?;
                 lock.release_and_remove();
                 removed += 1;

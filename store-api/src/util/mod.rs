@@ -1,11 +1,37 @@
-//! Small helpers most directory-based backends need.
+//! The plumbing backends share, so that each one holds only its own
+//! primitives:
+//!
+//! * [`remove_tree`]: the one removal every directory backend uses; it
+//!   never deletes through a mount or a symlink, and copes with what a
+//!   build leaves (read-only directories, `chattr +i`/`+a`, a concurrent
+//!   deleter). See [`remove`] for the rules.
+//! * [`DirLayout`]: a key `NS/NAME` as the directory `ROOT/NS/NAME`
+//!   ([`DirLayout::path_of`]), listing a namespace, creating the namespace
+//!   directories and a key's directory with its owner.
+//! * [`FileLock`]: shared or exclusive `flock` on a lock file, waiting or
+//!   not.
+//! * [`unique_name`] / [`random_token`]: names unique across processes,
+//!   for temporary trees and trash entries.
+//! * [`trash`]: a trash entry that cannot be deleted is set aside and
+//!   reported once, never blocking the others.
+//! * [`mounts`]: the mounts under a tree.
+//! * Errors: [`crate::StoreError::errno`] and [`crate::IoContext`] on
+//!   `nix` and `rustix` results turn an errno into a classified error.
 
 use std::fs;
 use std::path::Path;
 
 use crate::{IoContext, StoreError};
 
+mod layout;
+mod lock;
 pub mod mounts;
+pub mod remove;
+pub mod trash;
+
+pub use layout::DirLayout;
+pub use lock::{try_lock_open, FileLock, LockMode};
+pub use remove::remove_tree;
 
 /// The key names in directory `dir`: entries whose name is a valid key
 /// name. Anything else (e.g. a backend's `.`-prefixed trees in transit) is
@@ -49,6 +75,11 @@ pub fn create_owned_dir(path: &Path, owner: Option<crate::Owner>) -> Result<(), 
             .context(format_args!("cannot chown {} to {uid}:{gid}", path.display()))?;
     }
     Ok(())
+}
+
+/// `PREFIX-` and a [`random_token`]: a name unique across processes.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}", random_token())
 }
 
 /// A random 16-hex-digit token, unique across processes: names for

@@ -139,6 +139,16 @@ mod tests {
             return;
         }
         let (tree, outside) = (tempfile_dir(), tempfile_dir());
+        // Detaches and removes what the test made, also when it fails.
+        struct Cleanup(PathBuf, PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = detach_mounts_under(&self.0);
+                let _ = fs::remove_dir_all(&self.0);
+                let _ = fs::remove_dir_all(&self.1);
+            }
+        }
+        let _cleanup = Cleanup(tree.clone(), outside.clone());
         fs::write(outside.join("keep"), b"data").unwrap();
         let point = tree.join("a b").join("mnt");
         fs::create_dir_all(&point).unwrap();

@@ -1,0 +1,267 @@
+//! Running a command in a tree, such that the run is over only when every
+//! process it started is gone.
+//!
+//! The command runs in its own process group and, where the machine
+//! allows, its own cgroup (see [`crate::cgroup`]); snapstore is a child
+//! subreaper, so descendants that double-fork or `setsid` away are
+//! reparented to it. When the command exits, whatever it left is killed
+//! and reaped, and the mounts it made under the tree are detached: only
+//! then is the tree committed. If snapstore itself dies, the command gets
+//! SIGKILL (`PR_SET_PDEATHSIG`), and the recovery that removes the tree
+//! kills the rest through the cgroup ([`end_leftovers`]).
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{kill, killpg, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{getpid, Pid};
+use store_api::util::mounts::detach_mounts_under;
+use store_api::{Key, StoreError};
+use tracing::{debug, info, warn};
+
+use crate::cgroup::TreeCgroup;
+
+/// Runs `command` in `dir` (a tree whose key is `tree`) and returns the
+/// exit status to report: the command's own, 128+N if signal N killed it,
+/// 126/127 if it cannot start. Returns once every process the command
+/// started is gone and the mounts under `dir` are detached.
+///
+/// Reaps every child of this process: meant for a program that runs one
+/// command at a time, like the `snapstore` CLI.
+pub fn run(command: &[String], dir: &Path, tree: &Key) -> Result<u8, StoreError> {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        warn!("cannot become a child subreaper ({e}): descendants that detach may outlive the command");
+    }
+    let cgroup = TreeCgroup::create(tree);
+    let procs = cgroup.as_ref().and_then(|c| c.procs_file().ok());
+    let mut cmd = Command::new(&command[0]);
+    cmd.args(&command[1..]).current_dir(dir).env("SNAPSTORE_DIR", dir).process_group(0);
+    let parent = getpid();
+    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
+    let terminal = in_terminal_foreground();
+    // SAFETY: only async-signal-safe calls (prctl, getppid, kill, write,
+    // sigprocmask, tcsetpgrp) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // If snapstore dies, its tree will never be committed: take the
+            // command down with it rather than let it write on.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                // The parent died before the line above took effect.
+                nix::sys::signal::raise(Signal::SIGKILL)?;
+            }
+            if let Some(fd) = procs_fd {
+                // Moves this process into the cgroup; without it, the run
+                // goes on with the process group and the subreaper only.
+                let _ = nix::libc::write(fd, b"0".as_ptr().cast(), 1);
+            }
+            if terminal {
+                // The command's group takes the terminal, as a shell's job
+                // does: it can read it, and Ctrl-C reaches it directly.
+                let mut ttou = SigSet::empty();
+                ttou.add(Signal::SIGTTOU);
+                let _ = ttou.thread_block();
+                let _ = nix::libc::tcsetpgrp(0, nix::libc::getpid());
+                let _ = ttou.thread_unblock();
+            }
+            Ok(())
+        });
+    }
+    let forwarding = ForwardSignals::install();
+    let status = match cmd.spawn() {
+        Ok(mut child) => {
+            let group = Pid::from_raw(child.id() as i32);
+            COMMAND_GROUP.store(group.as_raw(), Ordering::SeqCst);
+            let waited = child.wait();
+            COMMAND_GROUP.store(0, Ordering::SeqCst);
+            end_all(group, cgroup);
+            if terminal {
+                take_terminal_back();
+            }
+            let status = waited.map_err(|e| StoreError::io("cannot wait for the command", &e))?;
+            use std::os::unix::process::ExitStatusExt;
+            match (status.code(), status.signal()) {
+                (Some(code), _) => code.clamp(0, 255) as u8,
+                (None, Some(signal)) => (128 + signal).clamp(0, 255) as u8,
+                _ => 1,
+            }
+        }
+        Err(err) => {
+            if let Some(cgroup) = cgroup {
+                cgroup.end();
+            }
+            eprintln!("error: cannot run `{}`: {err}", command[0]);
+            if err.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            }
+        }
+    };
+    drop(forwarding);
+    detach_mounts(dir)?;
+    Ok(status)
+}
+
+/// Kills what is left of a command whose direct child has exited: its
+/// process group, its cgroup, and every descendant reparented to us.
+fn end_all(group: Pid, cgroup: Option<TreeCgroup>) {
+    if let Some(cgroup) = &cgroup {
+        cgroup.kill_all();
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+    let mut reaped = 0usize;
+    // As a subreaper we inherit the orphans of every descendant that dies:
+    // kill our children until none is left to wait for.
+    loop {
+        match waitpid(None, Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                for pid in children_of(getpid()) {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                match waitpid(None, Some(WaitPidFlag::__WALL)) {
+                    Ok(_) => reaped += 1,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
+            Ok(_) => reaped += 1,
+            Err(nix::errno::Errno::EINTR) => {}
+            // ECHILD: nothing left.
+            Err(_) => break,
+        }
+    }
+    if reaped > 0 {
+        debug!(reaped, "killed the processes the command left behind");
+    }
+    if let Some(cgroup) = cgroup {
+        cgroup.end();
+    }
+}
+
+/// Whether stdin is a terminal whose foreground process group is ours.
+fn in_terminal_foreground() -> bool {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    // SAFETY: tcgetpgrp only reads the terminal's foreground group.
+    stdin.is_terminal() && unsafe { nix::libc::tcgetpgrp(0) } == nix::unistd::getpgrp().as_raw()
+}
+
+/// Makes our process group the terminal's foreground again. A background
+/// group that does so gets SIGTTOU: ignored for the call.
+fn take_terminal_back() {
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    // SAFETY: installs SIG_IGN, then restores what was there.
+    if let Ok(old) = unsafe { nix::sys::signal::sigaction(Signal::SIGTTOU, &ignore) } {
+        unsafe {
+            nix::libc::tcsetpgrp(0, nix::libc::getpgrp());
+            let _ = nix::sys::signal::sigaction(Signal::SIGTTOU, &old);
+        }
+    }
+}
+
+/// Our children: from `/proc/self/task/*/children` where the kernel has
+/// it, else from every `/proc/N/stat`.
+fn children_of(me: Pid) -> Vec<Pid> {
+    let mut children = Vec::new();
+    for task in fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        match fs::read_to_string(task.path().join("children")) {
+            Ok(list) => {
+                children.extend(list.split_whitespace().filter_map(|p| p.parse().ok()).map(Pid::from_raw))
+            }
+            Err(_) => return children_in_proc(me),
+        }
+    }
+    children
+}
+
+/// The processes whose parent is `parent`, from `/proc/N/stat`.
+fn children_in_proc(parent: Pid) -> Vec<Pid> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+            let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+            after.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(parent.as_raw())
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// Detaches the mounts under `dir`: a tree is never committed or removed
+/// holding a mount of something outside the store.
+pub fn detach_mounts(dir: &Path) -> Result<(), StoreError> {
+    let detached = detach_mounts_under(dir)?;
+    if !detached.is_empty() {
+        info!(tree = %dir.display(), ?detached, "detached the mounts left in the tree");
+    }
+    Ok(())
+}
+
+/// Before the tree `tree` of a dead owner is removed: kills the processes
+/// its command left (through its cgroup) and detaches the mounts under its
+/// `path`. Returns `false` if processes survive SIGKILL (stuck in the
+/// kernel): the tree must then be left for a later recovery. Without a
+/// cgroup, processes that outlived a killed snapstore cannot be found; see
+/// [`crate::cgroup`].
+pub fn end_leftovers(tree: &Key, path: Option<&Path>) -> Result<bool, StoreError> {
+    if let Some(cgroup) = TreeCgroup::existing(tree) {
+        if !cgroup.end() {
+            warn!(tree = %tree, "processes left in the tree survive SIGKILL; it is left for a later recovery");
+            return Ok(false);
+        }
+    }
+    if let Some(path) = path {
+        detach_mounts(path)?;
+    }
+    Ok(true)
+}
+
+/// The process group of the running command, 0 when none runs.
+static COMMAND_GROUP: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(signal: nix::libc::c_int) {
+    let group = COMMAND_GROUP.load(Ordering::SeqCst);
+    if group > 0 {
+        // SAFETY: kill is async-signal-safe.
+        unsafe { nix::libc::kill(-group, signal) };
+    }
+}
+
+/// Like system(3), snapstore stays to clean up on Ctrl-C; the command is in
+/// a process group of its own, so the terminal's signals (and a SIGTERM or
+/// SIGHUP sent to snapstore) are passed on to it.
+struct ForwardSignals(Vec<(Signal, SigAction)>);
+
+const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM, Signal::SIGHUP];
+
+impl ForwardSignals {
+    fn install() -> Self {
+        let action = SigAction::new(SigHandler::Handler(forward), SaFlags::SA_RESTART, SigSet::empty());
+        let saved = FORWARDED
+            .into_iter()
+            // SAFETY: the handler only reads an atomic and calls kill.
+            .filter_map(|sig| unsafe { nix::sys::signal::sigaction(sig, &action) }.ok().map(|old| (sig, old)))
+            .collect();
+        ForwardSignals(saved)
+    }
+}
+
+impl Drop for ForwardSignals {
+    fn drop(&mut self) {
+        for (sig, old) in &self.0 {
+            // SAFETY: restores the disposition saved above.
+            let _ = unsafe { nix::sys::signal::sigaction(*sig, old) };
+        }
+    }
+}

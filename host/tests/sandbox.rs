@@ -1,0 +1,257 @@
+//! Builds that behave like sandboxes: background processes that outlive
+//! the command, bind mounts of outside directories left in the tree, and a
+//! snapstore killed while its command's descendants still write.
+
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use store_api::util::mounts::mounts_under;
+use support::*;
+
+/// Commands that leave a writer behind in three ways: a plain background
+/// job, a new session (`setsid`), and a double fork (reparented away).
+const LATE_WRITERS: [(&str, &str); 3] = [
+    ("background", "(sleep 2; echo late > late_file) & echo early > early"),
+    ("setsid", "setsid sh -c 'sleep 2; echo late > late_file' & echo early > early"),
+    ("double-fork", "(sh -c 'sleep 2; echo late > late_file' &) ; echo early > early"),
+];
+
+fn late_writers_never_reach_the_result(f: &Fixture, env: &[(&str, &str)]) {
+    let start = Instant::now();
+    for (id, script) in LATE_WRITERS {
+        let out =
+            f.command(&["build", id, "--", "sh", "-c", script]).envs(env.iter().copied()).output().unwrap();
+        assert!(out.status.success(), "{id}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(start.elapsed() < Duration::from_secs(2), "a build waited for its background writer");
+    std::thread::sleep(Duration::from_secs(3));
+    for (id, _) in LATE_WRITERS {
+        let path = f.result(id).unwrap();
+        assert_eq!(fs::read_to_string(path.join("early")).unwrap(), "early\n", "{id}");
+        assert!(!path.join("late_file").exists(), "{id}: the result changed after its commit");
+    }
+    // The same for a cache copy: what is published is what the command left.
+    let script = "(sleep 2; echo late > late_file) & echo early > early";
+    let out = f
+        .command(&["cache", "run", "c", "--", "sh", "-c", script])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_secs(3));
+    let listed = f.ok(&["cache", "run", "c", "--", "ls"]);
+    assert_eq!(listed, "early", "the published cache changed after its release");
+}
+
+#[test]
+fn late_writers_never_reach_the_result_on_rsync() {
+    late_writers_never_reach_the_result(&Fixture::rsync(), &[]);
+}
+
+/// Without a cgroup, the process group and the subreaper alone end them.
+#[test]
+fn late_writers_never_reach_the_result_without_a_cgroup() {
+    late_writers_never_reach_the_result(&Fixture::rsync(), &[("SNAPSTORE_NO_CGROUP", "1")]);
+}
+
+/// Every file under `dir` with its contents, for comparing before and after.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path.clone());
+                all.push((path, Vec::new()));
+            } else {
+                all.push((path.clone(), fs::read(&path).unwrap()));
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
+/// An outside directory with a few files, and what it holds.
+fn outside_dir() -> (tempfile::TempDir, Vec<(PathBuf, Vec<u8>)>) {
+    let outside = tempfile::tempdir().unwrap();
+    fs::create_dir(outside.path().join("sub")).unwrap();
+    fs::write(outside.path().join("keep"), "precious\n").unwrap();
+    fs::write(outside.path().join("sub/deep"), vec![7u8; 10_000]).unwrap();
+    let before = snapshot(outside.path());
+    (outside, before)
+}
+
+#[test]
+fn a_bind_mount_left_in_a_build_is_detached_before_commit() {
+    a_bind_mount_is_detached_before_commit(&Fixture::rsync());
+}
+
+fn a_bind_mount_is_detached_before_commit(f: &Fixture) {
+    if !is_root() {
+        skip("bind mounts need root");
+        return;
+    }
+    let (outside, before) = outside_dir();
+    let _guard = DetachOnDrop(f.root.clone());
+    let script = format!("mkdir mnt && mount --bind {} mnt && echo built > f", outside.path().display());
+    let path = PathBuf::from(f.ok(&["build", "bm", "--", "sh", "-c", &script]));
+    assert!(mounts_under(&path).unwrap().is_empty(), "the result holds a mount");
+    assert!(fs::read_dir(path.join("mnt")).unwrap().next().is_none(), "the mount's files were copied in");
+    assert_eq!(fs::read_to_string(path.join("f")).unwrap(), "built\n");
+    f.ok(&["delete", "bm"]);
+    // A cache copy with a bind mount: published without it.
+    let script = format!("mkdir -p mnt && mount --bind {} mnt", outside.path().display());
+    f.ok(&["cache", "run", "c", "--", "sh", "-c", &script]);
+    f.ok(&["cache", "run", "c", "--", "true"]);
+    f.ok(&["cache", "delete", "c"]);
+    // A failed build with a mount: aborted, the outside kept.
+    let script = format!("mkdir mnt && mount --bind {} mnt && exit 3", outside.path().display());
+    assert_eq!(f.run(&["build", "failed", "--", "sh", "-c", &script]).status.code(), Some(3));
+    f.ok(&["complete-deletes"]);
+    assert!(mounts_under(&f.root).unwrap().is_empty(), "a mount is left in the store");
+    assert_eq!(snapshot(outside.path()), before, "data outside the store changed");
+}
+
+/// Detaches whatever a failed test left mounted in the store, before the
+/// temporary directories are removed (through the mount, otherwise).
+struct DetachOnDrop(PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = store_api::util::mounts::detach_mounts_under(&self.0);
+        }
+    }
+}
+
+/// The processes whose working directory is under `dir`.
+fn processes_inside(dir: &Path) -> Vec<String> {
+    let dir = fs::canonicalize(dir).unwrap();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+        .filter(|e| fs::read_link(e.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(&dir)))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn cgroups_usable() -> bool {
+    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    is_root() && table.lines().any(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup2 ")))
+}
+
+/// A writer that outlives a snapstore killed with SIGKILL is killed by
+/// the recovery that removes its tree (through the build's cgroup).
+#[test]
+fn a_killed_builds_leftovers_are_killed_by_recovery() {
+    leftovers_are_killed_by_recovery(&Fixture::rsync());
+}
+
+fn leftovers_are_killed_by_recovery(f: &Fixture) {
+    if !cgroups_usable() {
+        skip("finding a killed snapstore's leftovers needs a writable cgroup2 mount (root)");
+        return;
+    }
+    let (outside, before) = outside_dir();
+    let _guard = DetachOnDrop(f.root.clone());
+    let script = format!(
+        "mkdir mnt && mount --bind {} mnt; (while true; do echo x >> w; sleep 0.01; done) & sleep 100",
+        outside.path().display()
+    );
+    let mut child = f
+        .command(&["build", "k", "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let tmp = f.root.join("result-tmp");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_dir(&tmp).is_ok_and(|mut d| d.any(|e| e.unwrap().path().join("w").exists())) {
+        assert!(Instant::now() < deadline, "the build never started writing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!processes_inside(&f.root).is_empty(), "the writer should outlive snapstore until recovery");
+    f.ok(&["complete-deletes"]);
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "the dead build's tree is left");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(processes_inside(&f.root), Vec::<String>::new(), "processes still run in the store");
+    f.ok(&["complete-deletes"]);
+    assert!(mounts_under(&f.root).unwrap().is_empty());
+    assert_eq!(snapshot(outside.path()), before, "data outside the store changed");
+}
+
+fn all_scenarios(f: &Fixture) {
+    late_writers_never_reach_the_result(f, &[]);
+    a_bind_mount_is_detached_before_commit(f);
+    leftovers_are_killed_by_recovery(f);
+}
+
+#[test]
+fn sandboxes_on_xfs_reflink() {
+    let Some((_fs, f)) = loop_store(&["mkfs.xfs", "-q", "-m", "reflink=1"], "512M", "xfs-reflink", "") else {
+        return;
+    };
+    all_scenarios(&f);
+}
+
+#[test]
+fn sandboxes_on_btrfs() {
+    let Some((_fs, f)) = loop_store(&["mkfs.btrfs", "-q"], "512M", "btrfs", "") else { return };
+    all_scenarios(&f);
+}
+
+#[test]
+fn sandboxes_on_rsync_hardlink() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let text = "[store]\nbackend = \"rsync\"\nroot = \"store\"\n[backend]\nmode = \"hardlink\"\n";
+    all_scenarios(&Fixture::with_config(dir, &root, text));
+}
+
+/// The command runs in a process group of its own, which takes the
+/// terminal while it runs: it can read it, Ctrl-C reaches it, and the
+/// terminal is given back afterwards.
+#[test]
+fn a_command_on_a_terminal_can_read_it_and_gives_it_back() {
+    use std::io::Write;
+    if std::process::Command::new("script").arg("--version").output().is_err() {
+        skip("script (util-linux) is not installed: no pseudo-terminal to test with");
+        return;
+    }
+    let f = Fixture::rsync();
+    let snapstore = format!("{} --config {}", snapstore_bin().display(), f.config.display());
+    let line = format!(
+        "{snapstore} build tty -- sh -c 'read a; echo $a > f' && {snapstore} build int -- sleep 20; \
+         echo status=$?; {snapstore} result tty && echo after"
+    );
+    let mut child = std::process::Command::new("timeout")
+        .args(["60", "script", "-qec", &line, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f.root.join("result/tty").exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Time for the second build to start its command.
+    std::thread::sleep(Duration::from_secs(1));
+    stdin.write_all(b"\x03").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("status=130") && text.contains("after"), "{text}");
+    assert_eq!(f.read_result("tty", "f"), "hello\n");
+    assert_eq!(f.result("int"), None);
+}
