@@ -78,8 +78,8 @@ pub fn run(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Stress
 fn job(store: &BlockingStore, prefix: &str, cache: &str, digits: &[u64]) -> Result<(), String> {
     let mut base: Option<String> = None;
     let mut expected = String::new();
-    for step in 0..digits.len() {
-        let digit = digits[step].to_string();
+    for digit in digits {
+        let digit = digit.to_string();
         expected.push_str(&digit);
         let id = format!("{prefix}-{}", &expected);
         if store.result(&id).map_err(|e| e.to_string())?.is_none() {
