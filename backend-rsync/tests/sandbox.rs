@@ -5,11 +5,12 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use snapstore_rsync::Rsync;
 use store_api::{Key, SnapshotBackend};
+use test_support::sandbox::{bind, mounts_below, run_test_as_nobody, Outside, Unmount, NOBODY};
 
 const MODES: [&str; 3] = ["copy", "hardlink", "hardlink_unsafe"];
 
@@ -35,60 +36,6 @@ fn can_run(test: &str) -> bool {
     false
 }
 
-/// Every file below `dir` with its content, sorted: compared before and after.
-fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.push((path.clone(), Vec::new()));
-            out.extend(contents(&path));
-        } else {
-            out.push((path.clone(), fs::read(&path).unwrap()));
-        }
-    }
-    out.sort();
-    out
-}
-
-/// A directory outside the store, with data that must survive.
-fn outside(base: &Path) -> (PathBuf, Vec<(PathBuf, Vec<u8>)>) {
-    let dir = base.join("outside");
-    fs::create_dir_all(dir.join("sub")).unwrap();
-    fs::write(dir.join("precious"), b"do not delete").unwrap();
-    fs::write(dir.join("sub/more"), vec![7u8; 10_000]).unwrap();
-    let before = contents(&dir);
-    (dir, before)
-}
-
-fn bind(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    let status = Command::new("mount").arg("--bind").arg(from).arg(to).status().unwrap();
-    assert!(status.success(), "mount --bind {} {}", from.display(), to.display());
-}
-
-/// Mount points at or below `dir`.
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let dir = fs::canonicalize(dir).unwrap().display().to_string();
-    table
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&dir))
-        .map(String::from)
-        .collect()
-}
-
-/// Detaches what a failed test left mounted, so the temp dir can go.
-struct Unmount(PathBuf);
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        for point in mounts_below(&self.0).iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(point).status();
-        }
-    }
-}
-
 #[test]
 fn removing_a_tree_never_deletes_through_a_bind_mount() {
     if !can_run("removing_a_tree_never_deletes_through_a_bind_mount") {
@@ -97,7 +44,7 @@ fn removing_a_tree_never_deletes_through_a_bind_mount() {
     for mode in MODES {
         let dir = tempfile::tempdir().unwrap();
         let _unmount = Unmount(dir.path().to_path_buf());
-        let (outside, before) = outside(dir.path());
+        let outside = Outside::new(&dir.path().join("outside"));
         let root = dir.path().join("store");
         let backend = open(&root, mode);
         // A build's tree, a result and a cache generation, each holding a
@@ -107,7 +54,7 @@ fn removing_a_tree_never_deletes_through_a_bind_mount() {
         {
             let tree = backend.create(&key(tmp), None).unwrap();
             fs::write(tree.join("own"), b"x").unwrap();
-            bind(&outside, &tree.join("deep/mnt"));
+            bind(&outside.path, &tree.join("deep/mnt"));
             let doomed = match committed {
                 Some(dst) => {
                     backend.commit(&key(tmp), &key(dst), None).unwrap();
@@ -117,7 +64,7 @@ fn removing_a_tree_never_deletes_through_a_bind_mount() {
             };
             backend.remove(&doomed).unwrap();
             assert_eq!(backend.path(&doomed).unwrap(), None, "{mode}: {doomed} is gone");
-            assert_eq!(contents(&outside), before, "{mode}: removing {doomed} kept the outside data");
+            outside.assert_intact(&format!("{mode}: removing {doomed} kept the outside data"));
             assert!(mounts_below(&root).is_empty(), "{mode}: the mount under {doomed} is gone");
         }
         backend.complete_deletes().unwrap();
@@ -133,17 +80,17 @@ fn hardlink_commit_never_copies_or_deletes_through_a_bind_mount() {
     for mode in ["hardlink", "hardlink_unsafe"] {
         let dir = tempfile::tempdir().unwrap();
         let _unmount = Unmount(dir.path().to_path_buf());
-        let (outside, before) = outside(dir.path());
+        let outside = Outside::new(&dir.path().join("outside"));
         let root = dir.path().join("store");
         let backend = open(&root, mode);
         let base = backend.create(&key("result-tmp/base"), None).unwrap();
         fs::write(base.join("shared"), b"same").unwrap();
         backend.commit(&key("result-tmp/base"), &key("result/base"), None).unwrap();
         let tree = backend.clone_tree(&key("result/base"), &key("result-tmp/t")).unwrap();
-        bind(&outside, &tree.join("mnt"));
+        bind(&outside.path, &tree.join("mnt"));
         let result =
             backend.commit(&key("result-tmp/t"), &key("result/t"), Some(&key("result/base"))).unwrap();
-        assert_eq!(contents(&outside), before, "{mode}: the commit kept the outside data");
+        outside.assert_intact(&format!("{mode}: the commit kept the outside data"));
         assert!(mounts_below(&root).is_empty(), "{mode}: no mount is left in the store");
         assert_eq!(
             fs::read_dir(result.join("mnt")).unwrap().count(),
@@ -163,17 +110,17 @@ fn a_clone_never_reads_through_a_bind_mount() {
     for mode in MODES {
         let dir = tempfile::tempdir().unwrap();
         let _unmount = Unmount(dir.path().to_path_buf());
-        let (outside, before) = outside(dir.path());
+        let outside = Outside::new(&dir.path().join("outside"));
         let root = dir.path().join("store");
         let backend = open(&root, mode);
         let tree = backend.create(&key("result-tmp/t"), None).unwrap();
-        bind(&outside, &tree.join("mnt"));
+        bind(&outside.path, &tree.join("mnt"));
         backend.commit(&key("result-tmp/t"), &key("result/r"), None).unwrap();
         let err = backend.clone_tree(&key("result/r"), &key("result-tmp/c")).unwrap_err();
         assert!(err.message().contains("mount point") && !err.message().contains('\n'), "{mode}: {err}");
         assert_eq!(backend.path(&key("result-tmp/c")).unwrap(), None, "{mode}: nothing copied");
         backend.remove(&key("result/r")).unwrap();
-        assert_eq!(contents(&outside), before, "{mode}: the outside data is intact");
+        outside.assert_intact(&format!("{mode}: the outside data is intact"));
     }
 }
 
@@ -238,7 +185,7 @@ fn a_stuck_trash_entry_is_reported_once_and_blocks_nothing() {
     fs::write(trash.join("del-stuck/roots/file"), b"root's").unwrap();
     fs::create_dir_all(trash.join("del-fine/sub")).unwrap();
     fs::write(trash.join("del-fine/sub/file"), b"x").unwrap();
-    let nobody = 65534;
+    let nobody = NOBODY;
     let own = |p: &Path| std::os::unix::fs::chown(p, Some(nobody), Some(nobody)).unwrap();
     for path in
         [&root, &trash, &trash.join("del-stuck"), &trash.join("del-fine"), &trash.join("del-fine/sub")]
@@ -249,18 +196,7 @@ fn a_stuck_trash_entry_is_reported_once_and_blocks_nothing() {
     for path in ["result", "result-tmp", "cache", "cache-tmp"] {
         own(&root.join(path));
     }
-    let run = || {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "complete_deletes_as_another_user", "--nocapture", "--test-threads=1"])
-            .env("SNAPSTORE_TEST_STORE", &root)
-            .uid(nobody)
-            .gid(nobody)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "complete_deletes failed: {stderr}");
-        stderr.lines().filter(|l| l.starts_with("warning:")).map(String::from).collect::<Vec<_>>()
-    };
+    let run = || run_test_as_nobody("complete_deletes_as_another_user", &root);
     let first = run();
     assert!(!trash.join("del-fine").exists(), "the other entry was deleted");
     assert_eq!(first.len(), 1, "reported once: {first:?}");
@@ -274,8 +210,6 @@ fn a_stuck_trash_entry_is_reported_once_and_blocks_nothing() {
     assert!(open(&root, "copy").complete_deletes().is_ok(), "root can delete it later");
     assert_eq!(fs::read_dir(&trash).unwrap().count(), 0);
 }
-
-use std::os::unix::process::CommandExt;
 
 /// The other side of the test above, run in a child process as `nobody`;
 /// outside of it (no `SNAPSTORE_TEST_STORE`) it has nothing to do.

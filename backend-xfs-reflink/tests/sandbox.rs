@@ -7,72 +7,15 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::LoopFs;
 use store_api::{ErrorKind, Key, SnapshotBackend};
+use test_support::sandbox::{bind, mounts_below, run_test_as_nobody, Outside, Unmount, NOBODY};
 
 fn key(s: &str) -> Key {
     Key::parse(s).unwrap()
-}
-
-/// Every file below `dir` with its content, sorted: compared before and after.
-fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.push((path.clone(), Vec::new()));
-            out.extend(contents(&path));
-        } else {
-            out.push((path.clone(), fs::read(&path).unwrap()));
-        }
-    }
-    out.sort();
-    out
-}
-
-/// A directory with data that must survive, at `dir`.
-fn precious(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    fs::create_dir_all(dir.join("sub")).unwrap();
-    fs::write(dir.join("precious"), b"do not delete").unwrap();
-    fs::write(dir.join("sub/more"), vec![7u8; 100_000]).unwrap();
-    contents(dir)
-}
-
-fn bind(from: &Path, to: &Path) {
-    if from.is_dir() {
-        fs::create_dir_all(to).unwrap();
-    } else {
-        fs::write(to, b"").unwrap();
-    }
-    let status = Command::new("mount").arg("--bind").arg(from).arg(to).status().unwrap();
-    assert!(status.success(), "mount --bind {} {}", from.display(), to.display());
-}
-
-/// Mount points at or below `dir`.
-fn mounts_below(dir: &Path) -> Vec<String> {
-    let table = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let dir = fs::canonicalize(dir).unwrap().display().to_string() + "/";
-    table
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&dir))
-        .map(String::from)
-        .collect()
-}
-
-/// Detaches what a failed test left mounted below `0` (declare it after
-/// the `LoopFs`, so that it runs first).
-struct Unmount(PathBuf);
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        for point in mounts_below(&self.0).iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(point).status();
-        }
-    }
 }
 
 #[test]
@@ -85,7 +28,7 @@ fn removing_a_tree_never_deletes_through_a_bind_mount() {
     let other_fs = tempfile_dir();
     // One outside directory on the same filesystem (same st_dev), one on another.
     let (same_fs, other) = (lfs.mnt.join("outside"), other_fs.join("outside"));
-    let (before_same, before_other) = (precious(&same_fs), precious(&other));
+    let (same_fs, other) = (Outside::new(&same_fs), Outside::new(&other));
     let backend = lfs.open("");
     // A build's tree, a result and a cache generation, each holding bind mounts.
     for (tmp, committed) in
@@ -93,9 +36,9 @@ fn removing_a_tree_never_deletes_through_a_bind_mount() {
     {
         let tree = backend.create(&key(tmp), None).unwrap();
         fs::write(tree.join("own"), b"x").unwrap();
-        bind(&same_fs, &tree.join("deep/same"));
-        bind(&other, &tree.join("other"));
-        bind(&same_fs.join("precious"), &tree.join("file"));
+        bind(&same_fs.path, &tree.join("deep/same"));
+        bind(&other.path, &tree.join("other"));
+        bind(&same_fs.path.join("precious"), &tree.join("file"));
         let doomed = match committed {
             Some(dst) => {
                 backend.commit(&key(tmp), &key(dst), None).unwrap();
@@ -105,8 +48,8 @@ fn removing_a_tree_never_deletes_through_a_bind_mount() {
         };
         backend.remove(&doomed).unwrap();
         assert_eq!(backend.path(&doomed).unwrap(), None, "{doomed} is gone");
-        assert_eq!(contents(&same_fs), before_same, "removing {doomed} kept the outside data");
-        assert_eq!(contents(&other), before_other, "removing {doomed} kept the outside data");
+        same_fs.assert_intact(&format!("removing {doomed}"));
+        other.assert_intact(&format!("removing {doomed}"));
         assert!(mounts_below(&lfs.root()).is_empty(), "the mounts under {doomed} are gone");
     }
     backend.complete_deletes().unwrap();
@@ -120,10 +63,9 @@ fn a_clone_never_crosses_a_bind_mount() {
         return;
     };
     let _unmount = Unmount(lfs.mnt.clone());
-    let outside = lfs.mnt.join("outside");
-    let before = precious(&outside);
+    let outside = Outside::new(&lfs.mnt.join("outside"));
     let backend = lfs.open("");
-    for (point, from) in [("dir", outside.clone()), ("file", outside.join("precious"))] {
+    for (point, from) in [("dir", outside.path.clone()), ("file", outside.path.join("precious"))] {
         let tree = backend.create(&key("result-tmp/t"), None).unwrap();
         bind(&from, &tree.join(point));
         backend.commit(&key("result-tmp/t"), &key("result/r"), None).unwrap();
@@ -132,7 +74,7 @@ fn a_clone_never_crosses_a_bind_mount() {
         assert!(err.message().contains("mount point") && !err.message().contains('\n'), "{err}");
         assert_eq!(backend.path(&key("result-tmp/c")).unwrap(), None, "{point}: no half clone is left");
         backend.remove(&key("result/r")).unwrap();
-        assert_eq!(contents(&outside), before, "{point}: the outside data is intact");
+        outside.assert_intact(point);
     }
 }
 
@@ -179,7 +121,7 @@ fn a_stuck_trash_entry_is_reported_once_and_blocks_nothing() {
     fs::write(trash.join("del-stuck/roots/file"), b"root's").unwrap();
     fs::create_dir_all(trash.join("del-fine/sub")).unwrap();
     fs::write(trash.join("del-fine/sub/file"), b"x").unwrap();
-    let nobody = 65534;
+    let nobody = NOBODY;
     fs::set_permissions(&lfs.mnt, fs::Permissions::from_mode(0o755)).unwrap();
     let own = |p: &str| std::os::unix::fs::chown(root.join(p), Some(nobody), Some(nobody)).unwrap();
     for path in
@@ -187,18 +129,7 @@ fn a_stuck_trash_entry_is_reported_once_and_blocks_nothing() {
     {
         own(path);
     }
-    let run = || {
-        let out = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "complete_deletes_as_another_user", "--nocapture", "--test-threads=1"])
-            .env("SNAPSTORE_TEST_STORE", &root)
-            .uid(nobody)
-            .gid(nobody)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "complete_deletes failed: {stderr}");
-        stderr.lines().filter(|l| l.starts_with("warning:")).map(String::from).collect::<Vec<_>>()
-    };
+    let run = || run_test_as_nobody("complete_deletes_as_another_user", &root);
     let first = run();
     assert!(!trash.join("del-fine").exists(), "the other entry was deleted");
     assert_eq!(first.len(), 1, "reported once: {first:?}");

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use snapstore::internal::FAULT_POINTS as POINTS;
 use support::*;
+use test_support::sandbox::Outside;
 
 fn killed(out: &Output) -> bool {
     out.status.signal() == Some(9)
@@ -286,24 +287,6 @@ fn full_disk_on_btrfs() {
     full_disk(&f, 60, true);
 }
 
-/// Every file and directory under `dir` with its contents.
-fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
-    let mut all = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            let contents = if path.is_dir() { Vec::new() } else { fs::read(&path).unwrap() };
-            if path.is_dir() {
-                stack.push(path.clone());
-            }
-            all.push((path, contents));
-        }
-    }
-    all.sort();
-    all
-}
-
 /// Detaches whatever a failed test left mounted in the store.
 struct DetachOnDrop(std::path::PathBuf);
 
@@ -323,12 +306,9 @@ fn mounts_survive_crashes(f: &Fixture) {
         skip("bind mounts need root");
         return;
     }
-    let outside = tempfile::tempdir().unwrap();
-    fs::create_dir(outside.path().join("sub")).unwrap();
-    fs::write(outside.path().join("keep"), "precious\n").unwrap();
-    fs::write(outside.path().join("sub/deep"), vec![7u8; 100_000]).unwrap();
-    let before = snapshot(outside.path());
-    let out_dir = outside.path().display().to_string();
+    let outside_tmp = tempfile::tempdir().unwrap();
+    let outside = Outside::new(outside_tmp.path());
+    let out_dir = outside.path.display().to_string();
     f.ok(&["build", "base", "--", "sh", "-c", "echo ok > output"]);
     let _guard = DetachOnDrop(f.root.clone());
     let mount = format!("mkdir -p mnt && mount --bind {out_dir} mnt");
@@ -346,7 +326,7 @@ fn mounts_survive_crashes(f: &Fixture) {
             deaths += killed(&out) as usize;
         }
         f.ok(&["complete-deletes"]);
-        assert_eq!(snapshot(outside.path()), before, "killed at {point}: the outside directory changed");
+        outside.assert_intact(&format!("killed at {point}"));
     }
     assert!(deaths >= POINTS.len(), "only {deaths} crashes were injected");
     // Killed while the command runs, its mount in place and a writer behind.
@@ -358,21 +338,19 @@ fn mounts_survive_crashes(f: &Fixture) {
         args.extend(["--", "sh", "-c", &script]);
         let mut child = f.command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !fs::read_dir(outside.path())
-            .unwrap()
-            .any(|e| e.unwrap().file_name() == *format!("mounted-{n}"))
+        while !fs::read_dir(&outside.path).unwrap().any(|e| e.unwrap().file_name() == *format!("mounted-{n}"))
         {
             assert!(Instant::now() < deadline, "the command never mounted");
             std::thread::sleep(Duration::from_millis(20));
         }
-        fs::remove_file(outside.path().join(format!("mounted-{n}"))).unwrap();
+        fs::remove_file(outside.path.join(format!("mounted-{n}"))).unwrap();
         child.kill().unwrap();
         child.wait().unwrap();
         f.ok(&["complete-deletes"]);
         // What the background writer may have added before the kill is not
         // the store's to remove: only the mount is the store's concern.
-        let _ = fs::remove_file(outside.path().join("w"));
-        assert_eq!(snapshot(outside.path()), before, "killed mid-command: the outside directory changed");
+        let _ = fs::remove_file(outside.path.join("w"));
+        outside.assert_intact("killed mid-command");
     }
     f.ok(&["cache", "delete", "c"]);
     f.ok(&["complete-deletes"]);
@@ -380,7 +358,7 @@ fn mounts_survive_crashes(f: &Fixture) {
         store_api::util::mounts::mounts_under(&f.root).unwrap().is_empty(),
         "a mount is left in the store"
     );
-    assert_eq!(snapshot(outside.path()), before);
+    outside.assert_intact("after the last recovery");
 }
 
 #[test]

@@ -86,7 +86,9 @@ fn hostile_names_through_the_cli_stay_inside_the_store() {
         let path = Path::new(v["path"].as_str().unwrap());
         assert!(
             path.starts_with(&f.root)
-                && !escapes(path.strip_prefix(&f.root).unwrap().to_str().unwrap().split('/').next_back().unwrap())
+                && !escapes(
+                    path.strip_prefix(&f.root).unwrap().to_str().unwrap().split('/').next_back().unwrap()
+                )
         );
         f.ok(&["cache", "release", v["lease"].as_str().unwrap()]);
         let out = f.run(&["build", name, "--", "true"]);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use store_api::util::mounts::mounts_under;
 use support::*;
+use test_support::sandbox::Outside;
 
 /// Commands that leave a writer behind in three ways: a plain background
 /// job, a new session (`setsid`), and a double fork (reparented away).
@@ -58,33 +59,11 @@ fn late_writers_never_reach_the_result_without_a_cgroup() {
     late_writers_never_reach_the_result(&Fixture::rsync(), &[("SNAPSTORE_NO_CGROUP", "1")]);
 }
 
-/// Every file under `dir` with its contents, for comparing before and after.
-pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut all = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path.clone());
-                all.push((path, Vec::new()));
-            } else {
-                all.push((path.clone(), fs::read(&path).unwrap()));
-            }
-        }
-    }
-    all.sort();
-    all
-}
-
-/// An outside directory with a few files, and what it holds.
-fn outside_dir() -> (tempfile::TempDir, Vec<(PathBuf, Vec<u8>)>) {
-    let outside = tempfile::tempdir().unwrap();
-    fs::create_dir(outside.path().join("sub")).unwrap();
-    fs::write(outside.path().join("keep"), "precious\n").unwrap();
-    fs::write(outside.path().join("sub/deep"), vec![7u8; 10_000]).unwrap();
-    let before = snapshot(outside.path());
-    (outside, before)
+/// An outside directory with a few files, in a temporary directory.
+fn outside_dir() -> (tempfile::TempDir, Outside) {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = Outside::new(dir.path());
+    (dir, outside)
 }
 
 #[test]
@@ -97,25 +76,25 @@ fn a_bind_mount_is_detached_before_commit(f: &Fixture) {
         skip("bind mounts need root");
         return;
     }
-    let (outside, before) = outside_dir();
+    let (_dir, outside) = outside_dir();
     let _guard = DetachOnDrop(f.root.clone());
-    let script = format!("mkdir mnt && mount --bind {} mnt && echo built > f", outside.path().display());
+    let script = format!("mkdir mnt && mount --bind {} mnt && echo built > f", outside.path.display());
     let path = PathBuf::from(f.ok(&["build", "bm", "--", "sh", "-c", &script]));
     assert!(mounts_under(&path).unwrap().is_empty(), "the result holds a mount");
     assert!(fs::read_dir(path.join("mnt")).unwrap().next().is_none(), "the mount's files were copied in");
     assert_eq!(fs::read_to_string(path.join("f")).unwrap(), "built\n");
     f.ok(&["delete", "bm"]);
     // A cache copy with a bind mount: published without it.
-    let script = format!("mkdir -p mnt && mount --bind {} mnt", outside.path().display());
+    let script = format!("mkdir -p mnt && mount --bind {} mnt", outside.path.display());
     f.ok(&["cache", "run", "c", "--", "sh", "-c", &script]);
     f.ok(&["cache", "run", "c", "--", "true"]);
     f.ok(&["cache", "delete", "c"]);
     // A failed build with a mount: aborted, the outside kept.
-    let script = format!("mkdir mnt && mount --bind {} mnt && exit 3", outside.path().display());
+    let script = format!("mkdir mnt && mount --bind {} mnt && exit 3", outside.path.display());
     assert_eq!(f.run(&["build", "failed", "--", "sh", "-c", &script]).status.code(), Some(3));
     f.ok(&["complete-deletes"]);
     assert!(mounts_under(&f.root).unwrap().is_empty(), "a mount is left in the store");
-    assert_eq!(snapshot(outside.path()), before, "data outside the store changed");
+    outside.assert_intact("data outside the store");
 }
 
 /// Detaches whatever a failed test left mounted in the store, before the
@@ -159,11 +138,11 @@ fn leftovers_are_killed_by_recovery(f: &Fixture) {
         skip("finding a killed snapstore's leftovers needs a writable cgroup2 mount (root)");
         return;
     }
-    let (outside, before) = outside_dir();
+    let (_dir, outside) = outside_dir();
     let _guard = DetachOnDrop(f.root.clone());
     let script = format!(
         "mkdir mnt && mount --bind {} mnt; (while true; do echo x >> w; sleep 0.01; done) & sleep 100",
-        outside.path().display()
+        outside.path.display()
     );
     let mut child = f
         .command(&["build", "k", "--", "sh", "-c", &script])
@@ -186,7 +165,7 @@ fn leftovers_are_killed_by_recovery(f: &Fixture) {
     assert_eq!(processes_inside(&f.root), Vec::<String>::new(), "processes still run in the store");
     f.ok(&["complete-deletes"]);
     assert!(mounts_under(&f.root).unwrap().is_empty());
-    assert_eq!(snapshot(outside.path()), before, "data outside the store changed");
+    outside.assert_intact("data outside the store");
 }
 
 fn all_scenarios(f: &Fixture) {

@@ -1,9 +1,11 @@
 //! Fixtures shared by the tests and benchmarks of every snapstore crate:
 //! loop-mounted filesystems ([`LoopFs`]) and file-backed ZFS pools
 //! ([`ZfsPool`]), each removed again by its `Drop` (also when a test
-//! panics), and the loud skip that a test needing root or a tool uses.
+//! panics), what sandboxes leave in trees ([`sandbox`]), and the loud skip
+//! that a test needing root or a tool uses.
 
 mod loop_fs;
+pub mod sandbox;
 mod zfs_pool;
 
 use std::process::Command;
