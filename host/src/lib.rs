@@ -42,7 +42,7 @@ pub use store_api::{ErrorKind, Owner, StoreError};
 #[doc(hidden)]
 pub mod internal {
     pub use crate::fault::POINTS as FAULT_POINTS;
-    pub use crate::loader::{find_plugins, Found, Plugin};
+    pub use crate::loader::{find_plugins, search_path, Found, Plugin};
     pub use crate::names::{check_id, escape_cache_name, is_hashed, parse_owner, unescape_cache_name};
     pub use crate::stress::{run as stress, StressReport};
 

@@ -9,25 +9,33 @@ use snapstore::internal::{find_plugins, parse_owner};
 use snapstore::{BlockingStore, Config, LeaseKind, Owner, PruneOptions, ReleaseMode, Released, StoreError};
 
 use super::args::{CacheCmd, Cli, Cmd, SortBy};
-use super::output::{backends_text, check_text, listing_text, to_json, Output};
+use super::output::{backends_text, check_text, listing_text, to_json, Output, StdoutToStderr};
+use super::{exit, info};
 
 /// Runs the command `cli` names.
 pub fn run(cli: &Cli) -> Result<Output, StoreError> {
     match &cli.command {
-        Cmd::Build { id, base, command } => build(&open(cli)?, base.as_deref(), id, command),
+        Cmd::Build { id, base, command } => build(&open(cli)?, base.as_deref(), id, command, cli.json),
         Cmd::Result { id } => result(&open(cli)?, id, cli.json),
-        Cmd::Delete { id } => open(cli)?.delete(id).map(|()| Output::none()),
-        Cmd::Cache(cmd) => cache(&open(cli)?, cmd),
-        Cmd::Df => df(&open(cli)?),
+        Cmd::Delete { id } => {
+            open(cli)?.delete(id).map(|()| Output::new(json!({"id": id, "deleted": true}), ""))
+        }
+        Cmd::Cache(cmd) => cache(&open(cli)?, cmd, cli.json),
+        Cmd::Df => info::df(&open(cli)?),
         Cmd::Root => Ok(Output::path("root", open(cli)?.root())),
         Cmd::StateDir => Ok(Output::path("state_dir", &open(cli)?.state_dir())),
-        Cmd::CompleteDeletes => open(cli)?.complete_deletes().map(|()| Output::none()),
-        Cmd::List { sort } => list(&open(cli)?, *sort),
+        Cmd::CompleteDeletes => {
+            open(cli)?.complete_deletes().map(|()| Output::new(json!({"completed": true}), ""))
+        }
+        Cmd::List { sort, reverse } => list(&open(cli)?, *sort, *reverse),
         Cmd::Prune { limit, older_than, until_free } => {
             let options = PruneOptions { limit: *limit, older_than: *older_than, until_free: *until_free };
             prune(&open(cli)?, &options, cli.json)
         }
         Cmd::Check => check(cli),
+        Cmd::Info => info::info(cli),
+        Cmd::Completions { shell } => Ok(info::completions(*shell)),
+        Cmd::Man => info::man(),
         Cmd::Backends => backends(cli),
         Cmd::Conformance => conformance(&open(cli)?, cli.json),
         Cmd::Stress { jobs, parallel } => stress(&open(cli)?, *jobs, *parallel),
@@ -43,16 +51,20 @@ fn build(
     base: Option<&str>,
     id: &str,
     command: &[String],
+    as_json: bool,
 ) -> Result<Output, StoreError> {
     let build = store.begin_build(base, id)?;
-    let status = supervise::run(command, build.path(), build.tree())?;
+    let status = {
+        let _quiet = StdoutToStderr::new(as_json);
+        supervise::run(command, build.path(), build.tree())?
+    };
     if status != 0 {
         build.abort()?;
         eprintln!("error: `{}` failed with status {status}; result `{id}` not recorded", command[0]);
-        return Ok(Output { status, ..Output::none() });
+        return Ok(Output::with_status(json!({"id": id, "path": null, "status": status}), "", status));
     }
     let path = build.commit()?;
-    Ok(Output::new(json!({"id": id, "path": path}), path.display().to_string()))
+    Ok(Output::new(json!({"id": id, "path": path, "status": 0}), path.display().to_string()))
 }
 
 fn result(store: &BlockingStore, id: &str, as_json: bool) -> Result<Output, StoreError> {
@@ -63,17 +75,14 @@ fn result(store: &BlockingStore, id: &str, as_json: bool) -> Result<Output, Stor
     }
 }
 
-fn df(store: &BlockingStore) -> Result<Output, StoreError> {
-    let free = store.df()?;
-    Ok(Output::new(json!({ "free_percent": free }), format!("{free:.1}")))
-}
-
-fn cache(store: &BlockingStore, cmd: &CacheCmd) -> Result<Output, StoreError> {
+fn cache(store: &BlockingStore, cmd: &CacheCmd, as_json: bool) -> Result<Output, StoreError> {
     match cmd {
         CacheCmd::Acquire { name, user } => cache_acquire(store, name, owner(user)?),
         CacheCmd::Release { lease, discard } => cache_release(store, lease, *discard),
-        CacheCmd::Run { name, user, command } => cache_run(store, name, owner(user)?, command),
-        CacheCmd::Delete { name } => store.delete_cache(name).map(|()| Output::none()),
+        CacheCmd::Run { name, user, command } => cache_run(store, name, owner(user)?, command, as_json),
+        CacheCmd::Delete { name } => {
+            store.delete_cache(name).map(|()| Output::new(json!({"cache": name, "deleted": true}), ""))
+        }
     }
 }
 
@@ -99,10 +108,14 @@ fn cache_run(
     name: &str,
     owner: Option<Owner>,
     command: &[String],
+    as_json: bool,
 ) -> Result<Output, StoreError> {
     let lease = store.acquire_cache(name, owner, LeaseKind::BoundToProcess)?;
     let copy = store_api::Key::new(store_api::Namespace::CacheTmp, &lease.id)?;
-    let status = supervise::run(command, &lease.path, &copy);
+    let status = {
+        let _quiet = StdoutToStderr::new(as_json);
+        supervise::run(command, &lease.path, &copy)
+    };
     // Released whatever the command's status: the copy is published
     // unless the cache changed meanwhile.
     let released = store.release(lease)?;
@@ -112,12 +125,15 @@ fn cache_run(
     Ok(Output::with_status(json, "", status))
 }
 
-fn list(store: &BlockingStore, sort: SortBy) -> Result<Output, StoreError> {
+fn list(store: &BlockingStore, sort: SortBy, reverse: bool) -> Result<Output, StoreError> {
     let mut listing = store.list()?;
     match sort {
         SortBy::Id => {}
         SortBy::Created => listing.results.sort_by(|a, b| a.created.total_cmp(&b.created)),
         SortBy::LastUsed => listing.results.sort_by(|a, b| a.last_used.total_cmp(&b.last_used)),
+    }
+    if reverse {
+        listing.results.reverse();
     }
     Ok(Output::new(to_json(&listing)?, listing_text(&listing)))
 }
@@ -157,7 +173,7 @@ fn conformance(store: &BlockingStore, as_json: bool) -> Result<Output, StoreErro
     let failures = report.failures();
     let text = format!("{} cases, {failures} failed", report.cases.len());
     let json = json!({"backend": store.backend_name(), "cases": cases, "failures": failures});
-    Ok(Output::with_status(json, text, if failures == 0 { 0 } else { 1 }))
+    Ok(Output::with_status(json, text, if failures == 0 { 0 } else { exit::FAILED_CASES }))
 }
 
 fn stress(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Output, StoreError> {
@@ -169,7 +185,7 @@ fn stress(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Output,
     for e in &report.errors {
         eprintln!("error: {e}");
     }
-    let status = if report.failures == 0 { 0 } else { 1 };
+    let status = if report.failures == 0 { 0 } else { exit::FAILED_CASES };
     Ok(Output::with_status(to_json(&report)?, text, status))
 }
 

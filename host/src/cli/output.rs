@@ -1,5 +1,6 @@
 //! What a command prints: one JSON object with `--json`, else text lines.
 
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use serde_json::json;
@@ -18,10 +19,6 @@ impl Output {
         Output { json, text: text.into(), status: 0 }
     }
 
-    pub fn none() -> Self {
-        Output { json: serde_json::Value::Null, text: String::new(), status: 0 }
-    }
-
     /// Data and an exit status.
     pub fn with_status(json: serde_json::Value, text: impl Into<String>, status: u8) -> Self {
         Output { json, text: text.into(), status }
@@ -34,12 +31,66 @@ impl Output {
 
     /// Prints the data in the form asked for; returns the exit status.
     pub fn print(&self, as_json: bool) -> u8 {
-        if as_json && !self.json.is_null() {
-            println!("{}", self.json);
-        } else if !as_json && !self.text.is_empty() {
-            println!("{}", self.text.trim_end());
+        if as_json {
+            // Every command prints exactly one object.
+            let json = if self.json.is_null() { json!({}) } else { self.json.clone() };
+            print_line(&json.to_string());
+        } else if !self.text.is_empty() {
+            print_line(self.text.trim_end());
         }
         self.status
+    }
+}
+
+/// Reports a failure of snapstore itself: a line `error: ...` on stderr
+/// and, with `--json`, `{"error": {"kind", "message", "exit"}}` on stdout.
+/// Returns the exit status.
+pub fn print_error(message: &str, status: u8, as_json: bool) -> u8 {
+    eprintln!("error: {message}");
+    if as_json {
+        let kind = super::exit::kind_name(status);
+        print_line(&json!({"error": {"kind": kind, "message": message, "exit": status}}).to_string());
+    }
+    status
+}
+
+/// A line on stdout; a reader that went away (`snapstore man | head`) is
+/// not an error worth a panic.
+fn print_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// While alive, what is written to stdout goes to stderr: a build's or a
+/// cache run's command must not mix its output into snapstore's JSON.
+pub struct StdoutToStderr {
+    saved: Option<std::os::fd::OwnedFd>,
+}
+
+impl StdoutToStderr {
+    pub fn new(active: bool) -> Self {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        if !active {
+            return StdoutToStderr { saved: None };
+        }
+        let _ = std::io::stdout().flush();
+        let saved = nix::unistd::dup(1)
+            .ok()
+            // SAFETY: `dup` returned a new descriptor that nothing else owns.
+            .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        if saved.is_some() {
+            let _ = nix::unistd::dup2(2, 1);
+        }
+        StdoutToStderr { saved }
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = nix::unistd::dup2(saved.as_raw_fd(), 1);
+        }
     }
 }
 
