@@ -99,30 +99,55 @@ pub fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value, Store
     serde_json::to_value(value).map_err(|e| StoreError::other(e.to_string()))
 }
 
-/// `snapstore list`: a line per result, cache and lease.
+/// `snapstore list`: a table each of results, caches and leases, with a
+/// header; empty tables are left out.
 pub fn listing_text(listing: &Listing) -> String {
-    let mut text = String::new();
     let when = |t: f64| {
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
         humantime::format_rfc3339_seconds(time).to_string()
     };
-    for r in &listing.results {
-        let base = r.base.as_deref().map(|b| format!(" base {b}")).unwrap_or_default();
-        text += &format!(
-            "result {} created {} used {}{base} {}\n",
-            r.id,
+    let results = listing.results.iter().map(|r| {
+        let base = r.base.clone().unwrap_or_else(|| "-".into());
+        vec![
+            r.id.clone(),
+            base,
+            r.children.to_string(),
             when(r.created),
             when(r.last_used),
-            r.path.display()
-        );
-    }
-    for c in &listing.caches {
-        text += &format!("cache {:?} generation {}\n", c.name, c.generation);
-    }
-    for l in &listing.leases {
+            r.path.display().to_string(),
+        ]
+    });
+    let caches = listing.caches.iter().map(|c| vec![c.name.clone(), c.generation.to_string()]);
+    let leases = listing.leases.iter().map(|l| {
         let kind = if l.record.bound { "bound" } else { "held" };
-        text +=
-            &format!("lease {} cache {:?} {kind} age {}s\n", l.record.lease, l.record.cache, l.age_seconds);
+        vec![l.record.lease.clone(), l.record.cache.clone(), kind.into(), format!("{}s", l.age_seconds)]
+    });
+    let tables = [
+        table(&["RESULT", "BASE", "CHILDREN", "CREATED", "LAST USED", "PATH"], results.collect()),
+        table(&["CACHE", "GENERATION"], caches.collect()),
+        table(&["LEASE", "CACHE", "KIND", "AGE"], leases.collect()),
+    ];
+    tables.into_iter().filter(|t| !t.is_empty()).collect::<Vec<_>>().join("\n")
+}
+
+/// Rows under a header, in columns as wide as their widest cell; nothing
+/// if there are no rows.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut text = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        text += cells.join("  ").trim_end();
+        text += "\n";
     }
     text
 }
