@@ -28,6 +28,9 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.verbose);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        snapstore::internal::enable_progress();
+    }
     match commands::run(&cli) {
         Ok(out) => ExitCode::from(out.print(cli.json)),
         Err(err) => ExitCode::from(output::print_error(err.message(), exit::code(err.kind()), cli.json)),

@@ -266,3 +266,34 @@ fn list_shows_columns_children_and_sorts() {
     assert_eq!(ids(&["list", "--sort", "created"]), ["a", "b"]);
     assert_eq!(ids(&["list", "--sort", "created", "--reverse"]), ["b", "a"]);
 }
+
+#[test]
+fn a_wait_for_another_build_says_what_it_waits_for() {
+    if Command::new("script").arg("--version").output().is_err() {
+        skip("no `script` (util-linux) to give snapstore a terminal");
+        return;
+    }
+    let f = Fixture::rsync();
+    let mut first =
+        f.command(&["build", "x", "--", "sleep", "3"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    while !f.root.join(".snapstore/locks/build/x").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The second build of `x`, with stderr on a terminal, as an operator runs it.
+    let line = format!("{} --config {} build x -- true", snapstore_bin().display(), f.config.display());
+    let out = Command::new("script").args(["-qec", &line, "/dev/null"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let expected =
+        format!("waiting for result `x` (a build, clone or delete of it) held by process {}", first.id());
+    assert!(shown.contains(&expected), "{shown}");
+    first.wait().unwrap();
+    // Without a terminal, nothing of the kind.
+    let mut again =
+        f.command(&["build", "y", "--", "sleep", "2"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    while !f.root.join(".snapstore/locks/build/y").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = f.run(&["build", "y", "--", "true"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("waiting"), "{out:?}");
+    again.wait().unwrap();
+}

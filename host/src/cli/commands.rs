@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use snapstore::internal::supervise;
 use snapstore::internal::{find_plugins, parse_owner};
+use snapstore::internal::{supervise, Activity};
 use snapstore::{BlockingStore, Config, LeaseKind, Owner, PruneOptions, ReleaseMode, Released, StoreError};
 
 use super::args::{CacheCmd, Cli, Cmd, SortBy};
@@ -53,7 +53,13 @@ fn build(
     command: &[String],
     as_json: bool,
 ) -> Result<Output, StoreError> {
-    let build = store.begin_build(base, id)?;
+    let build = {
+        let _cloning = Activity::start(|| match base {
+            Some(base) => format!("cloning result `{base}` for `{id}`"),
+            None => format!("making an empty tree for `{id}`"),
+        });
+        store.begin_build(base, id)?
+    };
     let status = {
         let _quiet = StdoutToStderr::new(as_json);
         supervise::run(command, build.path(), build.tree())?
@@ -63,7 +69,10 @@ fn build(
         eprintln!("error: `{}` failed with status {status}; result `{id}` not recorded", command[0]);
         return Ok(Output::with_status(json!({"id": id, "path": null, "status": status}), "", status));
     }
-    let path = build.commit()?;
+    let path = {
+        let _saving = Activity::start(|| format!("saving result `{id}`"));
+        build.commit()?
+    };
     Ok(Output::new(json!({"id": id, "path": path, "status": 0}), path.display().to_string()))
 }
 
@@ -110,7 +119,10 @@ fn cache_run(
     command: &[String],
     as_json: bool,
 ) -> Result<Output, StoreError> {
-    let lease = store.acquire_cache(name, owner, LeaseKind::BoundToProcess)?;
+    let lease = {
+        let _copying = Activity::start(|| format!("copying cache `{name}`"));
+        store.acquire_cache(name, owner, LeaseKind::BoundToProcess)?
+    };
     let copy = store_api::Key::new(store_api::Namespace::CacheTmp, &lease.id)?;
     let status = {
         let _quiet = StdoutToStderr::new(as_json);
