@@ -222,6 +222,15 @@ pub fn find_plugins(config_dirs: &[PathBuf]) -> Vec<Found> {
                 continue;
             }
             found.push(match Plugin::load(&file) {
+                // Found by name, it would be refused: the names must agree.
+                Ok(plugin) if file.file_name() != Some(library_file_name(&plugin.info.name).as_ref()) => {
+                    let error = format!(
+                        "declares itself as `{}`: rename it to {} or name it by path",
+                        plugin.info.name,
+                        library_file_name(&plugin.info.name)
+                    );
+                    Found::Unusable { file, error }
+                }
                 Ok(plugin) => Found::Usable(plugin.info),
                 Err(err) => Found::Unusable { file, error: err.message().to_string() },
             });

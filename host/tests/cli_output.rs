@@ -297,3 +297,30 @@ fn a_wait_for_another_build_says_what_it_waits_for() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("waiting"), "{out:?}");
     again.wait().unwrap();
 }
+
+#[test]
+fn check_warns_of_missing_plugin_dirs_and_backends_of_misnamed_plugins() {
+    require_plugin("rsync");
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    // An rsync plugin saved under the btrfs plugin's name.
+    std::fs::copy(plugin_dir().join("libsnapstore_rsync.so"), plugins.join("libsnapstore_btrfs.so")).unwrap();
+    let text = "[store]\nroot = \"s\"\nplugin_dirs = [\"nowhere\", \"plugins\"]\n";
+    let root = dir.path().join("s");
+    let f = Fixture::with_config(dir, &root, text);
+    let check = f.json(&["check"]);
+    let warnings = check["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{check}");
+    assert!(warnings[0].as_str().unwrap().contains("nowhere"), "{check}");
+    assert!(f.ok(&["check"]).lines().any(|l| l.starts_with("warning:") && l.contains("nowhere")));
+    let backends = f.json(&["backends"]);
+    let misnamed = backends["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["file"] == plugins.join("libsnapstore_btrfs.so").to_str().unwrap())
+        .unwrap_or_else(|| panic!("not listed: {backends}"))
+        .clone();
+    assert!(misnamed["error"].as_str().unwrap().contains("declares itself as `rsync`"), "{misnamed}");
+}

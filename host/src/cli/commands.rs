@@ -155,8 +155,12 @@ fn check(cli: &Cli) -> Result<Output, StoreError> {
     let store = BlockingStore::open(&config)?;
     let plugin = store.plugin().expect("a store opened from a config has a plugin");
     let found = store.check()?;
-    let text = check_text(&config.file, plugin, store.root(), &found);
-    let json = json!({"config": config.file, "plugin": plugin, "root": store.root(), "checks": found});
+    let missing: Vec<String> = (config.plugin_dirs.iter().filter(|d| !d.is_dir()))
+        .map(|d| format!("plugin_dirs entry {} is not a directory; it is skipped", d.display()))
+        .collect();
+    let text = check_text(&config.file, plugin, store.root(), &found, &missing);
+    let json = json!({"config": config.file, "plugin": plugin, "root": store.root(), "checks": found,
+        "warnings": missing});
     Ok(Output::new(json, text))
 }
 

@@ -153,7 +153,13 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 /// `snapstore check`: where everything came from, and what was checked.
-pub fn check_text(config: &Path, plugin: &PluginInfo, root: &Path, found: &[String]) -> String {
+pub fn check_text(
+    config: &Path,
+    plugin: &PluginInfo,
+    root: &Path,
+    found: &[String],
+    warnings: &[String],
+) -> String {
     let mut text = format!(
         "config: {}\nbackend: {} {} (store-api {}) from {}\nroot: {}\n",
         config.display(),
@@ -165,6 +171,9 @@ pub fn check_text(config: &Path, plugin: &PluginInfo, root: &Path, found: &[Stri
     );
     for line in found {
         text += &format!("ok: {line}\n");
+    }
+    for line in warnings {
+        text += &format!("warning: {line}\n");
     }
     text
 }
