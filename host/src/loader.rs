@@ -180,7 +180,15 @@ impl Plugin {
         // prerequisite (a pool, a dataset), as on every backend.
         let short = |e: StoreError| {
             let kind = if e.kind() == ErrorKind::NOT_FOUND { ErrorKind::UNSUPPORTED } else { e.kind() };
-            StoreError::new(kind, crate::config::shorten(e.message()))
+            let mut message = crate::config::shorten(e.message());
+            if kind == ErrorKind::PERMISSION {
+                let uid = nix::unistd::geteuid();
+                message += &format!(
+                    "; the store root {root} must be writable by this user (uid {uid}): run snapstore as \
+                     the root's owner, or give the root to this user"
+                );
+            }
+            StoreError::new(kind, message)
         };
         Ok(match self.module {
             Module::Current(m) => {

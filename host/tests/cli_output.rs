@@ -324,3 +324,21 @@ fn check_warns_of_missing_plugin_dirs_and_backends_of_misnamed_plugins() {
         .clone();
     assert!(misnamed["error"].as_str().unwrap().contains("declares itself as `rsync`"), "{misnamed}");
 }
+
+#[test]
+fn an_unwritable_root_says_how_to_fix_it() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !is_root() {
+        skip("not root: cannot run snapstore as another user");
+        return;
+    }
+    let f = Fixture::rsync();
+    std::fs::set_permissions(f.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(&f.root).unwrap();
+    let mut as_nobody = f.command(&["build", "x", "--", "true"]);
+    let out = as_nobody.uid(65534).gid(65534).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "{stderr}");
+    assert!(stderr.contains("must be writable by this user (uid 65534)"), "{stderr}");
+}
