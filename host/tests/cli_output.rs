@@ -342,3 +342,19 @@ fn an_unwritable_root_says_how_to_fix_it() {
     assert_eq!(out.status.code(), Some(77), "{stderr}");
     assert!(stderr.contains("must be writable by this user (uid 65534)"), "{stderr}");
 }
+
+#[test]
+fn a_btrfs_root_elsewhere_is_reported_against_the_root() {
+    require_plugin("btrfs");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("not/yet/there");
+    let f = Fixture::with_config(dir, &root, "[store]\nbackend = \"btrfs\"\nroot = \"not/yet/there\"\n");
+    let out = f.run(&["check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        skip("the temporary directory is on btrfs");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(EXIT_UNAVAILABLE), "{stderr}");
+    assert!(stderr.contains(&format!("the store root {} would not be on btrfs", root.display())), "{stderr}");
+}
