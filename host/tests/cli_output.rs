@@ -184,6 +184,7 @@ fn completions_and_man_page_cover_every_subcommand() {
     let out = Command::new(snapstore_bin()).arg("man").output().unwrap();
     let page = String::from_utf8(out.stdout).unwrap();
     assert!(page.starts_with(".ie") && page.contains(".TH snapstore 1"), "not a man page: {page:.200}");
+    assert!(page.contains("Exit status") && page.contains("75"), "no exit statuses in the man page");
     for name in &names {
         assert!(page.contains(&format!("snapstore\\-{}", name.replace('-', "\\-"))), "man page lacks {name}");
     }

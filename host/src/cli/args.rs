@@ -133,7 +133,7 @@ fn long_version() -> String {
     let dirs: Vec<String> =
         snapstore::internal::search_path(&[]).iter().map(|d| d.display().to_string()).collect();
     format!(
-        "{}\nstore-api {}\nplugin search path: [plugin_dirs of the config:] {}",
+        "{}\nstore-api {}\nplugin search path (after the config's plugin_dirs): {}",
         env!("CARGO_PKG_VERSION"),
         store_api::API_VERSION,
         dirs.join(":")
