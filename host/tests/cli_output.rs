@@ -359,3 +359,20 @@ fn a_btrfs_root_elsewhere_is_reported_against_the_root() {
     assert_eq!(out.status.code(), Some(EXIT_UNAVAILABLE), "{stderr}");
     assert!(stderr.contains(&format!("the store root {} would not be on btrfs", root.display())), "{stderr}");
 }
+
+#[test]
+fn list_gives_sizes_on_request() {
+    let f = Fixture::rsync();
+    f.ok(&["build", "big", "--", "sh", "-c", "head -c 1000000 /dev/urandom > f"]);
+    f.ok(&["build", "small", "--", "sh", "-c", "echo x > f"]);
+    let plain = f.json(&["list"]);
+    assert!(plain["results"][0].get("size").is_none(), "sizes walked unasked: {plain}");
+    let listing = f.json(&["list", "--sort", "size", "--reverse"]);
+    let results = listing["results"].as_array().unwrap();
+    assert_eq!(results[0]["id"], "big", "{listing}");
+    let (big, small) = (results[0]["size"].as_u64().unwrap(), results[1]["size"].as_u64().unwrap());
+    assert!(big >= 1_000_000 && small < 100_000, "{listing}");
+    let text = f.ok(&["list", "--sizes"]);
+    assert!(text.lines().next().unwrap().contains("SIZE"), "{text}");
+    assert!(text.contains("MiB") || text.contains("KiB"), "{text}");
+}

@@ -75,6 +75,9 @@ pub enum Cmd {
         /// Reverse the order (e.g. most recently used first)
         #[arg(long)]
         reverse: bool,
+        /// Give each result's size (a walk of every tree: slow on big stores)
+        #[arg(long)]
+        sizes: bool,
     },
     /// Delete least-recently-used results that nothing is built on
     Prune {
@@ -148,6 +151,8 @@ pub enum SortBy {
     Created,
     /// Least recently used first
     LastUsed,
+    /// Smallest first (walks every tree, as --sizes)
+    Size,
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {

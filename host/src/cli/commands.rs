@@ -1,6 +1,7 @@
 //! The commands: each takes the parsed arguments, does its work through
 //! the library and returns what to print.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -10,6 +11,7 @@ use snapstore::{BlockingStore, Config, LeaseKind, Owner, PruneOptions, ReleaseMo
 
 use super::args::{CacheCmd, Cli, Cmd, SortBy};
 use super::output::{backends_text, check_text, listing_text, to_json, Output, StdoutToStderr};
+use super::sizes::tree_size;
 use super::{exit, info};
 
 /// Runs the command `cli` names.
@@ -27,7 +29,7 @@ pub fn run(cli: &Cli) -> Result<Output, StoreError> {
         Cmd::CompleteDeletes => {
             open(cli)?.complete_deletes().map(|()| Output::new(json!({"completed": true}), ""))
         }
-        Cmd::List { sort, reverse } => list(&open(cli)?, *sort, *reverse),
+        Cmd::List { sort, reverse, sizes } => list(&open(cli)?, *sort, *reverse, *sizes),
         Cmd::Prune { limit, older_than, until_free } => {
             let options = PruneOptions { limit: *limit, older_than: *older_than, until_free: *until_free };
             prune(&open(cli)?, &options, cli.json)
@@ -137,17 +139,26 @@ fn cache_run(
     Ok(Output::with_status(json, "", status))
 }
 
-fn list(store: &BlockingStore, sort: SortBy, reverse: bool) -> Result<Output, StoreError> {
+fn list(store: &BlockingStore, sort: SortBy, reverse: bool, sizes: bool) -> Result<Output, StoreError> {
     let mut listing = store.list()?;
+    let sizes: Option<HashMap<String, u64>> = (sizes || matches!(sort, SortBy::Size))
+        .then(|| listing.results.iter().map(|r| (r.id.clone(), tree_size(&r.path))).collect());
     match sort {
         SortBy::Id => {}
         SortBy::Created => listing.results.sort_by(|a, b| a.created.total_cmp(&b.created)),
         SortBy::LastUsed => listing.results.sort_by(|a, b| a.last_used.total_cmp(&b.last_used)),
+        SortBy::Size => listing.results.sort_by_key(|r| sizes.as_ref().map(|s| s[&r.id])),
     }
     if reverse {
         listing.results.reverse();
     }
-    Ok(Output::new(to_json(&listing)?, listing_text(&listing)))
+    let mut json = to_json(&listing)?;
+    if let (Some(sizes), Some(results)) = (&sizes, json["results"].as_array_mut()) {
+        for result in results {
+            result["size"] = json!(result["id"].as_str().map(|id| sizes[id]));
+        }
+    }
+    Ok(Output::new(json, listing_text(&listing, sizes.as_ref())))
 }
 
 fn check(cli: &Cli) -> Result<Output, StoreError> {

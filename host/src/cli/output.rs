@@ -1,5 +1,6 @@
 //! What a command prints: one JSON object with `--json`, else text lines.
 
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -101,29 +102,32 @@ pub fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value, Store
 
 /// `snapstore list`: a table each of results, caches and leases, with a
 /// header; empty tables are left out.
-pub fn listing_text(listing: &Listing) -> String {
+pub fn listing_text(listing: &Listing, sizes: Option<&HashMap<String, u64>>) -> String {
     let when = |t: f64| {
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
         humantime::format_rfc3339_seconds(time).to_string()
     };
     let results = listing.results.iter().map(|r| {
         let base = r.base.clone().unwrap_or_else(|| "-".into());
-        vec![
-            r.id.clone(),
-            base,
-            r.children.to_string(),
-            when(r.created),
-            when(r.last_used),
-            r.path.display().to_string(),
-        ]
+        let mut row = vec![r.id.clone(), base, r.children.to_string(), when(r.created), when(r.last_used)];
+        if let Some(sizes) = sizes {
+            row.push(indicatif::HumanBytes(sizes[&r.id]).to_string());
+        }
+        row.push(r.path.display().to_string());
+        row
     });
+    let mut result_header = vec!["RESULT", "BASE", "CHILDREN", "CREATED", "LAST USED"];
+    if sizes.is_some() {
+        result_header.push("SIZE");
+    }
+    result_header.push("PATH");
     let caches = listing.caches.iter().map(|c| vec![c.name.clone(), c.generation.to_string()]);
     let leases = listing.leases.iter().map(|l| {
         let kind = if l.record.bound { "bound" } else { "held" };
         vec![l.record.lease.clone(), l.record.cache.clone(), kind.into(), format!("{}s", l.age_seconds)]
     });
     let tables = [
-        table(&["RESULT", "BASE", "CHILDREN", "CREATED", "LAST USED", "PATH"], results.collect()),
+        table(&result_header, results.collect()),
         table(&["CACHE", "GENERATION"], caches.collect()),
         table(&["LEASE", "CACHE", "KIND", "AGE"], leases.collect()),
     ];
