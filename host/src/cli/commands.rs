@@ -102,7 +102,10 @@ fn owner(user: &Option<String>) -> Result<Option<Owner>, StoreError> {
 }
 
 fn cache_acquire(store: &BlockingStore, name: &str, owner: Option<Owner>) -> Result<Output, StoreError> {
-    let lease = store.acquire_cache(name, owner, LeaseKind::UntilReleased)?;
+    let lease = {
+        let _copying = Activity::start(|| format!("copying cache `{name}`"));
+        store.acquire_cache(name, owner, LeaseKind::UntilReleased)?
+    };
     let text = format!("{} {}", lease.id, lease.path.display());
     Ok(Output::new(json!({"lease": lease.id, "path": lease.path}), text))
 }
