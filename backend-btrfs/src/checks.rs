@@ -12,19 +12,29 @@ const MIN_KERNEL: (u32, u32) = (5, 8);
 /// Subvolume deletion, tree search and inode lookup need CAP_SYS_ADMIN.
 const CAP_SYS_ADMIN: u32 = 21;
 
-/// Checks that `path` is on btrfs, that the kernel is recent enough and
-/// that we have the needed privileges. Returns what was found.
-pub fn check_environment(path: &Path) -> Result<Vec<String>, StoreError> {
+/// Checks that the store root `root` is (or would be made) on btrfs, that
+/// the kernel is recent enough and that we have the needed privileges.
+/// Returns what was found.
+pub fn check_environment(root: &Path) -> Result<Vec<String>, StoreError> {
+    // The nearest existing directory: nothing is created on the wrong filesystem.
+    let path = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     let fs = statfs(path).map_err(|err| {
         StoreError::io(format!("cannot statfs {}", path.display()), &std::io::Error::from(err))
     })?;
     if fs.filesystem_type() != BTRFS_SUPER_MAGIC {
+        let (shown, magic) = (root.display(), fs.filesystem_type().0);
+        let what = if path == root {
+            format!("the store root {shown} is not on a btrfs filesystem (filesystem magic {magic:#x})")
+        } else {
+            format!(
+                "the store root {shown} would not be on btrfs: {}, where it would be created, is on \
+                 filesystem magic {magic:#x}",
+                path.display()
+            )
+        };
         return Err(StoreError::unsupported(format!(
-            "{} is not on a btrfs filesystem (filesystem magic {:#x}): set the store root to a directory on btrfs \
-             (e.g. `mkfs.btrfs DEVICE && mount DEVICE {}`), or choose another backend",
-            path.display(),
-            fs.filesystem_type().0,
-            path.display()
+            "{what}: set the store root to a directory on btrfs (e.g. `mkfs.btrfs DEVICE && mount DEVICE \
+             {shown}`), or choose another backend"
         )));
     }
 

@@ -49,10 +49,7 @@ pub struct Btrfs {
 /// Opens (and prepares) the store at `root`: the entry point of the plugin.
 pub fn open(root: &Path, options: &str) -> Result<Btrfs, StoreError> {
     let _: Options = store_api::parse_options(options)?;
-    // Check on the nearest existing ancestor, so that nothing is created on
-    // the wrong filesystem.
-    let existing = root.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
-    checks::check_environment(existing)?;
+    checks::check_environment(root)?;
     for ns in Namespace::ALL {
         let dir = root.join(ns.as_str());
         fs::create_dir_all(&dir).context(format!("cannot create {}", dir.display()))?;

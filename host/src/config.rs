@@ -22,6 +22,16 @@ pub struct Config {
     pub plugin_dirs: Vec<PathBuf>,
     /// The `[backend]` table, passed to the plugin.
     pub backend_options: toml::Table,
+    /// Where each `[backend]` option is in the file: key, line, and the
+    /// value if it is a string.
+    option_lines: Vec<(String, usize, Option<String>)>,
+}
+
+/// The `[backend]` table again, with the place of each value.
+#[derive(Deserialize)]
+struct BackendSpans {
+    #[serde(default)]
+    backend: std::collections::BTreeMap<String, toml::Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -75,15 +85,27 @@ impl Config {
     /// Finds the config: `explicit`, else `$SNAPSTORE_CONFIG`, else
     /// `./snapstore.toml`, else `/etc/snapstore/config.toml`.
     pub fn discover(explicit: Option<&Path>) -> Result<Config, StoreError> {
+        Self::load(&Self::locate(explicit)?.0)
+    }
+
+    /// The config file [`Config::discover`] reads, and why that one.
+    pub fn locate(explicit: Option<&Path>) -> Result<(PathBuf, &'static str), StoreError> {
         if let Some(file) = explicit {
-            return Self::load(file);
+            return Ok((file.to_path_buf(), "given with --config"));
         }
         if let Some(file) = env::var_os("SNAPSTORE_CONFIG").filter(|f| !f.is_empty()) {
-            return Self::load(Path::new(&file));
+            return Ok((PathBuf::from(file), "named by $SNAPSTORE_CONFIG"));
         }
-        for file in ["snapstore.toml", "/etc/snapstore/config.toml"] {
+        let defaults = [
+            ("snapstore.toml", "./snapstore.toml in the current directory"),
+            (
+                "/etc/snapstore/config.toml",
+                "the system default (no --config, $SNAPSTORE_CONFIG or ./snapstore.toml)",
+            ),
+        ];
+        for (file, why) in defaults {
             if Path::new(file).exists() {
-                return Self::load(Path::new(file));
+                return Ok((PathBuf::from(file), why));
             }
         }
         Err(StoreError::invalid(
@@ -100,13 +122,20 @@ impl Config {
 
     /// Parses config text; relative paths are relative to the file's directory.
     pub fn parse(file: &Path, text: &str) -> Result<Config, StoreError> {
+        let line_of = |offset: usize| text[..offset].matches('\n').count() + 1;
         let raw: RawConfig = toml::from_str(text).map_err(|err| {
-            let place = err.span().map(|span| {
-                let line = text[..span.start].matches('\n').count() + 1;
-                format!(" (line {line})")
-            });
+            let place = err.span().map(|span| format!(" (line {})", line_of(span.start)));
             config_error(file, format_args!("{}{}", err.message(), place.unwrap_or_default()))
         })?;
+        let spans: BackendSpans = toml::from_str(text).map_err(|err| config_error(file, err.message()))?;
+        let option_lines = spans
+            .backend
+            .iter()
+            .map(|(key, value)| {
+                let string = value.get_ref().as_str().map(str::to_string);
+                (key.clone(), line_of(value.span().start), string)
+            })
+            .collect();
         let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
         let absolute = |p: &Path| {
@@ -132,6 +161,7 @@ impl Config {
             root: absolute(&raw.store.root),
             plugin_dirs: raw.store.plugin_dirs.iter().map(|d| absolute(d)).collect(),
             backend_options: raw.backend,
+            option_lines,
         })
     }
 
@@ -143,11 +173,31 @@ impl Config {
             root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
             plugin_dirs: Vec::new(),
             backend_options: toml::Table::new(),
+            option_lines: Vec::new(),
         }
     }
 
     pub fn error(&self, message: impl std::fmt::Display) -> StoreError {
         config_error(&self.file, message)
+    }
+
+    /// The plugin's refusal of its `[backend]` options, naming the file and,
+    /// where the message quotes an option or its value, the line.
+    pub(crate) fn backend_error(&self, err: StoreError) -> StoreError {
+        let message = err.message();
+        // The option quoted first: "unknown field `mood`, expected `mode`".
+        let quoted = |word: &str| message.find(&format!("`{word}`"));
+        let place = self
+            .option_lines
+            .iter()
+            .filter_map(|(key, line, value)| {
+                let at = [quoted(key), value.as_deref().and_then(quoted)].into_iter().flatten().min()?;
+                Some((at, line))
+            })
+            .min()
+            .map(|(_, line)| format!(" (line {line})"))
+            .unwrap_or_default();
+        StoreError::new(err.kind(), format!("{}: {message}{place}", self.file.display()))
     }
 }
 
@@ -196,6 +246,17 @@ mod tests {
         assert_eq!(shorten("short `value`"), "short `value`");
         let cut = shorten(&format!("unknown variant `{}`", "é".repeat(100)));
         assert!(cut.starts_with("unknown variant `é") && cut.ends_with("(202 bytes)"), "{cut}");
+    }
+
+    #[test]
+    fn backend_errors_name_the_file_and_line() {
+        let c = parse("[store]\nroot=\"/x\"\n\n[backend]\nmode = \"fast\"\nmood = \"copy\"\n").unwrap();
+        let err = c.backend_error(StoreError::invalid("[backend]: unknown field `mood`, expected `mode`"));
+        assert_eq!(err.message(), "/etc/s.toml: [backend]: unknown field `mood`, expected `mode` (line 6)");
+        let err = c.backend_error(StoreError::invalid("unknown variant `fast`"));
+        assert!(err.message().ends_with("(line 5)"), "{err}");
+        let err = c.backend_error(StoreError::invalid("no such thing"));
+        assert_eq!(err.message(), "/etc/s.toml: no such thing");
     }
 
     #[test]

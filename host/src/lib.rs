@@ -20,6 +20,7 @@ mod loader;
 mod lock;
 mod names;
 mod plugin_file;
+mod progress;
 mod prune;
 mod records;
 mod root;
@@ -42,8 +43,9 @@ pub use store_api::{ErrorKind, Owner, StoreError};
 #[doc(hidden)]
 pub mod internal {
     pub use crate::fault::POINTS as FAULT_POINTS;
-    pub use crate::loader::{find_plugins, Found, Plugin};
+    pub use crate::loader::{find_plugins, search_path, Found, Plugin};
     pub use crate::names::{check_id, escape_cache_name, is_hashed, parse_owner, unescape_cache_name};
+    pub use crate::progress::{enable as enable_progress, Activity};
     pub use crate::stress::{run as stress, StressReport};
 
     /// Checks on a store root before anything is made in it.

@@ -82,6 +82,11 @@ fn load_error(err: LibraryError, file: &Path, library_version: &str) -> StoreErr
     }
 }
 
+/// A plugin that is not there: the store is unavailable, not misused.
+fn unavailable(err: StoreError) -> StoreError {
+    StoreError::new(ErrorKind::UNSUPPORTED, err.message())
+}
+
 fn incompatible(message: String) -> StoreError {
     StoreError::new(ErrorKind::INCOMPATIBLE, message)
 }
@@ -141,16 +146,17 @@ impl Plugin {
             let dirs = search_path(&config.plugin_dirs);
             dirs.iter().map(|d| d.join(&wanted)).find(|f| f.is_file()).ok_or_else(|| {
                 let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
-                config.error(format_args!(
+                unavailable(config.error(format_args!(
                     "[store] backend = \"{}\": no plugin {wanted} in {}; build it, add its directory \
                      to plugin_dirs or SNAPSTORE_PLUGIN_PATH, or run `snapstore backends`",
                     config.backend,
                     list.join(", ")
-                ))
+                )))
             })?
         };
         if by_path && !file.is_file() {
-            return Err(config.error(format_args!("[store] backend: no plugin file {}", file.display())));
+            let missing = config.error(format_args!("[store] backend: no plugin file {}", file.display()));
+            return Err(unavailable(missing));
         }
         let plugin = Plugin::load(&file).map_err(|e| e.context(config.file.display()))?;
         if !by_path && plugin.info.name != config.backend {
@@ -170,7 +176,20 @@ impl Plugin {
         let options = toml::to_string(options).map_err(|e| StoreError::invalid(e.to_string()))?;
         let (root, options) = (root.into(), options.as_str().into());
         // A plugin may quote a config value in full: cut it to one short line.
-        let short = |e: StoreError| StoreError::new(e.kind(), crate::config::shorten(e.message()));
+        // Opening looks up no key: "not found" there is a missing
+        // prerequisite (a pool, a dataset), as on every backend.
+        let short = |e: StoreError| {
+            let kind = if e.kind() == ErrorKind::NOT_FOUND { ErrorKind::UNSUPPORTED } else { e.kind() };
+            let mut message = crate::config::shorten(e.message());
+            if kind == ErrorKind::PERMISSION {
+                let uid = nix::unistd::geteuid();
+                message += &format!(
+                    "; the store root {root} must be writable by this user (uid {uid}): run snapstore as \
+                     the root's owner, or give the root to this user"
+                );
+            }
+            StoreError::new(kind, message)
+        };
         Ok(match self.module {
             Module::Current(m) => {
                 RemoteBackend::Current(m.open()(root, options).into_result().map_err(short)?)
@@ -211,6 +230,15 @@ pub fn find_plugins(config_dirs: &[PathBuf]) -> Vec<Found> {
                 continue;
             }
             found.push(match Plugin::load(&file) {
+                // Found by name, it would be refused: the names must agree.
+                Ok(plugin) if file.file_name() != Some(library_file_name(&plugin.info.name).as_ref()) => {
+                    let error = format!(
+                        "declares itself as `{}`: rename it to {} or name it by path",
+                        plugin.info.name,
+                        library_file_name(&plugin.info.name)
+                    );
+                    Found::Unusable { file, error }
+                }
                 Ok(plugin) => Found::Usable(plugin.info),
                 Err(err) => Found::Unusable { file, error: err.message().to_string() },
             });

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 use store_api::{IoContext, StoreError};
+use tracing::info;
+
+use crate::names::unescape_cache_name;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -25,8 +28,15 @@ pub struct FileLock {
 }
 
 impl FileLock {
-    /// Waits for the lock on `path` (created if missing).
+    /// Waits for the lock on `path` (created if missing), saying what for
+    /// when another process holds it.
     pub fn acquire(path: &Path, mode: Mode) -> Result<FileLock, StoreError> {
+        if let Some(lock) = Self::take(path, mode, false)? {
+            return Ok(lock);
+        }
+        let what = held_for(path);
+        info!("waiting for {what}");
+        let _waiting = crate::progress::Activity::start(|| format!("waiting for {what}"));
         Self::take(path, mode, true).map(|lock| lock.expect("a blocking lock is always taken"))
     }
 
@@ -76,6 +86,43 @@ impl FileLock {
     }
 }
 
+/// What the lock on `path` guards, and the process that holds it, for a
+/// person waiting: "result `x` (a build, clone or delete of it) by process 1234".
+fn held_for(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let kind = path.parent().and_then(Path::file_name).map(|k| k.to_string_lossy().into_owned());
+    let what = match (kind.as_deref().unwrap_or(""), name.as_str()) {
+        ("build", id) => format!("result `{id}` (a build, clone or delete of it)"),
+        ("use", id) => format!("result `{id}` (in use as a base)"),
+        ("cache", escaped) => match unescape_cache_name(escaped) {
+            Some(cache) => format!("cache `{cache}`"),
+            None => format!("a cache ({escaped})"),
+        },
+        ("lease", lease) => format!("lease `{lease}`"),
+        (_, "generation") => "the cache generation counter".to_string(),
+        _ => format!("lock {}", path.display()),
+    };
+    match holder(path) {
+        Some(pid) => format!("{what} held by process {pid}"),
+        None => format!("{what} held by another process"),
+    }
+}
+
+/// The process holding the lock on `path`, from `/proc/locks`.
+fn holder(path: &Path) -> Option<u32> {
+    let meta = fs::metadata(path).ok()?;
+    let (major, minor) = (nix::sys::stat::major(meta.dev()), nix::sys::stat::minor(meta.dev()));
+    let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    // `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`; waiters have `->`.
+    locks.lines().filter(|line| !line.contains("->")).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&file.as_str()))
+            .then(|| fields.get(4)?.parse().ok())
+            .flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +138,17 @@ mod tests {
         let b = FileLock::try_acquire(&path, Mode::Shared).unwrap();
         assert!(a.is_some() && b.is_some());
         assert!(FileLock::try_acquire(&path, Mode::Exclusive).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_held_lock_names_its_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("build")).unwrap();
+        let path = dir.path().join("build/step1");
+        let _held = FileLock::acquire(&path, Mode::Exclusive).unwrap();
+        let told = held_for(&path);
+        let me = std::process::id();
+        assert_eq!(told, format!("result `step1` (a build, clone or delete of it) held by process {me}"));
     }
 
     #[test]

@@ -7,25 +7,40 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::args::Cli;
-use cli::{commands, exit};
+use cli::{commands, exit, output};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(err) => {
-            let usage_error = err.use_stderr();
+        Err(err) if !err.use_stderr() => {
+            // --help, --version
             let _ = err.print();
-            return ExitCode::from(if usage_error { exit::USAGE } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(err) if json_asked() => {
+            let shown = err.to_string();
+            let first = shown.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            return ExitCode::from(output::print_error(first, exit::USAGE, true));
+        }
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(exit::USAGE);
         }
     };
     init_logging(cli.verbose);
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        snapstore::internal::enable_progress();
+    }
     match commands::run(&cli) {
         Ok(out) => ExitCode::from(out.print(cli.json)),
-        Err(err) => {
-            eprintln!("error: {}", err.message());
-            ExitCode::from(exit::code(err.kind()))
-        }
+        Err(err) => ExitCode::from(output::print_error(err.message(), exit::code(err.kind()), cli.json)),
     }
+}
+
+/// Whether `--json` is among the arguments (before a `--`), for errors in
+/// the arguments themselves.
+fn json_asked() -> bool {
+    std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json")
 }
 
 fn init_logging(verbose: u8) {
@@ -34,7 +49,9 @@ fn init_logging(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
+    // SNAPSTORE_LOG, else the ecosystem's RUST_LOG, else -v.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SNAPSTORE_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_env("RUST_LOG"))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();

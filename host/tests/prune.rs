@@ -143,11 +143,11 @@ fn prune_on_btrfs() {
         f.ok(&["build", &format!("big{i}"), "--", "sh", "-c", cmd]);
     }
     f.ok(&["complete-deletes"]);
-    let free: f64 = f.ok(&["df"]).parse().unwrap();
+    let free = f.json(&["df"])["free_percent"].as_f64().unwrap();
     let goal = free + 20.0;
     let out = f.json(&["prune", "--until-free", &goal.to_string()]);
     let deleted = out["deleted"].as_array().unwrap().len();
-    let now: f64 = f.ok(&["df"]).parse().unwrap();
+    let now = f.json(&["df"])["free_percent"].as_f64().unwrap();
     assert!(now >= goal, "stopped at {now}% < {goal}%: {out}");
     assert!((1..4).contains(&deleted), "deleted {deleted} for a 20% goal: {out}");
     assert!(out["stopped"].as_str().unwrap().contains("free"), "{out}");

@@ -67,23 +67,30 @@ fn copies_keep_metadata() {
 #[test]
 fn config_errors_are_one_line_and_name_the_problem() {
     require_plugin("rsync");
-    let cases: &[(&str, &str)] = &[
+    // A missing plugin: the store is unavailable (69), the config is fine.
+    let missing: &[(&str, &str, i32)] = &[
+        ("[store]\nroot = \"s\"\nbackend = \"nosuch\"\n", "libsnapstore_nosuch.so", 69),
+        ("[store]\nroot = \"s\"\nbackend = \"./nosuch.so\"\n", "nosuch.so", 69),
+    ];
+    let cases: Vec<(&str, &str, i32)> = [
         ("[store\nroot = \"s\"\n", "snapstore.toml"),
         ("[store]\nroot = \"s\"\nbackend = \"rsync\"\ncolour = \"blue\"\n", "colour"),
         ("[store]\nroot = \"s\"\n[storage]\n", "storage"),
-        ("[store]\nroot = \"s\"\nbackend = \"nosuch\"\n", "libsnapstore_nosuch.so"),
-        ("[store]\nroot = \"s\"\nbackend = \"./nosuch.so\"\n", "nosuch.so"),
         ("[store]\nroot = \"s\"\n[backend]\nmode = \"fast\"\n", "fast"),
-        ("[store]\nroot = \"s\"\n[backend]\nmood = \"copy\"\n", "mood"),
+        ("[store]\nroot = \"s\"\n[backend]\nmood = \"copy\"\n", "`mood`, expected `mode` (line 4)"),
         ("[store]\nbackend = \"rsync\"\n", "root"),
-    ];
-    for (text, needle) in cases {
+    ]
+    .into_iter()
+    .map(|(text, needle)| (text, needle, EXIT_USAGE))
+    .chain(missing.iter().copied())
+    .collect();
+    for (text, needle, code) in cases {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("s");
         let f = Fixture::with_config(dir, &root, text);
         let out = f.run(&["list"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(EXIT_USAGE), "{text:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{text:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{text:?}: not one line: {stderr}");
         assert!(stderr.starts_with("error: ") && stderr.contains(needle), "{text:?}: {stderr}");
     }

@@ -6,12 +6,21 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "snapstore", version, about = "A snapshot store for build systems")]
+#[command(
+    name = "snapstore",
+    version,
+    long_version = long_version(),
+    about = "A snapshot store for build systems",
+    after_help = format!("{EXAMPLES}\n\n{}", super::exit::help()),
+    after_long_help = format!("{EXAMPLES}\n\n{}\n\n{ENVIRONMENT}", super::exit::help()),
+)]
 pub struct Cli {
     /// Config file [default: $SNAPSTORE_CONFIG, ./snapstore.toml, /etc/snapstore/config.toml]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Print data as one JSON object on stdout
+    /// Print exactly one JSON object on stdout, also on failure
+    /// (`{"error": {"kind", "message", "exit"}}`); the output of a build's or
+    /// cache run's command then goes to stderr
     #[arg(long, global = true)]
     pub json: bool,
     /// Log what the store does on stderr (repeat for more)
@@ -24,21 +33,33 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Cmd {
     /// Run CMD in a fresh tree (empty, or a clone of BASE); on success save it as result ID
+    #[command(after_help = "Example: snapstore build step2 --base step1 -- sh -c 'make install'\n\
+        Exits with CMD's status when it fails; the tree is then discarded.")]
     Build {
+        /// The new result's id (letters, digits, `._-`; e.g. a hash of the step)
         id: String,
-        #[arg(long)]
+        /// Start from a copy of result BASE instead of an empty tree
+        #[arg(long, value_name = "BASE")]
         base: Option<String>,
+        /// The command and its arguments, after `--`; it runs in the tree
+        /// (also `$SNAPSTORE_DIR`)
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
     /// Print the path of result ID
-    Result { id: String },
+    Result {
+        /// The result's id
+        id: String,
+    },
     /// Delete result ID (no error if absent)
-    Delete { id: String },
+    Delete {
+        /// The result's id
+        id: String,
+    },
     /// Shared mutable caches
     #[command(subcommand)]
     Cache(CacheCmd),
-    /// Free space of the store's filesystem, in percent
+    /// Free space of the store's filesystem: percent, free and total bytes
     Df,
     /// The store's root
     Root,
@@ -46,11 +67,17 @@ pub enum Cmd {
     StateDir,
     /// Wait until deleted space is really free
     CompleteDeletes,
-    /// Results (with base, creation and last use), caches and cache leases
+    /// Results (with base, creation, last use and children), caches and cache leases
     List {
         /// Order of the results
         #[arg(long, value_enum, default_value_t = SortBy::Id)]
         sort: SortBy,
+        /// Reverse the order (e.g. most recently used first)
+        #[arg(long)]
+        reverse: bool,
+        /// Give each result's size (a walk of every tree: slow on big stores)
+        #[arg(long)]
+        sizes: bool,
     },
     /// Delete least-recently-used results that nothing is built on
     Prune {
@@ -66,6 +93,9 @@ pub enum Cmd {
     },
     /// Validate the config, load the plugin and check its prerequisites
     Check,
+    /// Where the config came from, the backend and its plugin, the root,
+    /// what the store holds and its free space
+    Info,
     /// The plugins found in the search path
     Backends,
     /// Run the store-contract suite on the configured backend (in a scratch namespace)
@@ -79,13 +109,50 @@ pub enum Cmd {
         #[arg(long, default_value_t = 8)]
         parallel: usize,
     },
+    /// Print a shell completion script (e.g. `snapstore completions bash > /etc/bash_completion.d/snapstore`)
+    Completions {
+        /// The shell
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (e.g. `snapstore man > /usr/share/man/man1/snapstore.1`)
+    Man,
+}
+
+const EXAMPLES: &str = "Examples:
+  snapstore build base -- sh -c 'echo hello > greeting'
+  snapstore build child --base base -- make
+  snapstore cache run cargo-registry -- cargo fetch
+  snapstore --json list --sort last-used --reverse
+  snapstore prune --until-free 20";
+
+const ENVIRONMENT: &str = "Environment:
+  SNAPSTORE_CONFIG       the config file, when --config is not given
+  SNAPSTORE_PLUGIN_PATH  extra directories searched for backend plugins
+  SNAPSTORE_LOG          log filter (e.g. debug); RUST_LOG is read when it is unset";
+
+/// `--version`: the store-api version plugins must match, and where they are looked for.
+fn long_version() -> String {
+    let dirs: Vec<String> =
+        snapstore::internal::search_path(&[]).iter().map(|d| d.display().to_string()).collect();
+    format!(
+        "{}\nstore-api {}\nplugin search path (after the config's plugin_dirs): {}",
+        env!("CARGO_PKG_VERSION"),
+        store_api::API_VERSION,
+        dirs.join(":")
+    )
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub enum SortBy {
+    /// By id
     Id,
+    /// Oldest first
     Created,
+    /// Least recently used first
     LastUsed,
+    /// Smallest first (walks every tree, as --sizes)
+    Size,
 }
 
 fn parse_percent(s: &str) -> Result<f64, String> {
@@ -99,6 +166,7 @@ fn parse_percent(s: &str) -> Result<f64, String> {
 pub enum CacheCmd {
     /// Take a writable copy of cache NAME; prints the lease and the copy's path
     Acquire {
+        /// The cache's name (any text; created empty if new)
         name: String,
         /// Owner of the cache if it is created now
         #[arg(long, value_name = "UID:GID")]
@@ -106,6 +174,7 @@ pub enum CacheCmd {
     },
     /// Publish a copy (or discard it if the cache changed since it was taken)
     Release {
+        /// The lease `cache acquire` printed
         lease: String,
         /// Drop the copy without publishing it (e.g. an abandoned lease)
         #[arg(long)]
@@ -113,13 +182,19 @@ pub enum CacheCmd {
     },
     /// Acquire, run CMD in the copy, release; exits with CMD's status
     Run {
+        /// The cache's name (created empty if new)
         #[arg(allow_hyphen_values = true)]
         name: String,
+        /// Owner of the cache if it is created now
         #[arg(long, value_name = "UID:GID")]
         user: Option<String>,
+        /// The command and its arguments, after `--`; it runs in the copy
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
     /// Delete cache NAME
-    Delete { name: String },
+    Delete {
+        /// The cache's name
+        name: String,
+    },
 }

@@ -1,5 +1,7 @@
 //! What a command prints: one JSON object with `--json`, else text lines.
 
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use serde_json::json;
@@ -18,10 +20,6 @@ impl Output {
         Output { json, text: text.into(), status: 0 }
     }
 
-    pub fn none() -> Self {
-        Output { json: serde_json::Value::Null, text: String::new(), status: 0 }
-    }
-
     /// Data and an exit status.
     pub fn with_status(json: serde_json::Value, text: impl Into<String>, status: u8) -> Self {
         Output { json, text: text.into(), status }
@@ -34,12 +32,66 @@ impl Output {
 
     /// Prints the data in the form asked for; returns the exit status.
     pub fn print(&self, as_json: bool) -> u8 {
-        if as_json && !self.json.is_null() {
-            println!("{}", self.json);
-        } else if !as_json && !self.text.is_empty() {
-            println!("{}", self.text.trim_end());
+        if as_json {
+            // Every command prints exactly one object.
+            let json = if self.json.is_null() { json!({}) } else { self.json.clone() };
+            print_line(&json.to_string());
+        } else if !self.text.is_empty() {
+            print_line(self.text.trim_end());
         }
         self.status
+    }
+}
+
+/// Reports a failure of snapstore itself: a line `error: ...` on stderr
+/// and, with `--json`, `{"error": {"kind", "message", "exit"}}` on stdout.
+/// Returns the exit status.
+pub fn print_error(message: &str, status: u8, as_json: bool) -> u8 {
+    eprintln!("error: {message}");
+    if as_json {
+        let kind = super::exit::kind_name(status);
+        print_line(&json!({"error": {"kind": kind, "message": message, "exit": status}}).to_string());
+    }
+    status
+}
+
+/// A line on stdout; a reader that went away (`snapstore man | head`) is
+/// not an error worth a panic.
+fn print_line(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// While alive, what is written to stdout goes to stderr: a build's or a
+/// cache run's command must not mix its output into snapstore's JSON.
+pub struct StdoutToStderr {
+    saved: Option<std::os::fd::OwnedFd>,
+}
+
+impl StdoutToStderr {
+    pub fn new(active: bool) -> Self {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+        if !active {
+            return StdoutToStderr { saved: None };
+        }
+        let _ = std::io::stdout().flush();
+        let saved = nix::unistd::dup(1)
+            .ok()
+            // SAFETY: `dup` returned a new descriptor that nothing else owns.
+            .map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        if saved.is_some() {
+            let _ = nix::unistd::dup2(2, 1);
+        }
+        StdoutToStderr { saved }
+    }
+}
+
+impl Drop for StdoutToStderr {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            let _ = nix::unistd::dup2(saved.as_raw_fd(), 1);
+        }
     }
 }
 
@@ -48,36 +100,70 @@ pub fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value, Store
     serde_json::to_value(value).map_err(|e| StoreError::other(e.to_string()))
 }
 
-/// `snapstore list`: a line per result, cache and lease.
-pub fn listing_text(listing: &Listing) -> String {
-    let mut text = String::new();
+/// `snapstore list`: a table each of results, caches and leases, with a
+/// header; empty tables are left out.
+pub fn listing_text(listing: &Listing, sizes: Option<&HashMap<String, u64>>) -> String {
     let when = |t: f64| {
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
         humantime::format_rfc3339_seconds(time).to_string()
     };
-    for r in &listing.results {
-        let base = r.base.as_deref().map(|b| format!(" base {b}")).unwrap_or_default();
-        text += &format!(
-            "result {} created {} used {}{base} {}\n",
-            r.id,
-            when(r.created),
-            when(r.last_used),
-            r.path.display()
-        );
+    let results = listing.results.iter().map(|r| {
+        let base = r.base.clone().unwrap_or_else(|| "-".into());
+        let mut row = vec![r.id.clone(), base, r.children.to_string(), when(r.created), when(r.last_used)];
+        if let Some(sizes) = sizes {
+            row.push(indicatif::HumanBytes(sizes[&r.id]).to_string());
+        }
+        row.push(r.path.display().to_string());
+        row
+    });
+    let mut result_header = vec!["RESULT", "BASE", "CHILDREN", "CREATED", "LAST USED"];
+    if sizes.is_some() {
+        result_header.push("SIZE");
     }
-    for c in &listing.caches {
-        text += &format!("cache {:?} generation {}\n", c.name, c.generation);
-    }
-    for l in &listing.leases {
+    result_header.push("PATH");
+    let caches = listing.caches.iter().map(|c| vec![c.name.clone(), c.generation.to_string()]);
+    let leases = listing.leases.iter().map(|l| {
         let kind = if l.record.bound { "bound" } else { "held" };
-        text +=
-            &format!("lease {} cache {:?} {kind} age {}s\n", l.record.lease, l.record.cache, l.age_seconds);
+        vec![l.record.lease.clone(), l.record.cache.clone(), kind.into(), format!("{}s", l.age_seconds)]
+    });
+    let tables = [
+        table(&result_header, results.collect()),
+        table(&["CACHE", "GENERATION"], caches.collect()),
+        table(&["LEASE", "CACHE", "KIND", "AGE"], leases.collect()),
+    ];
+    tables.into_iter().filter(|t| !t.is_empty()).collect::<Vec<_>>().join("\n")
+}
+
+/// Rows under a header, in columns as wide as their widest cell; nothing
+/// if there are no rows.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut text = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+        text += cells.join("  ").trim_end();
+        text += "\n";
     }
     text
 }
 
 /// `snapstore check`: where everything came from, and what was checked.
-pub fn check_text(config: &Path, plugin: &PluginInfo, root: &Path, found: &[String]) -> String {
+pub fn check_text(
+    config: &Path,
+    plugin: &PluginInfo,
+    root: &Path,
+    found: &[String],
+    warnings: &[String],
+) -> String {
     let mut text = format!(
         "config: {}\nbackend: {} {} (store-api {}) from {}\nroot: {}\n",
         config.display(),
@@ -89,6 +175,9 @@ pub fn check_text(config: &Path, plugin: &PluginInfo, root: &Path, found: &[Stri
     );
     for line in found {
         text += &format!("ok: {line}\n");
+    }
+    for line in warnings {
+        text += &format!("warning: {line}\n");
     }
     text
 }

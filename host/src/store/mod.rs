@@ -100,9 +100,8 @@ impl BlockingStore {
         // written only once the plugin has accepted it.
         layout::check_marker(&config.root, &plugin.info.name)?;
         let backend = plugin.open(&config.root, &config.backend_options).map_err(|e| {
-            let file = config.file.display();
             if e.kind() == ErrorKind::INVALID_INPUT {
-                e.context(file)
+                config.backend_error(e)
             } else {
                 e
             }

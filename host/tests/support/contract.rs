@@ -185,7 +185,7 @@ fn nothing_left_after_deleting_everything(f: &Fixture) {
     for what in ["results", "caches", "leases"] {
         assert_eq!(listing[what].as_array().unwrap().len(), 0, "{what} left: {listing}");
     }
-    let free: f64 = f.ok(&["df"]).parse().unwrap();
+    let free = f.json(&["df"])["free_percent"].as_f64().unwrap();
     assert!((0.0..=100.0).contains(&free));
 }
 
