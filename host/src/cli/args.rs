@@ -63,6 +63,12 @@ pub enum Cmd {
         /// Stop once this percentage of space is free
         #[arg(long, value_name = "PCT", value_parser = parse_percent)]
         until_free: Option<f64>,
+        /// Delete every result nothing is built on (needed when no other limit is given)
+        #[arg(long, conflicts_with_all = ["limit", "older_than", "until_free"])]
+        all: bool,
+        /// Print what would be deleted, in order, and delete nothing
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Validate the config, load the plugin and check its prerequisites
     Check,

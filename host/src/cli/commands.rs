@@ -23,9 +23,10 @@ pub fn run(cli: &Cli) -> Result<Output, StoreError> {
         Cmd::StateDir => Ok(Output::path("state_dir", &open(cli)?.state_dir())),
         Cmd::CompleteDeletes => open(cli)?.complete_deletes().map(|()| Output::none()),
         Cmd::List { sort } => list(&open(cli)?, *sort),
-        Cmd::Prune { limit, older_than, until_free } => {
-            let options = PruneOptions { limit: *limit, older_than: *older_than, until_free: *until_free };
-            prune(&open(cli)?, &options, cli.json)
+        Cmd::Prune { limit, older_than, until_free, all, dry_run } => {
+            let (limit, older_than, until_free) = (*limit, *older_than, *until_free);
+            let options = PruneOptions { limit, older_than, until_free, all: *all, dry_run: *dry_run };
+            prune(cli, &options)
         }
         Cmd::Check => check(cli),
         Cmd::Backends => backends(cli),
@@ -173,14 +174,17 @@ fn stress(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Output,
     Ok(Output::with_status(to_json(&report)?, text, status))
 }
 
-fn prune(store: &BlockingStore, options: &PruneOptions, as_json: bool) -> Result<Output, StoreError> {
+fn prune(cli: &Cli, options: &PruneOptions) -> Result<Output, StoreError> {
+    options.validate()?;
+    let store = open(cli)?;
     let started = Instant::now();
     let mut last_progress = started;
     let mut count = 0;
+    let verb = if options.dry_run { "would delete" } else { "deleted" };
     let report = store.prune(options, |id| {
         count += 1;
-        if !as_json {
-            println!("deleted {id}");
+        if !cli.json {
+            println!("{verb} {id}");
         }
         // A progress line on long runs, for the operator watching stderr.
         if last_progress.elapsed() >= Duration::from_secs(5) {
@@ -189,5 +193,5 @@ fn prune(store: &BlockingStore, options: &PruneOptions, as_json: bool) -> Result
         }
     })?;
     let text = format!("stopped: {}", report.stopped);
-    Ok(Output::new(json!({"deleted": report.deleted, "stopped": report.stopped}), text))
+    Ok(Output::new(to_json(&report)?, text))
 }
