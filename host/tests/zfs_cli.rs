@@ -57,13 +57,13 @@ fn contract_on_zfs() {
         .collect();
     assert!(leaked.is_empty(), "left behind: {leaked:?}");
 
-    // A missing dataset is refused by `check`, with the fix.
+    // A missing dataset is refused by `init`, with the fix.
     let text = format!(
         "[store]\nbackend = \"zfs\"\nroot = \"{}\"\n[backend]\ndataset = \"{}/nosuch\"\n",
         pool.mount.join("nosuch").display(),
         pool.name
     );
     let wrong = Fixture::with_config(tempfile::tempdir().unwrap(), &pool.mount.join("nosuch"), &text);
-    let err = wrong.fails(&["check"], EXIT_NOT_FOUND);
+    let err = wrong.fails(&["init"], EXIT_NOT_FOUND);
     assert!(err.contains("nosuch") && err.contains("zfs create"), "{err}");
 }

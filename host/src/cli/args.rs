@@ -70,8 +70,10 @@ pub enum Cmd {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Validate the config, load the plugin and check its prerequisites
+    /// Validate the config, load the plugin and check its prerequisites (changes nothing)
     Check,
+    /// Create the store at the configured root (the first build or cache use also does)
+    Init,
     /// The plugins found in the search path
     Backends,
     /// Run the store-contract suite on the configured backend (in a scratch namespace)

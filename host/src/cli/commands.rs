@@ -29,6 +29,7 @@ pub fn run(cli: &Cli) -> Result<Output, StoreError> {
             prune(cli, &options)
         }
         Cmd::Check => check(cli),
+        Cmd::Init => init(cli),
         Cmd::Backends => backends(cli),
         Cmd::Conformance => conformance(&open(cli)?, cli.json),
         Cmd::Stress { jobs, parallel } => stress(&open(cli)?, *jobs, *parallel),
@@ -123,13 +124,35 @@ fn list(store: &BlockingStore, sort: SortBy) -> Result<Output, StoreError> {
     Ok(Output::new(to_json(&listing)?, listing_text(&listing)))
 }
 
+/// Checks without changing anything: a store that does not exist yet is
+/// not created (that is `init`'s job, or the first use's).
 fn check(cli: &Cli) -> Result<Output, StoreError> {
     let config = Config::discover(cli.config.as_deref())?;
+    let (plugin, store) = BlockingStore::open_existing(&config)?;
+    let found = match &store {
+        Some(store) => store.check()?,
+        None => vec![format!(
+            "no store at {} yet: `snapstore init` (or the first build or cache use) creates it \
+             and checks the backend's prerequisites there",
+            config.root.display()
+        )],
+    };
+    let text = check_text(&config.file, &plugin, &config.root, &found);
+    let json = json!({"config": config.file, "plugin": plugin, "root": config.root,
+                      "store_exists": store.is_some(), "checks": found});
+    Ok(Output::new(json, text))
+}
+
+fn init(cli: &Cli) -> Result<Output, StoreError> {
+    let config = Config::discover(cli.config.as_deref())?;
+    let existed = BlockingStore::open_existing(&config)?.1.is_some();
     let store = BlockingStore::open(&config)?;
-    let plugin = store.plugin().expect("a store opened from a config has a plugin");
     let found = store.check()?;
-    let text = check_text(&config.file, plugin, store.root(), &found);
-    let json = json!({"config": config.file, "plugin": plugin, "root": store.root(), "checks": found});
+    let verb = if existed { "exists already" } else { "created" };
+    let text =
+        format!("store {} ({}): {verb}\n{}", store.root().display(), store.backend_name(), found.join("\n"));
+    let json =
+        json!({"root": store.root(), "backend": store.backend_name(), "created": !existed, "checks": found});
     Ok(Output::new(json, text))
 }
 
