@@ -32,7 +32,7 @@ pub use config::Config;
 pub use loader::PluginInfo;
 pub use prune::{PruneOptions, PruneReport};
 pub use store::{
-    BlockingStore, Build, CacheInfo, Lease, LeaseInfo, LeaseKind, LeaseRecord, Listing, Recovered,
+    BlockingStore, Build, CacheInfo, Destroyed, Lease, LeaseInfo, LeaseKind, LeaseRecord, Listing, Recovered,
     ReleaseMode, Released, ResultInfo,
 };
 pub use store_api::{ErrorKind, Owner, StoreError};

@@ -72,6 +72,12 @@ pub enum Cmd {
     },
     /// Validate the config, load the plugin and check its prerequisites (changes nothing)
     Check,
+    /// Remove the whole store: every result, cache, lease and record, and the root
+    Destroy {
+        /// Do not ask for confirmation (needed when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
+    },
     /// Create the store at the configured root (the first build or cache use also does)
     Init,
     /// The plugins found in the search path

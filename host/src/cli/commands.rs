@@ -30,6 +30,7 @@ pub fn run(cli: &Cli) -> Result<Output, StoreError> {
         }
         Cmd::Check => check(cli),
         Cmd::Init => init(cli),
+        Cmd::Destroy { yes } => destroy(cli, *yes),
         Cmd::Backends => backends(cli),
         Cmd::Conformance => conformance(&open(cli)?, cli.json),
         Cmd::Stress { jobs, parallel } => stress(&open(cli)?, *jobs, *parallel),
@@ -154,6 +155,44 @@ fn init(cli: &Cli) -> Result<Output, StoreError> {
     let json =
         json!({"root": store.root(), "backend": store.backend_name(), "created": !existed, "checks": found});
     Ok(Output::new(json, text))
+}
+
+/// Removes the store after a confirmation on a terminal, or with `--yes`.
+fn destroy(cli: &Cli, yes: bool) -> Result<Output, StoreError> {
+    let config = Config::discover(cli.config.as_deref())?;
+    let root = config.root.display().to_string();
+    let Some(store) = BlockingStore::open_existing(&config)?.1 else {
+        return Ok(Output::new(json!({"root": root, "destroyed": null}), format!("no store at {root}")));
+    };
+    if !yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            return Err(StoreError::invalid(format!(
+                "destroy removes everything in the store {root}: pass --yes to confirm (stdin is not a terminal)"
+            )));
+        }
+        let listing = store.list()?;
+        let (results, caches, leases) = (listing.results.len(), listing.caches.len(), listing.leases.len());
+        eprint!("Remove the store {root} with {results} results, {caches} caches and {leases} leases? Type `yes`: ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map_err(|e| StoreError::io("cannot read the answer", &e))?;
+        if answer.trim() != "yes" {
+            return Err(StoreError::invalid("not confirmed; nothing was removed"));
+        }
+    }
+    let destroyed = store.destroy()?;
+    let mut text = format!(
+        "removed {} results, {} caches, {} leases",
+        destroyed.results, destroyed.caches, destroyed.leases
+    );
+    if !destroyed.root_removed {
+        text += &format!("; {root} stays, holding {:?}", destroyed.left);
+    }
+    Ok(Output::new(json!({"root": root, "destroyed": destroyed}), text))
 }
 
 fn backends(cli: &Cli) -> Result<Output, StoreError> {

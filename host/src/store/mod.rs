@@ -15,6 +15,7 @@
 
 mod builds;
 mod caches;
+mod destroy;
 mod layout;
 mod leases;
 mod listing;
@@ -33,6 +34,7 @@ use crate::records::Records;
 
 pub use builds::Build;
 pub(crate) use caches::CacheSnapshot;
+pub use destroy::Destroyed;
 pub(crate) use layout::LockKind;
 pub(crate) use layout::META_DIR;
 pub use layout::STATE_DIR;
