@@ -43,6 +43,8 @@ impl fmt::Display for CaseResult {
 /// All cases' outcomes.
 pub struct Report {
     pub cases: Vec<CaseResult>,
+    /// Stopped by SIGINT or SIGTERM (see `stop_on_signals`) before every case ran.
+    pub interrupted: bool,
 }
 
 impl Report {
@@ -346,6 +348,9 @@ fn run_cases(store: &BlockingStore, cases: &[Case], mut report: impl FnMut(&Case
     let run_prefix = format!("conformance-{}", random_token());
     let mut results = Vec::new();
     for (number, (name, case)) in cases.iter().enumerate() {
+        if crate::stress::interrupted() {
+            return Report { cases: results, interrupted: true };
+        }
         let suite =
             Suite { store, prefix: format!("{run_prefix}-c{number:02}"), run_prefix: run_prefix.clone() };
         // A panicking case (e.g. a backend bug surfacing in the host) is a failure, not an abort.
@@ -357,7 +362,7 @@ fn run_cases(store: &BlockingStore, cases: &[Case], mut report: impl FnMut(&Case
         report(&result);
         results.push(result);
     }
-    Report { cases: results }
+    Report { cases: results, interrupted: false }
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ pub mod internal {
     pub use crate::fault::POINTS as FAULT_POINTS;
     pub use crate::loader::{find_plugins, Found, Plugin};
     pub use crate::names::{check_id, escape_cache_name, is_hashed, parse_owner, unescape_cache_name};
-    pub use crate::stress::{run as stress, StressReport};
+    pub use crate::stress::{interrupting_signal, run as stress, stop_on_signals, StressReport};
 
     /// Checks on a store root before anything is made in it.
     pub mod root {

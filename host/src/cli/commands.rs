@@ -207,6 +207,7 @@ fn backends(cli: &Cli) -> Result<Output, StoreError> {
 }
 
 fn conformance(store: &BlockingStore, as_json: bool) -> Result<Output, StoreError> {
+    snapstore::internal::stop_on_signals();
     let report = snapstore::conformance::run(store, |case| {
         if !as_json {
             println!("{case}");
@@ -218,22 +219,41 @@ fn conformance(store: &BlockingStore, as_json: bool) -> Result<Output, StoreErro
         .map(|c| json!({"case": c.name, "passed": c.outcome.is_ok(), "error": c.outcome.as_ref().err()}))
         .collect();
     let failures = report.failures();
-    let text = format!("{} cases, {failures} failed", report.cases.len());
-    let json = json!({"backend": store.backend_name(), "cases": cases, "failures": failures});
-    Ok(Output::with_status(json, text, if failures == 0 { 0 } else { 1 }))
+    let mut text = format!("{} cases, {failures} failed", report.cases.len());
+    let status = match interrupted_status(&mut text) {
+        Some(status) => status,
+        None if failures == 0 => 0,
+        None => 1,
+    };
+    let json = json!({"backend": store.backend_name(), "cases": cases, "failures": failures,
+                      "interrupted": report.interrupted});
+    Ok(Output::with_status(json, text, status))
 }
 
 fn stress(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Output, StoreError> {
+    snapstore::internal::stop_on_signals();
     let report = snapstore::internal::stress(store, jobs, parallel)?;
-    let text = format!(
+    let mut text = format!(
         "jobs {} failures {} seconds {:.2} jobs/s {:.1}",
         report.jobs, report.failures, report.seconds, report.jobs_per_second
     );
     for e in &report.errors {
         eprintln!("error: {e}");
     }
-    let status = if report.failures == 0 { 0 } else { 1 };
+    let status = match interrupted_status(&mut text) {
+        Some(status) => status,
+        None if report.failures == 0 => 0,
+        None => 1,
+    };
     Ok(Output::with_status(to_json(&report)?, text, status))
+}
+
+/// After SIGINT or SIGTERM: 128 + the signal, as a shell reports it, and a
+/// note that what the run made was removed.
+fn interrupted_status(text: &mut String) -> Option<u8> {
+    let signal = snapstore::internal::interrupting_signal()?;
+    *text += "\ninterrupted: what the run made was removed";
+    Some(128u8.saturating_add(signal as u8))
 }
 
 fn prune(cli: &Cli, options: &PruneOptions) -> Result<Output, StoreError> {
