@@ -49,6 +49,7 @@ pub mod internal {
     /// Checks on a store root before anything is made in it.
     pub mod root {
         pub use crate::root::validate;
+        pub use crate::store::explain_unwritable;
     }
 
     /// Running a command in a tree until every process it started is gone.

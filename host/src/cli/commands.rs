@@ -13,6 +13,14 @@ use super::output::{backends_text, check_text, listing_text, to_json, Output};
 
 /// Runs the command `cli` names.
 pub fn run(cli: &Cli) -> Result<Output, StoreError> {
+    // A store this user cannot write to: the error says how to fix it.
+    run_command(cli).map_err(|e| match Config::discover(cli.config.as_deref()) {
+        Ok(config) => snapstore::internal::root::explain_unwritable(&config.root, e),
+        Err(_) => e,
+    })
+}
+
+fn run_command(cli: &Cli) -> Result<Output, StoreError> {
     match &cli.command {
         Cmd::Build { id, base, command } => build(&open(cli)?, base.as_deref(), id, command),
         Cmd::Result { id } => result(&open(cli)?, id, cli.json),
@@ -138,9 +146,17 @@ fn check(cli: &Cli) -> Result<Output, StoreError> {
             config.root.display()
         )],
     };
+    let warnings: Vec<String> = (config.plugin_dirs.iter().filter(|dir| !dir.is_dir()))
+        .map(|dir| {
+            format!("plugin_dirs entry {} in {} is not a directory", dir.display(), config.file.display())
+        })
+        .collect();
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
     let text = check_text(&config.file, &plugin, &config.root, &found);
     let json = json!({"config": config.file, "plugin": plugin, "root": config.root,
-                      "store_exists": store.is_some(), "checks": found});
+                      "store_exists": store.is_some(), "checks": found, "warnings": warnings});
     Ok(Output::new(json, text))
 }
 

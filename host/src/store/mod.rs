@@ -37,7 +37,7 @@ pub(crate) use caches::CacheSnapshot;
 pub use destroy::Destroyed;
 pub(crate) use layout::LockKind;
 pub(crate) use layout::META_DIR;
-pub use layout::STATE_DIR;
+pub use layout::{explain_unwritable, STATE_DIR};
 pub use leases::{Lease, LeaseKind, LeaseRecord, ReleaseMode, Released};
 pub use listing::{CacheInfo, LeaseInfo, Listing, ResultInfo};
 pub use recovery::Recovered;
