@@ -132,3 +132,34 @@ fn destroy_on_zfs() {
     let keys: Vec<&str> = listed.lines().filter(|l| l.matches('/').count() > 2 || l.contains('@')).collect();
     assert!(keys.is_empty(), "results, caches or snapshots left: {keys:?}");
 }
+
+/// On a terminal, destroy asks; anything but `yes` keeps the store.
+#[test]
+fn destroy_asks_on_a_terminal() {
+    if !test_support::installed("script") {
+        skip("destroy_asks_on_a_terminal needs `script` (util-linux) for a terminal");
+        return;
+    }
+    let f = Fixture::rsync();
+    f.ok(&["build", "kept", "--", "true"]);
+    let on_terminal = |answer: &str| {
+        let line = format!("{} --config {} destroy", snapstore_bin().display(), f.config.display());
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(answer.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (code, text) = on_terminal("no\n");
+    assert_eq!(code, Some(EXIT_USAGE), "{text}");
+    assert!(text.contains("1 results") && text.contains("not confirmed"), "{text}");
+    assert!(f.result("kept").is_some(), "an unconfirmed destroy removed a result");
+    let (code, text) = on_terminal("yes\n");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!f.root.exists(), "a confirmed destroy left the root: {text}");
+}
