@@ -43,6 +43,8 @@ impl fmt::Display for CaseResult {
 /// All cases' outcomes.
 pub struct Report {
     pub cases: Vec<CaseResult>,
+    /// Stopped by SIGINT or SIGTERM (see `stop_on_signals`) before every case ran.
+    pub interrupted: bool,
 }
 
 impl Report {
@@ -256,11 +258,19 @@ fn invalid_names_are_refused(s: &Suite) -> Outcome {
 
 fn stale_tree_is_recovered(s: &Suite) -> Outcome {
     // A tree whose owner is gone: made directly, with no lock held.
+    // Made after the live build began, whose start would remove it.
+    let live = s.store.begin_build(None, &s.id("live")).map_err(store_err)?;
     let token = random_token();
     let key = Key::new(Namespace::ResultTmp, &token).map_err(store_err)?;
     s.store.backend().create(&key, None).map_err(store_err)?;
-    let live = s.store.begin_build(None, &s.id("live")).map_err(store_err)?;
-    s.store.recover().map_err(store_err)?;
+    // The case's own leftover is expected: no warning for it. Any other
+    // tree removed in this pass was a real dead process's, and is told.
+    let quiet = tracing::subscriber::NoSubscriber::default();
+    let recovered = tracing::subscriber::with_default(quiet, || s.store.recover()).map_err(store_err)?;
+    if recovered.temporary_trees > 1 {
+        let others = recovered.temporary_trees - 1;
+        tracing::warn!(others, "removed temporary trees left by dead processes");
+    }
     let left = s.store.backend().list(Namespace::ResultTmp).map_err(store_err)?;
     ensure!(!left.contains(&token), "a stale temporary tree survived recovery");
     ensure!(live.path().is_dir(), "recovery removed the tree of a live build");
@@ -338,6 +348,9 @@ fn run_cases(store: &BlockingStore, cases: &[Case], mut report: impl FnMut(&Case
     let run_prefix = format!("conformance-{}", random_token());
     let mut results = Vec::new();
     for (number, (name, case)) in cases.iter().enumerate() {
+        if crate::stress::interrupted() {
+            return Report { cases: results, interrupted: true };
+        }
         let suite =
             Suite { store, prefix: format!("{run_prefix}-c{number:02}"), run_prefix: run_prefix.clone() };
         // A panicking case (e.g. a backend bug surfacing in the host) is a failure, not an abort.
@@ -349,7 +362,7 @@ fn run_cases(store: &BlockingStore, cases: &[Case], mut report: impl FnMut(&Case
         report(&result);
         results.push(result);
     }
-    Report { cases: results }
+    Report { cases: results, interrupted: false }
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub use config::Config;
 pub use loader::PluginInfo;
 pub use prune::{PruneOptions, PruneReport};
 pub use store::{
-    BlockingStore, Build, CacheInfo, Lease, LeaseInfo, LeaseKind, LeaseRecord, Listing, Recovered,
+    BlockingStore, Build, CacheInfo, Destroyed, Lease, LeaseInfo, LeaseKind, LeaseRecord, Listing, Recovered,
     ReleaseMode, Released, ResultInfo,
 };
 pub use store_api::{ErrorKind, Owner, StoreError};
@@ -46,11 +46,12 @@ pub mod internal {
     pub use crate::loader::{find_plugins, search_path, Found, Plugin};
     pub use crate::names::{check_id, escape_cache_name, is_hashed, parse_owner, unescape_cache_name};
     pub use crate::progress::{enable as enable_progress, Activity};
-    pub use crate::stress::{run as stress, StressReport};
+    pub use crate::stress::{interrupting_signal, run as stress, stop_on_signals, StressReport};
 
     /// Checks on a store root before anything is made in it.
     pub mod root {
         pub use crate::root::validate;
+        pub use crate::store::explain_unwritable;
     }
 
     /// Running a command in a tree until every process it started is gone.

@@ -2,7 +2,7 @@
 //! and a cache, several at a time.
 
 use std::fs;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -14,6 +14,36 @@ use crate::store::{BlockingStore, LeaseKind};
 
 const STEPS: usize = 4;
 
+/// Set by SIGINT or SIGTERM once [`stop_on_signals`] is called: long test
+/// runs (stress, conformance) stop between steps and clean up.
+/// Holds the signal's number, 0 while none came.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn note_interrupt(signal: nix::libc::c_int) {
+    INTERRUPTED.store(signal, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM ask the running stress or conformance run to
+/// stop and clean up; a second signal kills as usual (the handler resets).
+pub fn stop_on_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(SigHandler::Handler(note_interrupt), SaFlags::SA_RESETHAND, SigSet::empty());
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // Safety: the handler only stores to an atomic.
+        let _ = unsafe { sigaction(signal, &action) };
+    }
+}
+
+/// Whether a signal asked the run to stop.
+pub fn interrupted() -> bool {
+    interrupting_signal().is_some()
+}
+
+/// The signal that asked the run to stop, if one did.
+pub fn interrupting_signal() -> Option<i32> {
+    Some(INTERRUPTED.load(Ordering::SeqCst)).filter(|&signal| signal != 0)
+}
+
 /// What a stress run did.
 #[derive(Debug, serde::Serialize)]
 pub struct StressReport {
@@ -21,6 +51,8 @@ pub struct StressReport {
     pub failures: usize,
     pub seconds: f64,
     pub jobs_per_second: f64,
+    /// Stopped by a signal before every job ran (what was built is removed all the same).
+    pub interrupted: bool,
     /// The first few failures, for the error message.
     pub errors: Vec<String>,
 }
@@ -56,7 +88,7 @@ pub fn run(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Stress
         for _ in 0..parallel.max(1) {
             scope.spawn(|| {
                 let mut rng = Rng::new();
-                while next.fetch_add(1, Ordering::SeqCst) < jobs {
+                while !interrupted() && next.fetch_add(1, Ordering::SeqCst) < jobs {
                     let digits: Vec<u64> = (0..STEPS).map(|_| rng.below(3)).collect();
                     if let Err(e) = job(store, &prefix, &cache, &digits) {
                         errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
@@ -67,18 +99,30 @@ pub fn run(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Stress
     });
     let seconds = start.elapsed().as_secs_f64();
     let mut errors = errors.into_inner().unwrap_or_else(|p| p.into_inner());
+    let interrupted = interrupted();
+    if interrupted {
+        // Steps cut short by the signal are not failures of the store.
+        errors.retain(|e| !e.ends_with(STOPPED));
+    }
     if let Err(e) = cleanup(store, &prefix, &cache) {
         errors.push(format!("cannot clean up: {e}"));
     }
     let failures = errors.len();
     errors.truncate(5);
-    Ok(StressReport { jobs, failures, seconds, jobs_per_second: jobs as f64 / seconds.max(1e-9), errors })
+    let jobs_per_second = jobs as f64 / seconds.max(1e-9);
+    Ok(StressReport { jobs, failures, seconds, jobs_per_second, interrupted, errors })
 }
+
+/// The error of a job cut short by a signal.
+const STOPPED: &str = "stopped by a signal";
 
 fn job(store: &BlockingStore, prefix: &str, cache: &str, digits: &[u64]) -> Result<(), String> {
     let mut base: Option<String> = None;
     let mut expected = String::new();
     for digit in digits {
+        if interrupted() {
+            return Err(STOPPED.to_string());
+        }
         let digit = digit.to_string();
         expected.push_str(&digit);
         let id = format!("{prefix}-{}", &expected);

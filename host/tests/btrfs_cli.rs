@@ -44,12 +44,12 @@ fn contract_on_btrfs() {
     let deleted = btrfs(&["subvolume", "list", "-d", fs.mount.to_str().unwrap()]);
     assert!(deleted.trim().is_empty(), "uncleaned deleted subvolumes: {deleted}");
 
-    // A root outside btrfs is refused by `check`, with the fix.
+    // A root outside btrfs is refused by `init`, with the fix.
     let dir = tempfile::tempdir().unwrap();
     let elsewhere = dir.path().join("store");
     let text = format!("[store]\nbackend = \"btrfs\"\nroot = \"{}\"\n", elsewhere.display());
     let wrong = Fixture::with_config(dir, &elsewhere, &text);
-    let err = wrong.fails(&["check"], 69);
+    let err = wrong.fails(&["init"], 69);
     assert!(err.contains("btrfs"), "{err}");
     assert!(!elsewhere.exists(), "a refused root was written to");
 }

@@ -314,7 +314,8 @@ fn check_warns_of_missing_plugin_dirs_and_backends_of_misnamed_plugins() {
     let warnings = check["warnings"].as_array().unwrap();
     assert_eq!(warnings.len(), 1, "{check}");
     assert!(warnings[0].as_str().unwrap().contains("nowhere"), "{check}");
-    assert!(f.ok(&["check"]).lines().any(|l| l.starts_with("warning:") && l.contains("nowhere")));
+    let stderr = String::from_utf8_lossy(&f.run(&["check"]).stderr).into_owned();
+    assert!(stderr.lines().any(|l| l.starts_with("warning:") && l.contains("nowhere")), "{stderr}");
     let backends = f.json(&["backends"]);
     let misnamed = backends["backends"]
         .as_array()

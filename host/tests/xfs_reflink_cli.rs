@@ -53,6 +53,7 @@ fn a_filesystem_without_reflinks_is_refused() {
     let root = dir.path().join("store");
     let text = format!("[store]\nbackend = \"xfs-reflink\"\nroot = \"{}\"\n", root.display());
     let f = Fixture::with_config(dir, &root, &text);
-    let err = f.fails(&["check"], 69);
+    let err = f.fails(&["init"], 69);
+    assert!(!root.exists(), "a refused root was created");
     assert!(err.contains("reflink"), "{err}");
 }

@@ -57,7 +57,7 @@ fn contract_on_zfs() {
         .collect();
     assert!(leaked.is_empty(), "left behind: {leaked:?}");
 
-    // A missing dataset is refused by `check`, with the fix.
+    // A missing dataset is refused by `init`, with the fix.
     let text = format!(
         "[store]\nbackend = \"zfs\"\nroot = \"{}\"\n[backend]\ndataset = \"{}/nosuch\"\n",
         pool.mount.join("nosuch").display(),
@@ -65,6 +65,6 @@ fn contract_on_zfs() {
     );
     let wrong = Fixture::with_config(tempfile::tempdir().unwrap(), &pool.mount.join("nosuch"), &text);
     // A missing prerequisite: unavailable (69), as on every backend.
-    let err = wrong.fails(&["check"], 69);
+    let err = wrong.fails(&["init"], 69);
     assert!(err.contains("nosuch") && err.contains("zfs create"), "{err}");
 }

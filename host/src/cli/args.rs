@@ -90,12 +90,26 @@ pub enum Cmd {
         /// Stop once this percentage of space is free
         #[arg(long, value_name = "PCT", value_parser = parse_percent)]
         until_free: Option<f64>,
+        /// Delete every result nothing is built on (needed when no other limit is given)
+        #[arg(long, conflicts_with_all = ["limit", "older_than", "until_free"])]
+        all: bool,
+        /// Print what would be deleted, in order, and delete nothing
+        #[arg(long)]
+        dry_run: bool,
     },
-    /// Validate the config, load the plugin and check its prerequisites
+    /// Validate the config, load the plugin and check its prerequisites (changes nothing)
     Check,
     /// Where the config came from, the backend and its plugin, the root,
     /// what the store holds and its free space
     Info,
+    /// Remove the whole store: every result, cache, lease and record, and the root
+    Destroy {
+        /// Do not ask for confirmation (needed when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Create the store at the configured root (the first build or cache use also does)
+    Init,
     /// The plugins found in the search path
     Backends,
     /// Run the store-contract suite on the configured backend (in a scratch namespace)

@@ -16,6 +16,14 @@ use super::{exit, info};
 
 /// Runs the command `cli` names.
 pub fn run(cli: &Cli) -> Result<Output, StoreError> {
+    // A store this user cannot write to: the error says how to fix it.
+    run_command(cli).map_err(|e| match Config::discover(cli.config.as_deref()) {
+        Ok(config) => snapstore::internal::root::explain_unwritable(&config.root, e),
+        Err(_) => e,
+    })
+}
+
+fn run_command(cli: &Cli) -> Result<Output, StoreError> {
     match &cli.command {
         Cmd::Build { id, base, command } => build(&open(cli)?, base.as_deref(), id, command, cli.json),
         Cmd::Result { id } => result(&open(cli)?, id, cli.json),
@@ -30,11 +38,14 @@ pub fn run(cli: &Cli) -> Result<Output, StoreError> {
             open(cli)?.complete_deletes().map(|()| Output::new(json!({"completed": true}), ""))
         }
         Cmd::List { sort, reverse, sizes } => list(&open(cli)?, *sort, *reverse, *sizes),
-        Cmd::Prune { limit, older_than, until_free } => {
-            let options = PruneOptions { limit: *limit, older_than: *older_than, until_free: *until_free };
-            prune(&open(cli)?, &options, cli.json)
+        Cmd::Prune { limit, older_than, until_free, all, dry_run } => {
+            let (limit, older_than, until_free) = (*limit, *older_than, *until_free);
+            let options = PruneOptions { limit, older_than, until_free, all: *all, dry_run: *dry_run };
+            prune(cli, &options)
         }
         Cmd::Check => check(cli),
+        Cmd::Init => init(cli),
+        Cmd::Destroy { yes } => destroy(cli, *yes),
         Cmd::Info => info::info(cli),
         Cmd::Completions { shell } => Ok(info::completions(*shell)),
         Cmd::Man => info::man(),
@@ -164,18 +175,82 @@ fn list(store: &BlockingStore, sort: SortBy, reverse: bool, sizes: bool) -> Resu
     Ok(Output::new(json, listing_text(&listing, sizes.as_ref())))
 }
 
+/// Checks without changing anything: a store that does not exist yet is
+/// not created (that is `init`'s job, or the first use's).
 fn check(cli: &Cli) -> Result<Output, StoreError> {
     let config = Config::discover(cli.config.as_deref())?;
-    let store = BlockingStore::open(&config)?;
-    let plugin = store.plugin().expect("a store opened from a config has a plugin");
-    let found = store.check()?;
-    let missing: Vec<String> = (config.plugin_dirs.iter().filter(|d| !d.is_dir()))
-        .map(|d| format!("plugin_dirs entry {} is not a directory; it is skipped", d.display()))
+    let (plugin, store) = BlockingStore::open_existing(&config)?;
+    let found = match &store {
+        Some(store) => store.check()?,
+        None => vec![format!(
+            "no store at {} yet: `snapstore init` (or the first build or cache use) creates it \
+             and checks the backend's prerequisites there",
+            config.root.display()
+        )],
+    };
+    let warnings: Vec<String> = (config.plugin_dirs.iter().filter(|dir| !dir.is_dir()))
+        .map(|dir| {
+            format!("plugin_dirs entry {} in {} is not a directory", dir.display(), config.file.display())
+        })
         .collect();
-    let text = check_text(&config.file, plugin, store.root(), &found, &missing);
-    let json = json!({"config": config.file, "plugin": plugin, "root": store.root(), "checks": found,
-        "warnings": missing});
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
+    let text = check_text(&config.file, &plugin, &config.root, &found);
+    let json = json!({"config": config.file, "plugin": plugin, "root": config.root,
+                      "store_exists": store.is_some(), "checks": found, "warnings": warnings});
     Ok(Output::new(json, text))
+}
+
+fn init(cli: &Cli) -> Result<Output, StoreError> {
+    let config = Config::discover(cli.config.as_deref())?;
+    let existed = BlockingStore::open_existing(&config)?.1.is_some();
+    let store = BlockingStore::open(&config)?;
+    let found = store.check()?;
+    let verb = if existed { "exists already" } else { "created" };
+    let text =
+        format!("store {} ({}): {verb}\n{}", store.root().display(), store.backend_name(), found.join("\n"));
+    let json =
+        json!({"root": store.root(), "backend": store.backend_name(), "created": !existed, "checks": found});
+    Ok(Output::new(json, text))
+}
+
+/// Removes the store after a confirmation on a terminal, or with `--yes`.
+fn destroy(cli: &Cli, yes: bool) -> Result<Output, StoreError> {
+    let config = Config::discover(cli.config.as_deref())?;
+    let root = config.root.display().to_string();
+    let Some(store) = BlockingStore::open_existing(&config)?.1 else {
+        return Ok(Output::new(json!({"root": root, "destroyed": null}), format!("no store at {root}")));
+    };
+    if !yes {
+        use std::io::{BufRead, IsTerminal, Write};
+        if !std::io::stdin().is_terminal() {
+            return Err(StoreError::invalid(format!(
+                "destroy removes everything in the store {root}: pass --yes to confirm (stdin is not a terminal)"
+            )));
+        }
+        let listing = store.list()?;
+        let (results, caches, leases) = (listing.results.len(), listing.caches.len(), listing.leases.len());
+        eprint!("Remove the store {root} with {results} results, {caches} caches and {leases} leases? Type `yes`: ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut answer)
+            .map_err(|e| StoreError::io("cannot read the answer", &e))?;
+        if answer.trim() != "yes" {
+            return Err(StoreError::invalid("not confirmed; nothing was removed"));
+        }
+    }
+    let destroyed = store.destroy()?;
+    let mut text = format!(
+        "removed {} results, {} caches, {} leases",
+        destroyed.results, destroyed.caches, destroyed.leases
+    );
+    if !destroyed.root_removed {
+        text += &format!("; {root} stays, holding {:?}", destroyed.left);
+    }
+    Ok(Output::new(json!({"root": root, "destroyed": destroyed}), text))
 }
 
 fn backends(cli: &Cli) -> Result<Output, StoreError> {
@@ -190,6 +265,7 @@ fn backends(cli: &Cli) -> Result<Output, StoreError> {
 }
 
 fn conformance(store: &BlockingStore, as_json: bool) -> Result<Output, StoreError> {
+    snapstore::internal::stop_on_signals();
     let report = snapstore::conformance::run(store, |case| {
         if !as_json {
             println!("{case}");
@@ -201,32 +277,54 @@ fn conformance(store: &BlockingStore, as_json: bool) -> Result<Output, StoreErro
         .map(|c| json!({"case": c.name, "passed": c.outcome.is_ok(), "error": c.outcome.as_ref().err()}))
         .collect();
     let failures = report.failures();
-    let text = format!("{} cases, {failures} failed", report.cases.len());
-    let json = json!({"backend": store.backend_name(), "cases": cases, "failures": failures});
-    Ok(Output::with_status(json, text, if failures == 0 { 0 } else { exit::FAILED_CASES }))
+    let mut text = format!("{} cases, {failures} failed", report.cases.len());
+    let status = match interrupted_status(&mut text) {
+        Some(status) => status,
+        None if failures == 0 => 0,
+        None => exit::FAILED_CASES,
+    };
+    let json = json!({"backend": store.backend_name(), "cases": cases, "failures": failures,
+                      "interrupted": report.interrupted});
+    Ok(Output::with_status(json, text, status))
 }
 
 fn stress(store: &BlockingStore, jobs: usize, parallel: usize) -> Result<Output, StoreError> {
+    snapstore::internal::stop_on_signals();
     let report = snapstore::internal::stress(store, jobs, parallel)?;
-    let text = format!(
+    let mut text = format!(
         "jobs {} failures {} seconds {:.2} jobs/s {:.1}",
         report.jobs, report.failures, report.seconds, report.jobs_per_second
     );
     for e in &report.errors {
         eprintln!("error: {e}");
     }
-    let status = if report.failures == 0 { 0 } else { exit::FAILED_CASES };
+    let status = match interrupted_status(&mut text) {
+        Some(status) => status,
+        None if report.failures == 0 => 0,
+        None => exit::FAILED_CASES,
+    };
     Ok(Output::with_status(to_json(&report)?, text, status))
 }
 
-fn prune(store: &BlockingStore, options: &PruneOptions, as_json: bool) -> Result<Output, StoreError> {
+/// After SIGINT or SIGTERM: 128 + the signal, as a shell reports it, and a
+/// note that what the run made was removed.
+fn interrupted_status(text: &mut String) -> Option<u8> {
+    let signal = snapstore::internal::interrupting_signal()?;
+    *text += "\ninterrupted: what the run made was removed";
+    Some(128u8.saturating_add(signal as u8))
+}
+
+fn prune(cli: &Cli, options: &PruneOptions) -> Result<Output, StoreError> {
+    options.validate()?;
+    let store = open(cli)?;
     let started = Instant::now();
     let mut last_progress = started;
     let mut count = 0;
+    let verb = if options.dry_run { "would delete" } else { "deleted" };
     let report = store.prune(options, |id| {
         count += 1;
-        if !as_json {
-            println!("deleted {id}");
+        if !cli.json {
+            println!("{verb} {id}");
         }
         // A progress line on long runs, for the operator watching stderr.
         if last_progress.elapsed() >= Duration::from_secs(5) {
@@ -235,5 +333,5 @@ fn prune(store: &BlockingStore, options: &PruneOptions, as_json: bool) -> Result
         }
     })?;
     let text = format!("stopped: {}", report.stopped);
-    Ok(Output::new(json!({"deleted": report.deleted, "stopped": report.stopped}), text))
+    Ok(Output::new(to_json(&report)?, text))
 }

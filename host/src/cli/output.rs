@@ -157,13 +157,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 /// `snapstore check`: where everything came from, and what was checked.
-pub fn check_text(
-    config: &Path,
-    plugin: &PluginInfo,
-    root: &Path,
-    found: &[String],
-    warnings: &[String],
-) -> String {
+pub fn check_text(config: &Path, plugin: &PluginInfo, root: &Path, found: &[String]) -> String {
     let mut text = format!(
         "config: {}\nbackend: {} {} (store-api {}) from {}\nroot: {}\n",
         config.display(),
@@ -175,9 +169,6 @@ pub fn check_text(
     );
     for line in found {
         text += &format!("ok: {line}\n");
-    }
-    for line in warnings {
-        text += &format!("warning: {line}\n");
     }
     text
 }

@@ -151,6 +151,37 @@ pub(crate) fn check_marker(root: &Path, backend: &str) -> Result<bool, StoreErro
     Ok(true)
 }
 
+/// Adds the fix to an error met in a store this user cannot write to
+/// (e.g. one made by root, used by another user); other errors pass.
+pub fn explain_unwritable(root: &Path, err: StoreError) -> StoreError {
+    use std::os::unix::fs::MetadataExt;
+    if !matches!(err.kind(), ErrorKind::PERMISSION | ErrorKind::IO) {
+        return err;
+    }
+    // The store's own directory, or where it would be made.
+    let meta = root.join(META_DIR);
+    let Some(dir) = [meta.as_path(), root].into_iter().chain(root.ancestors().skip(1)).find(|p| p.exists())
+    else {
+        return err;
+    };
+    let writable = nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK);
+    if writable.is_ok() {
+        return err;
+    }
+    let owner = fs::metadata(dir).map(|m| m.uid()).unwrap_or(0);
+    let uid = nix::unistd::geteuid();
+    let (shown, root_shown) = (dir.display(), root.display());
+    let fix = if root.exists() {
+        format!("run snapstore as its owner (uid {owner}), or give uid {uid} the store (chown -R {uid} {root_shown})")
+    } else {
+        format!("create the root for uid {uid} first (as root: mkdir -p {root_shown} && chown {uid} {root_shown})")
+    };
+    StoreError::new(
+        ErrorKind::PERMISSION,
+        format!("{}; {shown} is not writable by uid {uid}: {fix}", err.message()),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

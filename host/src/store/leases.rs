@@ -102,15 +102,20 @@ impl BlockingStore {
     }
 
     /// Removes what marks lease `lease` as handed out: its record and, for a
-    /// bound lease, its lock file.
+    /// bound lease, its lock file, which the caller holds.
+    ///
+    /// The record goes first: once the lock file is gone, anyone may create
+    /// it afresh and lock it, and must then find no record, or it would take
+    /// the lease for one whose process died (see `recover_leases`).
     pub(super) fn forget_lease(&self, lease: &str) -> Result<(), StoreError> {
-        let _ = fs::remove_file(self.lock_path(LockKind::Lease, lease));
         match fs::remove_file(self.lease_path(lease)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(StoreError::io("cannot remove lease record", &e))
+                return Err(StoreError::io("cannot remove lease record", &e));
             }
-            _ => Ok(()),
+            _ => {}
         }
+        let _ = fs::remove_file(self.lock_path(LockKind::Lease, lease));
+        Ok(())
     }
 
     /// The ids of every recorded lease, sorted.

@@ -15,6 +15,7 @@
 
 mod builds;
 mod caches;
+mod destroy;
 mod layout;
 mod leases;
 mod listing;
@@ -33,9 +34,10 @@ use crate::records::Records;
 
 pub use builds::Build;
 pub(crate) use caches::CacheSnapshot;
+pub use destroy::Destroyed;
 pub(crate) use layout::LockKind;
 pub(crate) use layout::META_DIR;
-pub use layout::STATE_DIR;
+pub use layout::{explain_unwritable, STATE_DIR};
 pub use leases::{Lease, LeaseKind, LeaseRecord, ReleaseMode, Released};
 pub use listing::{CacheInfo, LeaseInfo, Listing, ResultInfo};
 pub use recovery::Recovered;
@@ -82,6 +84,18 @@ struct Inner {
     records: OnceLock<Records>,
 }
 
+/// Opens the plugin's backend at the config's root; an options error names
+/// the config file.
+fn open_backend(plugin: &Plugin, config: &Config) -> Result<store_api::plugin::RemoteBackend, StoreError> {
+    plugin.open(&config.root, &config.backend_options).map_err(|e| {
+        if e.kind() == ErrorKind::INVALID_INPUT {
+            config.backend_error(e)
+        } else {
+            e
+        }
+    })
+}
+
 /// Seconds since the Unix epoch.
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -92,22 +106,31 @@ fn key(namespace: Namespace, name: &str) -> Result<Key, StoreError> {
 }
 
 impl BlockingStore {
-    /// Loads the plugin the config names and opens the store at its root.
+    /// Loads the plugin the config names and opens the store at its root,
+    /// creating the store on first use.
     pub fn open(config: &Config) -> Result<BlockingStore, StoreError> {
         let plugin = Plugin::for_config(config)?;
         crate::root::validate(&config.root)?;
         // The marker is checked before the plugin touches the root, and
         // written only once the plugin has accepted it.
         layout::check_marker(&config.root, &plugin.info.name)?;
-        let backend = plugin.open(&config.root, &config.backend_options).map_err(|e| {
-            if e.kind() == ErrorKind::INVALID_INPUT {
-                config.backend_error(e)
-            } else {
-                e
-            }
-        })?;
+        let backend = open_backend(&plugin, config)?;
         layout::prepare_root(&config.root, &plugin.info.name)?;
         Ok(Self::assemble(&config.root, &plugin.info.name.clone(), Some(plugin.info), Box::new(backend)))
+    }
+
+    /// Opens the store only if it exists, creating nothing: the plugin's
+    /// identity, and the store (`None` if there is no store at the root yet).
+    pub fn open_existing(config: &Config) -> Result<(PluginInfo, Option<BlockingStore>), StoreError> {
+        let plugin = Plugin::for_config(config)?;
+        crate::root::validate(&config.root)?;
+        let info = plugin.info.clone();
+        if !layout::check_marker(&config.root, &plugin.info.name)? {
+            return Ok((info, None));
+        }
+        let backend = open_backend(&plugin, config)?;
+        let store = Self::assemble(&config.root, &info.name, Some(plugin.info), Box::new(backend));
+        Ok((info, Some(store)))
     }
 
     /// Opens a store on a backend object, e.g. one linked into the program.

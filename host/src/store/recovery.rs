@@ -37,6 +37,18 @@ impl BlockingStore {
                 lock.release_and_remove();
             }
         }
+        // Lease lock files whose record is gone: a release killed between
+        // removing the record and the lock file.
+        let dir = self.lock_dir(LockKind::Lease);
+        for entry in fs::read_dir(&dir).context("cannot read lease locks")?.flatten() {
+            let lease = entry.file_name().to_string_lossy().into_owned();
+            if self.lease_exists(&lease) {
+                continue;
+            }
+            if let Some(lock) = FileLock::try_acquire(&entry.path(), Mode::Exclusive)? {
+                lock.release_and_remove();
+            }
+        }
         crate::leftovers::remove_stale_lock_files(&self.inner.meta)?;
         Ok(recovered)
     }
@@ -51,11 +63,17 @@ impl BlockingStore {
             if !record.bound {
                 continue;
             }
-            let Some(_dead) =
+            let Some(dead) =
                 FileLock::try_acquire(&self.lock_path(LockKind::Lease, &lease), Mode::Exclusive)?
             else {
                 continue;
             };
+            // Released since it was read: the lock was free because its
+            // owner had just removed it, not because the owner died.
+            if !self.lease_exists(&lease) {
+                dead.release_and_remove();
+                continue;
+            }
             warn!(lease, cache = record.cache, "discarding the cache copy of a dead process");
             let copy = key(Namespace::CacheTmp, &lease)?;
             if !crate::supervise::end_leftovers(&copy, self.backend().path(&copy)?.as_deref())? {
