@@ -351,7 +351,8 @@ fn a_btrfs_root_elsewhere_is_reported_against_the_root() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("not/yet/there");
     let f = Fixture::with_config(dir, &root, "[store]\nbackend = \"btrfs\"\nroot = \"not/yet/there\"\n");
-    let out = f.run(&["check"]);
+    // `init` runs the backend's checks (`check` does not, before a store exists).
+    let out = f.run(&["init"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
         skip("the temporary directory is on btrfs");
@@ -359,6 +360,7 @@ fn a_btrfs_root_elsewhere_is_reported_against_the_root() {
     }
     assert_eq!(out.status.code(), Some(EXIT_UNAVAILABLE), "{stderr}");
     assert!(stderr.contains(&format!("the store root {} would not be on btrfs", root.display())), "{stderr}");
+    assert!(!root.exists(), "the root was created on the wrong filesystem");
 }
 
 #[test]
