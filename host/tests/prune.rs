@@ -197,9 +197,9 @@ fn until_free_counts_pending_deletes_on_btrfs() {
         f.ok(&["build", &format!("r{i}"), "--", "sh", "-c", cmd]);
     }
     f.ok(&["complete-deletes"]);
-    let full: f64 = f.ok(&["df"]).parse().unwrap();
+    let full: f64 = f.json(&["df"])["free_percent"].as_f64().unwrap();
     f.ok(&["delete", "r4"]);
-    let pending: f64 = f.ok(&["df"]).parse().unwrap();
+    let pending: f64 = f.json(&["df"])["free_percent"].as_f64().unwrap();
     // One result is about 14% of the filesystem; half of that is the goal.
     let goal = full + 7.0;
     if pending >= goal {
@@ -207,7 +207,7 @@ fn until_free_counts_pending_deletes_on_btrfs() {
     }
     let out = f.json(&["prune", "--until-free", &goal.to_string()]);
     assert_eq!(out["deleted"], serde_json::json!([]), "deleted more than the goal needed: {out}");
-    let now: f64 = f.ok(&["df"]).parse().unwrap();
+    let now: f64 = f.json(&["df"])["free_percent"].as_f64().unwrap();
     assert!(now >= goal, "stopped at {now}% < {goal}%: {out}");
     assert_eq!(ids(&f), ["r1", "r2", "r3"]);
 
