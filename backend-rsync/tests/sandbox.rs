@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use snapstore_rsync::Rsync;
@@ -36,17 +36,38 @@ fn can_run(test: &str) -> bool {
     false
 }
 
+/// A store in `mode` and an outside directory beside it, in a temporary
+/// directory; what a failed test left mounted there is detached first.
+struct Scene {
+    _unmount: Unmount,
+    outside: Outside,
+    root: PathBuf,
+    backend: Rsync,
+    _dir: tempfile::TempDir,
+}
+
+impl Scene {
+    fn new(mode: &str) -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        Scene {
+            _unmount: Unmount(dir.path().to_path_buf()),
+            outside: Outside::new(&dir.path().join("outside")),
+            backend: open(&root, mode),
+            root,
+            _dir: dir,
+        }
+    }
+}
+
 #[test]
 fn removing_a_tree_never_deletes_through_a_bind_mount() {
     if !can_run("removing_a_tree_never_deletes_through_a_bind_mount") {
         return;
     }
     for mode in MODES {
-        let dir = tempfile::tempdir().unwrap();
-        let _unmount = Unmount(dir.path().to_path_buf());
-        let outside = Outside::new(&dir.path().join("outside"));
-        let root = dir.path().join("store");
-        let backend = open(&root, mode);
+        let scene = Scene::new(mode);
+        let (outside, root, backend) = (&scene.outside, &scene.root, &scene.backend);
         // A build's tree, a result and a cache generation, each holding a
         // bind mount of the outside directory.
         for (tmp, committed) in
@@ -78,11 +99,8 @@ fn hardlink_commit_never_copies_or_deletes_through_a_bind_mount() {
         return;
     }
     for mode in ["hardlink", "hardlink_unsafe"] {
-        let dir = tempfile::tempdir().unwrap();
-        let _unmount = Unmount(dir.path().to_path_buf());
-        let outside = Outside::new(&dir.path().join("outside"));
-        let root = dir.path().join("store");
-        let backend = open(&root, mode);
+        let scene = Scene::new(mode);
+        let (outside, root, backend) = (&scene.outside, &scene.root, &scene.backend);
         let base = backend.create(&key("result-tmp/base"), None).unwrap();
         fs::write(base.join("shared"), b"same").unwrap();
         backend.commit(&key("result-tmp/base"), &key("result/base"), None).unwrap();
@@ -108,11 +126,8 @@ fn a_clone_never_reads_through_a_bind_mount() {
         return;
     }
     for mode in MODES {
-        let dir = tempfile::tempdir().unwrap();
-        let _unmount = Unmount(dir.path().to_path_buf());
-        let outside = Outside::new(&dir.path().join("outside"));
-        let root = dir.path().join("store");
-        let backend = open(&root, mode);
+        let scene = Scene::new(mode);
+        let (outside, backend) = (&scene.outside, &scene.backend);
         let tree = backend.create(&key("result-tmp/t"), None).unwrap();
         bind(&outside.path, &tree.join("mnt"));
         backend.commit(&key("result-tmp/t"), &key("result/r"), None).unwrap();

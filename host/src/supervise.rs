@@ -5,10 +5,11 @@
 //! allows, its own cgroup (see [`crate::cgroup`]); snapstore is a child
 //! subreaper, so descendants that double-fork or `setsid` away are
 //! reparented to it. When the command exits, whatever it left is killed
-//! and reaped, and the mounts it made under the tree are detached: only
-//! then is the tree committed. If snapstore itself dies, the command gets
-//! SIGKILL (`PR_SET_PDEATHSIG`), and the recovery that removes the tree
-//! kills the rest through the cgroup ([`end_leftovers`]).
+//! and reaped: only then is the tree committed, once the mounts it made
+//! under the tree are detached ([`detach_mounts`]). If snapstore itself
+//! dies, the command gets SIGKILL (`PR_SET_PDEATHSIG`), and the recovery
+//! that removes the tree kills the rest through the cgroup
+//! ([`end_leftovers`]).
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -29,7 +30,8 @@ use crate::cgroup::TreeCgroup;
 /// Runs `command` in `dir` (a tree whose key is `tree`) and returns the
 /// exit status to report: the command's own, 128+N if signal N killed it,
 /// 126/127 if it cannot start. Returns once every process the command
-/// started is gone and the mounts under `dir` are detached.
+/// started is gone. The mounts it left under `dir` are detached by the
+/// commit, release or removal that follows.
 ///
 /// Reaps every child of this process: meant for a program that runs one
 /// command at a time, like the `snapstore` CLI.
@@ -104,7 +106,6 @@ pub fn run(command: &[String], dir: &Path, tree: &Key) -> Result<u8, StoreError>
         }
     };
     drop(forwarding);
-    detach_mounts(dir)?;
     Ok(status)
 }
 

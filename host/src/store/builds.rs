@@ -231,7 +231,9 @@ impl Build {
         let Some((id_lock, tmp_lock)) = self.locks.take() else {
             return Ok(());
         };
-        let removed = self.store.backend().remove(&self.tmp);
+        // Never hand the backend a tree that still holds a sandbox's mounts.
+        let removed =
+            crate::supervise::detach_mounts(&self.path).and_then(|()| self.store.backend().remove(&self.tmp));
         if removed.is_ok() {
             tmp_lock.release_and_remove();
         }

@@ -137,13 +137,13 @@ impl BlockingStore {
         let escaped = escape_cache_name(&record.cache);
         let _cache_lock = FileLock::acquire(&self.lock_path(LockKind::Cache, &escaped), Mode::Exclusive)?;
         let copy = key(Namespace::CacheTmp, lease)?;
-        if let Some(path) = self.backend().path(&copy)? {
-            crate::supervise::detach_mounts(&path)?;
+        let copy_path = self.backend().path(&copy)?;
+        if let Some(path) = &copy_path {
+            crate::supervise::detach_mounts(path)?;
         }
         let latest = self.latest_generation(&escaped)?;
-        let publish = mode == ReleaseMode::PublishIfCurrent
-            && latest == Some(record.generation)
-            && self.backend().path(&copy)?.is_some();
+        let publish =
+            mode == ReleaseMode::PublishIfCurrent && latest == Some(record.generation) && copy_path.is_some();
         let released = if publish {
             let snapshot = CacheSnapshot::new(&escaped, self.next_generation()?).key()?;
             if let Err(err) = self.backend().commit(&copy, &snapshot, None) {
