@@ -5,6 +5,7 @@
 //! that a test needing root or a tool uses.
 
 mod loop_fs;
+pub mod fidelity;
 pub mod sandbox;
 mod zfs_pool;
 
