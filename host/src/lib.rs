@@ -20,6 +20,7 @@ mod loader;
 mod lock;
 mod names;
 mod plugin_file;
+mod plugin_verdict;
 mod progress;
 mod prune;
 mod records;

@@ -2,6 +2,7 @@
 //! the library and returns what to print.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -25,7 +26,14 @@ pub fn run(cli: &Cli) -> Result<Output, StoreError> {
 fn run_command(cli: &Cli) -> Result<Output, StoreError> {
     match &cli.command {
         Cmd::Build { id, base, command } => build(&open(cli)?, base.as_deref(), id, command, cli.json),
-        Cmd::Result { id } => result(&open(cli)?, id, cli.json),
+        Cmd::Result { id } => {
+            // Most lookups find their result: answered without loading the plugin.
+            let config = Config::discover(cli.config.as_deref())?;
+            match BlockingStore::result_without_plugin(&config, id) {
+                Some(path) => Ok(found(id, &path)),
+                None => result(&BlockingStore::open(&config)?, id, cli.json),
+            }
+        }
         Cmd::Delete { id } => {
             open(cli)?.delete(id).map(|()| Output::new(json!({"id": id, "deleted": true}), ""))
         }
@@ -90,10 +98,14 @@ fn build(
 
 fn result(store: &BlockingStore, id: &str, as_json: bool) -> Result<Output, StoreError> {
     match store.result(id)? {
-        Some(path) => Ok(Output::new(json!({"id": id, "path": path}), path.display().to_string())),
+        Some(path) => Ok(found(id, &path)),
         None if as_json => Ok(Output::new(json!({"id": id, "path": null}), "")),
         None => Err(StoreError::not_found(format!("no result `{id}`"))),
     }
+}
+
+fn found(id: &str, path: &Path) -> Output {
+    Output::new(json!({"id": id, "path": path}), path.display().to_string())
 }
 
 fn cache(store: &BlockingStore, cmd: &CacheCmd, as_json: bool) -> Result<Output, StoreError> {
