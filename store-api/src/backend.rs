@@ -516,10 +516,15 @@ pub trait SnapshotBackend: Send + Sync + 'static {
     /// The directory in which every committed key of `namespace` is the
     /// entry named after it, when the backend keeps them so: then
     /// [`path`](Self::path) of an existing key of `namespace` is always
-    /// that directory joined with the key's name, and the host lists and
-    /// looks up many keys without a call per key (`snapstore list` of 100 000
-    /// results). `Ok(None)` (the default) when paths follow no such rule or
-    /// need work to be ready (a mount made on first use). (1.2)
+    /// that directory joined with the key's name, and a directory there
+    /// whose name is a valid key name *is* an existing key (trees in
+    /// transit kept there must have names that are not key names, e.g.
+    /// starting with `.`). The host then lists and looks up keys without a
+    /// call per key (`snapstore list` of 100 000 results), and answers
+    /// `snapstore result ID` with a `stat`, without loading the plugin.
+    /// `Ok(None)` (the default) when paths follow no such rule, or need
+    /// work to be ready (a mount made on first use), or a leftover
+    /// directory could be mistaken for a key (a mountpoint). (1.2)
     ///
     /// Errors: `IO`.
     ///
