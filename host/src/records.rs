@@ -138,10 +138,25 @@ impl Records {
     /// differs (most calls write nothing).
     pub fn reconcile(&self, present: &[String]) -> Result<Reconciled, StoreError> {
         let mut records = self.all()?;
-        let present_set: HashSet<&str> = present.iter().map(String::as_str).collect();
-        let recorded: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
-        let missing: Vec<&str> = present_set.difference(&recorded).copied().collect();
-        let gone: Vec<&str> = recorded.difference(&present_set).copied().collect();
+        let mut present: Vec<&str> = present.iter().map(String::as_str).collect();
+        present.sort_unstable();
+        present.dedup();
+        // Both sorted by id: one merge, no hashing (100 000 results).
+        let (mut missing, mut gone) = (Vec::new(), Vec::new());
+        let (mut recorded_ids, mut present_ids) =
+            (records.iter().map(|r| r.id.as_str()).peekable(), present.iter().copied().peekable());
+        loop {
+            match (recorded_ids.peek(), present_ids.peek()) {
+                (None, None) => break,
+                (Some(r), Some(p)) if r == p => {
+                    recorded_ids.next();
+                    present_ids.next();
+                }
+                (Some(r), Some(p)) if r < p => gone.extend(recorded_ids.next()),
+                (Some(_), None) => gone.extend(recorded_ids.next()),
+                (_, Some(_)) => missing.extend(present_ids.next()),
+            }
+        }
         if missing.is_empty() && gone.is_empty() {
             return Ok(Reconciled { adopted: 0, dropped: 0, records });
         }
@@ -165,6 +180,7 @@ impl Records {
             Ok((adopted, dropped))
         })?;
         let gone: HashSet<String> = gone.into_iter().map(str::to_owned).collect();
+        let missing: Vec<String> = missing.into_iter().map(str::to_owned).collect();
         let adopted_records: Vec<ResultRecord> = missing
             .iter()
             .map(|id| ResultRecord {
@@ -206,7 +222,9 @@ impl Records {
     /// here rather than by a subquery per row: `list` reads 100 000).
     pub fn all(&self) -> Result<Vec<ResultRecord>, StoreError> {
         let mut records = self.with(|c| {
-            let mut stmt = c.prepare("SELECT id, base, created, last_used FROM results ORDER BY id")?;
+            // In table order, sorted below: ORDER BY id would seek the
+            // table once per row through the id index.
+            let mut stmt = c.prepare("SELECT id, base, created, last_used FROM results")?;
             let rows = stmt.query_map([], |r| {
                 Ok(ResultRecord {
                     id: r.get(0)?,
@@ -218,6 +236,7 @@ impl Records {
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
+        records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         count_children(&mut records);
         Ok(records)
     }
