@@ -1,0 +1,100 @@
+//! The backend's own behaviour, in process, on loop ext4 and XFS: whole
+//! trees, hidden bases, deep chains, caches, leaks.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use store_api::{ErrorKind, Namespace, SnapshotBackend};
+
+fn build(store: &impl SnapshotBackend, id: &str, base: Option<&str>, step: impl FnOnce(&std::path::Path)) {
+    let tmp = key(&format!("result-tmp/t-{id}"));
+    let tree = match base {
+        Some(base) => store.clone_tree(&key(&format!("result/{base}")), &tmp).unwrap(),
+        None => store.create(&tmp, None).unwrap(),
+    };
+    step(&tree);
+    let parent = base.map(|b| key(&format!("result/{b}")));
+    store.commit(&tmp, &key(&format!("result/{id}")), parent.as_ref()).unwrap();
+}
+
+fn read(store: &impl SnapshotBackend, id: &str, file: &str) -> String {
+    let path = store.path(&key(&format!("result/{id}"))).unwrap().unwrap();
+    fs::read_to_string(path.join(file)).unwrap()
+}
+
+fn results_are_whole_trees(mkfs: &[&str]) {
+    let Some((fs, store)) = store(mkfs, "") else { return };
+    let root = fs.root();
+    build(&store, "base", None, |t| {
+        fs::write(t.join("a"), "a").unwrap();
+        fs::create_dir(t.join("d")).unwrap();
+        fs::write(t.join("d/x"), "x").unwrap();
+    });
+    build(&store, "child", Some("base"), |t| {
+        fs::write(t.join("b"), "b").unwrap();
+        fs::remove_file(t.join("a")).unwrap();
+        fs::remove_dir_all(t.join("d")).unwrap();
+        fs::create_dir(t.join("d")).unwrap();
+        fs::write(t.join("d/y"), "y").unwrap();
+    });
+    let child = store.path(&key("result/child")).unwrap().unwrap();
+    assert_eq!(read(&store, "child", "b"), "b");
+    assert!(!child.join("a").exists(), "a deleted file is back");
+    assert!(!child.join("d/x").exists(), "a replaced directory kept its old entries");
+    assert_eq!(read(&store, "child", "d/y"), "y");
+    assert_eq!(read(&store, "base", "a"), "a", "the base changed");
+    // Read-only, the whole tree.
+    let err = fs::write(child.join("new"), "").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc_erofs()), "{err}");
+
+    // A base deleted under 5 children: they stay intact, its layer hidden.
+    for i in 0..5 {
+        build(&store, &format!("c{i}"), Some("child"), |t| fs::write(t.join("i"), i.to_string()).unwrap());
+    }
+    store.remove(&key("result/child")).unwrap();
+    store.remove(&key("result/base")).unwrap();
+    store.complete_deletes().unwrap();
+    assert_eq!(store.path(&key("result/child")).unwrap(), None);
+    for i in 0..5 {
+        let id = format!("c{i}");
+        assert_eq!(read(&store, &id, "i"), i.to_string());
+        assert_eq!(read(&store, &id, "b"), "b");
+        assert_eq!(read(&store, &id, "d/y"), "y");
+        assert!(!store.path(&key(&format!("result/{id}"))).unwrap().unwrap().join("a").exists());
+    }
+    // A grandchild of the deleted base builds too.
+    build(&store, "g", Some("c3"), |t| fs::write(t.join("g"), "g").unwrap());
+    assert_eq!(read(&store, "g", "i"), "3");
+
+    // A missing base, an existing key.
+    let err = store.clone_tree(&key("result/child"), &key("result-tmp/x")).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NOT_FOUND);
+    let err = store.create(&key("result/c1"), None).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ALREADY_EXISTS);
+
+    // Everything deleted: nothing left, no mount.
+    for ns in Namespace::ALL {
+        for name in store.list(ns).unwrap() {
+            store.remove(&key(&format!("{ns}/{name}"))).unwrap();
+        }
+    }
+    store.complete_deletes().unwrap();
+    assert_eq!(leftovers(&root), Vec::<std::path::PathBuf>::new());
+    assert_eq!(mounts_under(&root), Vec::<std::path::PathBuf>::new());
+}
+
+fn libc_erofs() -> i32 {
+    30
+}
+
+#[test]
+fn results_are_whole_trees_on_ext4() {
+    results_are_whole_trees(EXT4);
+}
+
+#[test]
+fn results_are_whole_trees_on_xfs() {
+    results_are_whole_trees(XFS);
+}
