@@ -227,6 +227,17 @@ fn copy_tree(from: &Path, to: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Removes an overlay's work directory: usually its empty `work/`
+/// subdirectory and itself (quick), else whatever a crash left in it.
+fn remove_work(work: &Path) -> Result<(), StoreError> {
+    let _ = fs::remove_dir(work.join("work"));
+    match fs::remove_dir(work) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => remove_tree(work),
+    }
+}
+
 impl SnapshotBackend for Overlay {
     fn create(&self, key: &Key, owner: Option<Owner>) -> Result<PathBuf, StoreError> {
         let _held = self.layers.hold()?;
@@ -274,7 +285,7 @@ impl SnapshotBackend for Overlay {
             // sandbox's mounts in a plain build directory.
             let tree = if has_base { self.layers.tree(&layer) } else { self.layers.diff(&layer) };
             detach_mounts_under(&tree)?;
-            remove_tree(&self.layers.work(&layer))?;
+            remove_work(&self.layers.work(&layer))?;
         }
         let mut target = layer.clone();
         if has_base && self.layers.chain(&layer)?.len() > self.depth_limit(dst.namespace()) {

@@ -98,3 +98,61 @@ fn results_are_whole_trees_on_ext4() {
 fn results_are_whole_trees_on_xfs() {
     results_are_whole_trees(XFS);
 }
+
+/// The depth of `id`'s chain, read from the layer links on disk.
+fn depth(root: &std::path::Path, ns: &str, id: &str) -> usize {
+    let link = fs::read_link(root.join(ns).join(id)).unwrap();
+    let mut layer = root.join(ns).join(link);
+    let mut n = 1;
+    while let Ok(lower) = fs::read_to_string(layer.join("lower")) {
+        layer = root.join("layers").join(lower);
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn a_chain_of_1000_steps_builds() {
+    // Tiny steps, no flush: this is about depth, not durability.
+    let Some((fs, store)) = store(EXT4, "sync_on_commit = false") else { return };
+    let root = fs.root();
+    build(&store, "s0", None, |t| fs::write(t.join("0"), "0").unwrap());
+    for i in 1..1000 {
+        let base = format!("s{}", i - 1);
+        build(&store, &format!("s{i}"), Some(&base), |t| fs::write(t.join(i.to_string()), "").unwrap());
+        // Only the last step's view is kept: a real build farm asks for few.
+        store.remove(&key(&format!("result/{base}"))).unwrap();
+        assert!(depth(&root, "result", &format!("s{i}")) <= 128);
+    }
+    let last = store.path(&key("result/s999")).unwrap().unwrap();
+    assert_eq!(fs::read_dir(&last).unwrap().count(), 1000, "every step's file is in the last tree");
+    store.remove(&key("result/s999")).unwrap();
+    store.complete_deletes().unwrap();
+    assert_eq!(leftovers(&root), Vec::<std::path::PathBuf>::new());
+    assert_eq!(mounts_under(&root), Vec::<std::path::PathBuf>::new());
+}
+
+#[test]
+fn a_cache_released_many_times_keeps_a_short_chain() {
+    let Some((fs, store)) = store(EXT4, "") else { return };
+    let root = fs.root();
+    let copy = store.create(&key("cache-tmp/first"), None).unwrap();
+    fs::write(copy.join("count"), "0").unwrap();
+    store.commit(&key("cache-tmp/first"), &key("cache/c.0"), None).unwrap();
+    for i in 1..=100 {
+        let (gen, next) = (key(&format!("cache/c.{}", i - 1)), key(&format!("cache/c.{i}")));
+        let copy = store.clone_tree(&gen, &key(&format!("cache-tmp/t{i}"))).unwrap();
+        let count: u32 = fs::read_to_string(copy.join("count")).unwrap().parse().unwrap();
+        fs::write(copy.join("count"), (count + 1).to_string()).unwrap();
+        fs::write(copy.join(format!("pkg{}", i % 10)), i.to_string()).unwrap();
+        store.commit(&key(&format!("cache-tmp/t{i}")), &next, None).unwrap();
+        store.remove(&gen).unwrap();
+        assert!(depth(&root, "cache", &format!("c.{i}")) <= 8, "release {i}");
+    }
+    let tree = store.path(&key("cache/c.100")).unwrap().unwrap();
+    assert_eq!(fs::read_to_string(tree.join("count")).unwrap(), "100");
+    assert_eq!(fs::read_dir(&tree).unwrap().count(), 11);
+    // Layers: at most one chain's worth (plus none leaked).
+    store.complete_deletes().unwrap();
+    assert!(fs::read_dir(root.join("layers")).unwrap().count() <= 8 + 1);
+}
