@@ -14,8 +14,8 @@
 //!   chain needs it, and goes to the trash when none does (see
 //!   [`layers`]).
 //! * A chain deeper than `max_depth` (`cache_max_depth` for caches) is
-//!   flattened at commit: the whole tree is copied into a fresh layer that
-//!   stands alone.
+//!   flattened at commit: the whole tree is copied into a fresh layer (on
+//!   an empty one), and the old chain goes once nothing else needs it.
 //!
 //! Layout: `ROOT/{result,result-tmp,cache,cache-tmp}/NAME` are links
 //! `../layers/LAYER`; `ROOT/layers/` holds the layers, `ROOT/trash/` the
@@ -166,19 +166,25 @@ impl Overlay {
         Ok(true)
     }
 
-    /// A fresh layer that stands alone, holding the whole tree of
-    /// `layer` (whose tree is not mounted): a copy made through a
-    /// read-only view of its chain.
+    /// A fresh layer holding the whole tree of `layer` (whose tree is not
+    /// mounted), copied through a read-only view of its chain, on an empty
+    /// layer of its own: a chain of 2. (Not a lone layer: the kernel needs
+    /// two lowers for a read-only overlay, and only an overlay shows the
+    /// tree's own escaped `trusted.overlay.*` xattrs as they were set.)
     fn flatten(&self, layer: &str) -> Result<String, StoreError> {
         let view = self.layers.tree(layer);
         let lowers = self.lower_dirs(layer)?;
         let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
         mount::mount_overlay(&view, &lowers, None)?;
-        let flat = self.layers.new_layer(None);
-        let copied = flat.and_then(|flat| {
+        let copied = (|| {
+            let empty = self.layers.new_layer(None)?;
+            let empty_diff = self.layers.diff(&empty);
+            fs::create_dir(&empty_diff).context(format!("cannot create {}", empty_diff.display()))?;
+            let flat = self.layers.new_layer(Some(&empty))?;
             copy_tree(&view, &self.layers.diff(&flat))?;
+            meta::escape_overlay_xattrs(&self.layers.diff(&flat))?;
             Ok(flat)
-        });
+        })();
         detach_mounts_under(&view)?;
         copied
     }

@@ -11,8 +11,8 @@ use rustix::fs::{
 use store_api::{IoContext, StoreError};
 
 /// Gives the directory `to` the owner, mode, extended attributes (ACLs
-/// included; overlayfs' own `trusted.overlay.*` excepted) and times of the
-/// directory `from`.
+/// included; overlayfs' own `trusted.overlay.*` excepted, the tree's own
+/// escaped ones kept) and times of the directory `from`.
 pub fn copy_root(from: &Path, to: &Path) -> Result<(), StoreError> {
     let meta = std::fs::symlink_metadata(from).context(format_args!("cannot stat {}", from.display()))?;
     let context = || format!("cannot copy the metadata of {} to {}", from.display(), to.display());
@@ -20,7 +20,7 @@ pub fn copy_root(from: &Path, to: &Path) -> Result<(), StoreError> {
     // After chown, which clears the set-id bits.
     chmod(to, Mode::from_raw_mode(meta.mode() & 0o7777)).context(context())?;
     for name in xattr_names(from).context(context())? {
-        if name.starts_with(b"trusted.overlay.") {
+        if is_overlays_own(&name) {
             continue;
         }
         let mut value = vec![0u8; 65536];
@@ -40,4 +40,48 @@ fn xattr_names(path: &Path) -> Result<Vec<Vec<u8>>, rustix::io::Errno> {
     let mut buf = vec![0u8; 65536];
     let len = rustix::fs::llistxattr(path, &mut buf[..])?;
     Ok(buf[..len].split(|&b| b == 0).filter(|n| !n.is_empty()).map(<[u8]>::to_vec).collect())
+}
+
+/// An xattr overlayfs reads as its own. A tree's own `trusted.overlay.X`,
+/// written through an overlay, is stored escaped as
+/// `trusted.overlay.overlay.X` (Linux 6.7+) and shown unescaped.
+fn is_overlays_own(name: &[u8]) -> bool {
+    name.starts_with(OWN) && !name.starts_with(ESCAPED)
+}
+
+const OWN: &[u8] = b"trusted.overlay.";
+const ESCAPED: &[u8] = b"trusted.overlay.overlay.";
+
+/// Escapes the tree's own `trusted.overlay.*` xattrs in `dir`, a plain
+/// copy of an overlay's tree (which shows them unescaped): in a layer they
+/// would otherwise be read as overlayfs' own (an opaque directory, a
+/// redirect). Never follows a symlink; `dir` holds no mount (a fresh copy).
+pub fn escape_overlay_xattrs(dir: &Path) -> Result<(), StoreError> {
+    let context = || format!("cannot escape the trusted.overlay.* xattrs in {}", dir.display());
+    escape_one(dir).context(context())?;
+    for entry in std::fs::read_dir(dir).context(context())? {
+        let entry = entry.context(context())?;
+        let path = entry.path();
+        if entry.file_type().context(context())?.is_dir() {
+            escape_overlay_xattrs(&path)?;
+        } else {
+            escape_one(&path).context(format!("cannot escape the xattrs of {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn escape_one(path: &Path) -> Result<(), rustix::io::Errno> {
+    for name in xattr_names(path)? {
+        if !name.starts_with(OWN) {
+            continue;
+        }
+        let mut value = vec![0u8; 65536];
+        let len = lgetxattr(path, name.as_slice(), &mut value[..])?;
+        let mut escaped = ESCAPED.to_vec();
+        escaped.extend_from_slice(&name[OWN.len()..]);
+        lsetxattr(path, escaped.as_slice(), &value[..len], XattrFlags::empty())?;
+        rustix::fs::lremovexattr(path, name.as_slice())?;
+    }
+    Ok(())
 }

@@ -156,3 +156,28 @@ fn a_cache_released_many_times_keeps_a_short_chain() {
     store.complete_deletes().unwrap();
     assert!(fs::read_dir(root.join("layers")).unwrap().count() <= 8 + 1);
 }
+
+/// A tree's own `trusted.overlay.*` xattrs (set in a build on a base) are
+/// kept, and never read as overlayfs' own: not after a flattening either.
+#[test]
+fn a_trees_own_overlay_xattrs_are_kept_and_inert() {
+    let Some((_fs, store)) = store(EXT4, "max_depth = 2") else { return };
+    build(&store, "base", None, |t| {
+        fs::create_dir(t.join("d")).unwrap();
+        fs::write(t.join("d/x"), "x").unwrap();
+    });
+    build(&store, "child", Some("base"), |t| {
+        xattr::set(t.join("d"), "trusted.overlay.opaque", b"y").unwrap();
+    });
+    // base, child, grandchild: deeper than 2, so flattened.
+    build(&store, "grandchild", Some("child"), |t| fs::write(t.join("g"), "").unwrap());
+    for id in ["child", "grandchild"] {
+        let tree = store.path(&key(&format!("result/{id}"))).unwrap().unwrap();
+        assert_eq!(fs::read_to_string(tree.join("d/x")).unwrap(), "x", "{id}: d became opaque");
+        assert_eq!(xattr::get(tree.join("d"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
+    }
+    build(&store, "great", Some("grandchild"), |_| {});
+    let tree = store.path(&key("result/great")).unwrap().unwrap();
+    assert_eq!(fs::read_to_string(tree.join("d/x")).unwrap(), "x", "d became opaque once flattened");
+    assert_eq!(xattr::get(tree.join("d"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
+}
