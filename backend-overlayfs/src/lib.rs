@@ -22,6 +22,7 @@
 //! layers being deleted. The host owns `ROOT/.snapstore/` and
 //! `ROOT/state/`.
 
+pub mod changes;
 mod checks;
 pub mod layers;
 mod meta;
@@ -36,7 +37,7 @@ use rustix::fs::{fsync, syncfs, Mode, OFlags};
 use serde::Deserialize;
 use store_api::util::mounts::detach_mounts_under;
 use store_api::util::{create_owned_dir, remove_tree, trash, DirLayout, FileLock, LockMode};
-use store_api::{IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError};
+use store_api::{Change, IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError};
 
 store_api::export_backend!(name: "overlayfs", version: env!("CARGO_PKG_VERSION"), open: open);
 
@@ -365,6 +366,31 @@ impl SnapshotBackend for Overlay {
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
         checks::check(&self.root, self.max_depth, self.cache_max_depth, self.sync_on_commit)
+    }
+
+    fn changes(&self, key: &Key, base: &Key) -> Result<Option<Vec<Change>>, StoreError> {
+        let _held = self.layers.hold()?;
+        let missing = |k: &Key| StoreError::not_found(format!("`{k}` does not exist"));
+        let layer = self.layers.of_key(key)?.ok_or_else(|| missing(key))?;
+        let base_layer = self.layers.of_key(base)?.ok_or_else(|| missing(base))?;
+        // Only a layer built right on `base` is its diff (a flattened one
+        // holds the whole tree: the host walks it).
+        if self.layers.lower(&layer)?.as_deref() != Some(base_layer.as_str()) {
+            return Ok(None);
+        }
+        let tree = self.path(key)?.ok_or_else(|| missing(key))?;
+        let base_tree = self.path(base)?.ok_or_else(|| missing(base))?;
+        let diff = self.layers.diff(&layer);
+        changes::changes(&changes::Trees { layer: &diff, tree: &tree, base: &base_tree }).map(Some)
+    }
+
+    fn size(&self, key: &Key) -> Result<Option<u64>, StoreError> {
+        let _held = self.layers.hold()?;
+        let layer = self
+            .layers
+            .of_key(key)?
+            .ok_or_else(|| StoreError::not_found(format!("`{key}` does not exist")))?;
+        changes::layer_size(&self.layers.diff(&layer)).map(Some)
     }
 
     fn recover(&self) -> Result<(), StoreError> {
