@@ -12,7 +12,8 @@
 //!
 //! A layer is needed while a key links to it or to a layer whose chain
 //! (following `lower`) holds it. [`Layers::collect`] moves the others to
-//! the trash under an exclusive lock on `layers/.lock`; every call that
+//! the trash under an exclusive `flock` on the `layers` directory itself
+//! (no lock file: an empty store holds nothing); every call that
 //! makes a layer or a link, or mounts one, holds that lock shared, so a
 //! layer is never collected between its creation and its link.
 
@@ -22,16 +23,15 @@ use std::io::ErrorKind as IoKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rustix::fs::{renameat_with, RenameFlags, CWD};
+use rustix::fs::{flock, open, renameat_with, FlockOperation, Mode, OFlags, RenameFlags, CWD};
 use store_api::util::mounts::detach_mounts_under;
-use store_api::util::{random_token, unique_name, FileLock, LockMode};
+use store_api::util::{random_token, unique_name};
 use store_api::{IoContext, Key, Namespace, StoreError};
 
 use crate::mount;
 
 pub const LAYERS: &str = "layers";
 pub const TRASH: &str = "trash";
-const LOCK: &str = ".lock";
 /// A chain longer than this is corrupt (commit flattens far earlier).
 const MAX_CHAIN: usize = 1000;
 
@@ -65,8 +65,8 @@ impl Layers {
 
     /// Held (shared) by every call that makes layers or links or mounts a
     /// layer's tree: the collector waits for them.
-    pub fn hold(&self) -> Result<FileLock, StoreError> {
-        FileLock::acquire(&self.root.join(LAYERS).join(LOCK), LockMode::Shared)
+    pub fn hold(&self) -> Result<DirLock, StoreError> {
+        DirLock::take(&self.root.join(LAYERS), FlockOperation::LockShared).map(Option::unwrap)
     }
 
     /// Makes the directory of a new layer, with its `lower` link written,
@@ -150,13 +150,13 @@ impl Layers {
     /// entries made (for the caller to delete). With `wait` false, gives up
     /// (returning nothing) while other calls hold the layers.
     pub fn collect(&self, wait: bool) -> Result<Vec<PathBuf>, StoreError> {
-        let lock = self.root.join(LAYERS).join(LOCK);
+        let lock = self.root.join(LAYERS);
         let _held = if wait {
-            FileLock::acquire(&lock, LockMode::Exclusive)?
+            DirLock::take(&lock, FlockOperation::LockExclusive)?.unwrap()
         } else {
             let mut tries = 0;
             loop {
-                if let Some(held) = FileLock::try_acquire(&lock, LockMode::Exclusive)? {
+                if let Some(held) = DirLock::take(&lock, FlockOperation::NonBlockingLockExclusive)? {
                     break held;
                 }
                 tries += 1;
@@ -215,6 +215,27 @@ impl Layers {
             }
         }
         Ok(keyed)
+    }
+}
+
+/// A `flock` on a directory, held while this lives.
+pub struct DirLock(#[allow(dead_code)] std::os::fd::OwnedFd);
+
+impl DirLock {
+    /// Takes the lock; `None` if a non-blocking `how` finds it held.
+    fn take(dir: &Path, how: FlockOperation) -> Result<Option<DirLock>, StoreError> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = open(dir, flags, Mode::empty()).context(format_args!("cannot open {}", dir.display()))?;
+        loop {
+            match flock(&fd, how) {
+                Ok(()) => return Ok(Some(DirLock(fd))),
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(StoreError::io(format_args!("cannot lock {}", dir.display()), &e.into()))
+                }
+            }
+        }
     }
 }
 

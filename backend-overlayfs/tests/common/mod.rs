@@ -35,9 +35,7 @@ pub fn leftovers(root: &Path) -> Vec<PathBuf> {
     for dir in ["result", "result-tmp", "cache", "cache-tmp", "layers", "trash"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let entry = entry.unwrap();
-            if entry.file_name() != ".lock" {
-                left.push(entry.path());
-            }
+            left.push(entry.path());
         }
     }
     left
