@@ -42,7 +42,16 @@ pub fn mount_overlay(target: &Path, lowers: &[&Path], upper: Option<Upper<'_>>) 
         fsconfig_set_string(&fs, key, value).context(format_args!("{}: {key}={}", context(), value.display()))
     };
     for lower in lowers {
-        set("lowerdir+", lower)?;
+        match fsconfig_set_string(&fs, "lowerdir+", *lower) {
+            Err(rustix::io::Errno::INVAL) if !lower.as_os_str().is_empty() => {
+                return Err(StoreError::unsupported(format!(
+                    "{}: the kernel does not take `lowerdir+` (Linux 6.8 or later needed) or refuses {}",
+                    context(),
+                    lower.display()
+                )))
+            }
+            other => other.context(format_args!("{}: lowerdir+={}", context(), lower.display()))?,
+        }
     }
     if let Some(Upper { upper, work }) = &upper {
         set("upperdir", upper)?;
