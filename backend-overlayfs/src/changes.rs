@@ -157,7 +157,10 @@ fn read_full(file: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+/// Extended attributes as (name, value), sorted.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn xattrs(path: &Path) -> Result<Xattrs, StoreError> {
     let context = || format!("cannot read the xattrs of {}", path.display());
     let mut names = vec![0u8; 65536];
     let len = rustix::fs::llistxattr(path, &mut names[..]).context(context())?;

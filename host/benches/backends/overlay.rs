@@ -66,10 +66,12 @@ pub fn run(bin: &Path, work: &Path, settings: &Settings) {
         // obuilder's overlayfs store: a result is the upper directory.
         Box::new(|name| {
             let dir = |part: &str| reference.join(format!("{name}-{part}"));
-            let (upper, work, merged, result) = (dir("upper"), dir("work"), dir("merged"), reference.join(name));
+            let (upper, work, merged, result) =
+                (dir("upper"), dir("work"), dir("merged"), reference.join(name));
             let a = timed(|| {
                 cmd("mkdir", &["-p", s(&upper), s(&work), s(&merged)]);
-                let options = format!("lowerdir={},upperdir={},workdir={}", s(&ref_base), s(&upper), s(&work));
+                let options =
+                    format!("lowerdir={},upperdir={},workdir={}", s(&ref_base), s(&upper), s(&work));
                 cmd("mount", &["-t", "overlay", "overlay", "-o", &options, s(&merged)]);
                 build_command(&merged);
                 cmd("umount", &[s(&merged)]);
@@ -113,7 +115,8 @@ pub fn run(bin: &Path, work: &Path, settings: &Settings) {
             _ => "–".into(),
         };
         let goal = if i == 2 { "≤ 0.5" } else { "" };
-        table += &format!("| {op} | {} | {} | {} | {ratio} | {goal} |\n", ms(m[0][i]), ms(m[1][i]), ms(m[2][i]));
+        table +=
+            &format!("| {op} | {} | {} | {} | {ratio} | {goal} |\n", ms(m[0][i]), ms(m[1][i]), ms(m[2][i]));
     }
 
     let mut clones = String::from(
