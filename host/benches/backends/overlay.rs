@@ -50,17 +50,22 @@ pub fn run(bin: &Path, work: &Path, settings: &Settings) {
     let mnt = lfs.mount.clone();
     let (cli, api, config) = open_store(bin, work, "overlayfs", "overlayfs", &mnt.join("store"), "");
     let (_, rsync_api, rsync_config) = open_store(bin, work, "rsync-ext4", "rsync", &mnt.join("rsync"), "");
+    // The same without the flush before each commit (obuilder does none).
+    let nosync_options = "[backend]\nsync_on_commit = false\n";
+    let (nosync_cli, nosync_api, nosync_config) =
+        open_store(bin, work, "overlayfs-nosync", "overlayfs", &mnt.join("nosync"), nosync_options);
     let open = |config: &snapstore::Config| {
         snapstore::internal::Plugin::for_config(config)
             .and_then(|p| p.open(&config.root, &config.backend_options))
             .expect("backend")
     };
-    let (overlay, rsync) = (open(&config), open(&rsync_config));
+    let (overlay, rsync, nosync) = (open(&config), open(&rsync_config), open(&nosync_config));
     let reference = mnt.join("ref");
     fs::create_dir(&reference).expect("mkdir");
 
     eprintln!("[overlayfs] build + delete on 2000 files, {} iterations", settings.iters);
     api.build(None, "base2k", fill_2k).expect("store").expect("fill");
+    nosync_api.build(None, "base2k", fill_2k).expect("store").expect("fill");
     let ref_base = reference.join("base2k");
     fs::create_dir(&ref_base).expect("mkdir");
     fill_2k(&ref_base).expect("fill");
@@ -103,6 +108,24 @@ pub fn run(bin: &Path, work: &Path, settings: &Settings) {
             let b = timed(|| overlay.remove(&result).expect("remove"));
             [a, b]
         }),
+        Box::new(|name| {
+            let a = timed(|| {
+                nosync_cli.run(&["build", name, "--base", "base2k", "--", "true"]);
+            });
+            let b = timed(|| {
+                nosync_cli.run(&["delete", name]);
+            });
+            [a, b]
+        }),
+        Box::new(|name| {
+            let (tmp, result) = (key(Namespace::ResultTmp, name), key(Namespace::Result, name));
+            let a = timed(|| {
+                nosync.clone_tree(&base_key, &tmp).expect("clone");
+                nosync.commit(&tmp, &result, Some(&base_key)).expect("commit");
+            });
+            let b = timed(|| nosync.remove(&result).expect("remove"));
+            [a, b]
+        }),
     ];
     let m: Vec<[Option<f64>; 3]> = interleave(&mnt, settings.iters, &mut variants)
         .iter()
@@ -110,16 +133,24 @@ pub fn run(bin: &Path, work: &Path, settings: &Settings) {
         .collect();
     drop(variants);
     let mut table = String::from(
-        "| overlayfs (ext4) | obuilder overlay | CLI | backend calls | CLI / obuilder | goal |\n|---|---|---|---|---|---|\n",
+        "| overlayfs (ext4) | obuilder overlay | CLI | backend calls | CLI, no sync | backend calls, no sync | CLI / obuilder | no sync: CLI / obuilder | goal |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for (op, i) in [("build on 2000 files", 0), ("delete it", 1), ("**build + delete**", 2)] {
-        let ratio = match (m[0][i], m[1][i]) {
+        let ratio = |side: usize| match (m[0][i], m[side][i]) {
             (Some(r), Some(c)) => format!("{:.2}", c / r),
             _ => "–".into(),
         };
         let goal = if i == 2 { "≤ 0.5" } else { "" };
-        table +=
-            &format!("| {op} | {} | {} | {} | {ratio} | {goal} |\n", ms(m[0][i]), ms(m[1][i]), ms(m[2][i]));
+        table += &format!(
+            "| {op} | {} | {} | {} | {} | {} | {} | {} | {goal} |\n",
+            ms(m[0][i]),
+            ms(m[1][i]),
+            ms(m[2][i]),
+            ms(m[3][i]),
+            ms(m[4][i]),
+            ratio(1),
+            ratio(3)
+        );
     }
 
     eprintln!("{table}");
@@ -153,6 +184,6 @@ pub fn run(bin: &Path, work: &Path, settings: &Settings) {
         rsync_api.delete(&name).expect("delete");
     }
     println!("\noverlayfs: median milliseconds (one run on one loop ext4, sides alternating):\n\n{table}\n{clones}");
-    drop((cli, api, rsync_api, overlay, rsync));
+    drop((cli, api, rsync_api, overlay, rsync, nosync_cli, nosync_api, nosync));
     drop(lfs);
 }
