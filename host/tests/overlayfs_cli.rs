@@ -103,3 +103,23 @@ fn an_xfs_without_ftype_is_refused() {
     };
     refused(&fs.root(), 69, "ftype");
 }
+
+#[test]
+fn a_root_on_an_overlay_is_refused() {
+    if !is_root() {
+        return skip("mounting an overlay needs root");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for sub in ["lower", "upper", "work", "merged"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+    }
+    let p = |sub: &str| dir.path().join(sub).display().to_string();
+    let options = format!("lowerdir={},upperdir={},workdir={}", p("lower"), p("upper"), p("work"));
+    let status = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options, &p("merged")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    refused(&dir.path().join("merged/store"), 69, "an overlay");
+    Command::new("umount").arg(p("merged")).status().unwrap();
+}
