@@ -98,8 +98,20 @@ fn a_root_on_tmpfs_is_refused() {
 fn an_xfs_without_ftype_is_refused() {
     // ftype=0 needs the old on-disk format (crc=0), which new kernels may
     // no longer mount: then there is nothing to refuse here.
-    let Some(fs) = LoopFs::new(&["mkfs.xfs", "-q", "-m", "crc=0", "-n", "ftype=0"], "1G", "") else {
-        return;
+    if !is_root() {
+        return skip("loop filesystems need root");
+    }
+    let fs = match LoopFs::create(&["mkfs.xfs", "-q", "-m", "crc=0", "-n", "ftype=0"], "1G", "") {
+        Ok(fs) => fs,
+        // Not a missing tool: this kernel has no V4 XFS, so no such root
+        // can exist here (also under CI).
+        Err(why) if why.contains("\"mount\"") => {
+            eprintln!(
+                "NOTE: this kernel cannot mount an XFS made with ftype=0 (crc=0): nothing to refuse: {why}"
+            );
+            return;
+        }
+        Err(why) => return skip(&format!("cannot make an XFS with ftype=0: {why}")),
     };
     refused(&fs.root(), 69, "ftype");
 }
