@@ -58,8 +58,18 @@ const SYSTEM_DIRS: &[&str] = &[
 /// What a store's root holds before the store is complete: the directories
 /// the host and the backends lay out (all empty until the store exists),
 /// and a fresh filesystem's `lost+found`.
-const LAYOUT: &[&str] =
-    &[META_DIR, STATE_DIR, "result", "result-tmp", "cache", "cache-tmp", "trash", "lost+found"];
+const LAYOUT: &[&str] = &[
+    META_DIR,
+    STATE_DIR,
+    "result",
+    "result-tmp",
+    "cache",
+    "cache-tmp",
+    "trash",
+    "lost+found",
+    // The overlayfs backend's layers.
+    "layers",
+];
 
 fn refuse(message: String) -> StoreError {
     StoreError::new(ErrorKind::INVALID_INPUT, message)

@@ -163,3 +163,16 @@ fn destroy_asks_on_a_terminal() {
     assert_eq!(code, Some(0), "{text}");
     assert!(!f.root.exists(), "a confirmed destroy left the root: {text}");
 }
+
+#[test]
+fn destroy_on_overlayfs() {
+    let Some((_fs, f)) = loop_store(&["mkfs.ext4", "-q"], "1G", "overlayfs", "") else {
+        return;
+    };
+    destroy_scenario(&f);
+    assert!(!f.root.exists(), "the root stayed");
+    assert!(
+        store_api::util::mounts::mounts_under(f.root.parent().unwrap()).unwrap().len() == 1,
+        "only the loop mount itself"
+    );
+}

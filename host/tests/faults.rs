@@ -387,3 +387,51 @@ fn mounts_survive_crashes_on_btrfs() {
     let Some((_fs, f)) = loop_store(&["mkfs.btrfs", "-q"], "1G", "btrfs", "") else { return };
     mounts_survive_crashes(&f);
 }
+
+// overlayfs (issue 17): crashes, many processes and mounts, on a loop
+// ext4; then the leak check: once everything is deleted and
+// complete-deletes has run, no layer, trash entry or mount is left.
+
+fn overlayfs_store() -> Option<(LoopFs, Fixture)> {
+    loop_store(&["mkfs.ext4", "-q"], "1G", "overlayfs", "")
+}
+
+fn overlayfs_leaves_nothing(f: &Fixture) {
+    for r in f.json(&["list"])["results"].as_array().unwrap() {
+        f.ok(&["delete", r["id"].as_str().unwrap()]);
+    }
+    for lease in f.json(&["list"])["leases"].as_array().unwrap() {
+        f.ok(&["cache", "release", "--discard", lease["lease"].as_str().unwrap()]);
+    }
+    for c in f.json(&["list"])["caches"].as_array().unwrap() {
+        f.ok(&["cache", "delete", c["name"].as_str().unwrap()]);
+    }
+    f.ok(&["complete-deletes"]);
+    for dir in ["result", "result-tmp", "cache", "cache-tmp", "layers", "trash"] {
+        let left: Vec<_> = fs::read_dir(f.root.join(dir)).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert!(left.is_empty(), "{dir} holds {left:?}");
+    }
+    let mounts = store_api::util::mounts::mounts_under(&f.root).unwrap();
+    assert!(mounts.is_empty(), "mounts left in the store: {mounts:?}");
+}
+
+#[test]
+fn crashes_on_overlayfs() {
+    let Some((_fs, f)) = overlayfs_store() else { return };
+    crashes(&f);
+    overlayfs_leaves_nothing(&f);
+}
+
+#[test]
+fn many_processes_on_overlayfs() {
+    let Some((_fs, f)) = overlayfs_store() else { return };
+    many_processes(&f);
+    overlayfs_leaves_nothing(&f);
+}
+
+#[test]
+fn mounts_survive_crashes_on_overlayfs() {
+    let Some((_fs, f)) = overlayfs_store() else { return };
+    mounts_survive_crashes(&f);
+    overlayfs_leaves_nothing(&f);
+}

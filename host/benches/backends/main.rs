@@ -11,7 +11,8 @@
 //! Settings, as arguments or as `SNAPSTORE_BENCH_<KEY>` variables:
 //!
 //! * `backends=rsync,btrfs,xfs-reflink,zfs` — what to run (`rsync-xfs` is
-//!   the rsync backend on XFS instead of ext4);
+//!   the rsync backend on XFS instead of ext4; `overlayfs`, not run by
+//!   default, has its own tables: see `overlay.rs`);
 //! * `iters=11` — iterations of the small operations;
 //! * `big=5` — iterations of the 10 000-file clone and cache;
 //! * `zfs_iters=3` — iterations of everything on zfs-fuse, which is slow;
@@ -24,6 +25,8 @@
 
 mod measure;
 mod operations;
+// The overlayfs backend's own tables (issue 17).
+mod overlay;
 mod reference;
 mod scale;
 mod settings;
@@ -66,6 +69,11 @@ fn main() {
     let mut scale_rows = Vec::new();
     let started = Instant::now();
     for name in &settings.backends {
+        // overlayfs (issue 17): its own measurements and tables.
+        if name == "overlayfs" {
+            overlay::run(&bin, &work_path, &settings);
+            continue;
+        }
         let (kind, plugin) = match name.as_str() {
             "rsync" | "rsync-xfs" => (Kind::Rsync, "rsync"),
             "btrfs" => (Kind::Btrfs, "btrfs"),

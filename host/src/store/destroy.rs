@@ -14,7 +14,8 @@ use crate::lock::{FileLock, Mode};
 
 /// Directories of the store's layout (the host's and the backends') that
 /// are removed once empty; nothing else in the root is touched.
-const LAYOUT_DIRS: [&str; 5] = ["result", "result-tmp", "cache", "cache-tmp", "trash"];
+/// (`layers`: the overlayfs backend's.)
+const LAYOUT_DIRS: [&str; 6] = ["result", "result-tmp", "cache", "cache-tmp", "trash", "layers"];
 
 /// What a destroy removed.
 #[derive(Debug, Default, Clone, Serialize)]
