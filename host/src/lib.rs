@@ -19,6 +19,8 @@ mod leftovers;
 mod loader;
 mod lock;
 mod names;
+/// Results as OCI images (export, import, transports).
+pub mod oci;
 mod plugin_file;
 mod progress;
 mod prune;
