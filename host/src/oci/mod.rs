@@ -1,7 +1,10 @@
 //! Results as OCI images: image references, transports, export and import.
 
+pub mod archive;
+pub mod layout;
 pub mod reference;
 pub mod transport;
+pub mod verify;
 
 pub use reference::ImageRef;
 pub use transport::ImageTransport;
@@ -21,11 +24,14 @@ pub fn open_transport(
     r: &ImageRef,
     options: &TransportOptions,
 ) -> Result<Box<dyn ImageTransport>, StoreError> {
-    let _ = options;
+    let name = r.to_string();
     match r {
-        ImageRef::Oci { .. } | ImageRef::OciArchive { .. } => {
-            Err(StoreError::unsupported("oci: transports are being written"))
+        ImageRef::Oci { dir, .. } if options.write => Ok(Box::new(layout::Layout::create(dir, name)?)),
+        ImageRef::Oci { dir, .. } => Ok(Box::new(layout::Layout::open(dir, name)?)),
+        ImageRef::OciArchive { file, .. } if options.write => {
+            Ok(Box::new(archive::ArchiveWriter::create(file, name)?))
         }
+        ImageRef::OciArchive { file, .. } => Ok(Box::new(layout::Layout::open_tar(file, name)?)),
         ImageRef::Docker { .. } => Err(StoreError::unsupported(
             "docker:// needs the registry transport, which this build does not have",
         )),
