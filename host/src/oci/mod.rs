@@ -1,8 +1,10 @@
 //! Results as OCI images: image references, transports, export and import.
 
 pub mod archive;
+pub mod image;
 pub mod layout;
 pub mod reference;
+pub mod tags;
 pub mod transport;
 pub mod verify;
 
