@@ -33,6 +33,7 @@ mod supervise;
 pub use api::{CacheCopy, Store};
 pub use config::Config;
 pub use loader::PluginInfo;
+pub use oci::{Compression, ExportOptions, ExportReport, ImageRef, ImportReport};
 pub use prune::{PruneOptions, PruneReport};
 pub use store::{
     BlockingStore, Build, CacheInfo, Destroyed, Lease, LeaseInfo, LeaseKind, LeaseRecord, Listing, Recovered,

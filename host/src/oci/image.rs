@@ -64,7 +64,7 @@ fn spec_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::other(format!("cannot make the image: {e}"))
 }
 
-fn descriptor(media_type: &str, size: u64, digest: &str) -> Result<Descriptor, StoreError> {
+pub fn descriptor(media_type: &str, size: u64, digest: &str) -> Result<Descriptor, StoreError> {
     Ok(Descriptor::new(MediaType::from(media_type), size, parse_digest(digest)?))
 }
 

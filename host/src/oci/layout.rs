@@ -23,6 +23,9 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 const LAYOUT_FILE: &str = "oci-layout";
 const LAYOUT_CONTENT: &str = "{\"imageLayoutVersion\":\"1.0.0\"}";
 
+/// The regular files of a tar: name -> (offset of the data, size).
+type TarEntries = HashMap<String, (u64, u64)>;
+
 /// An image layout, open for reading or writing: a directory, or (read only) a
 /// tar of one read in place.
 pub struct Layout {
@@ -30,7 +33,7 @@ pub struct Layout {
     /// How messages name it (`oci:DIR` or `oci-archive:FILE`).
     name: String,
     /// For a tar: where each regular file's bytes are (offset, size).
-    tar: Option<(File, HashMap<String, (u64, u64)>)>,
+    tar: Option<(File, TarEntries)>,
 }
 
 impl Layout {

@@ -1,10 +1,15 @@
 //! Results as OCI images: image references, transports, export and import.
 
 pub mod archive;
+pub mod export;
 pub mod image;
+pub mod import;
+#[path = "layer_stub.rs"]
+pub mod layer;
 pub mod layout;
 pub mod reference;
 pub mod tags;
+mod transfer;
 pub mod transport;
 pub mod verify;
 
@@ -37,5 +42,34 @@ pub fn open_transport(
         ImageRef::Docker { .. } => Err(StoreError::unsupported(
             "docker:// needs the registry transport, which this build does not have",
         )),
+    }
+}
+
+pub use export::ExportReport;
+pub use import::ImportReport;
+pub use layer::Compression;
+
+/// How a result is exported.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExportOptions {
+    /// The layers' compression (zstd unless asked otherwise).
+    pub compression: Compression,
+}
+
+impl crate::BlockingStore {
+    /// Exports result `id` as an OCI image at `image` (`oci:DIR[:TAG]`,
+    /// `oci-archive:FILE[:TAG]`, `docker://…`): one layer per step of its chain,
+    /// tagged with the id's tag (see [`tags::tag_for_id`]) when `image` names
+    /// none. Blobs the target holds are not written again; the manifest is
+    /// written last, so a failed export leaves the target's tags as they were.
+    pub fn export(&self, id: &str, image: &str, options: ExportOptions) -> Result<ExportReport, StoreError> {
+        export::export(self, id, &ImageRef::parse(image)?, options.compression)
+    }
+
+    /// Imports the image at `image` (the id's tag when it names none) as result
+    /// `id`, applying only the layers of steps the store lacks. An interrupted
+    /// or failed import leaves no partial result (see [`import`](mod@import)).
+    pub fn import(&self, id: &str, image: &str) -> Result<ImportReport, StoreError> {
+        import::import(self, id, &ImageRef::parse(image)?)
     }
 }
