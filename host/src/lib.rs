@@ -19,6 +19,8 @@ mod leftovers;
 mod loader;
 mod lock;
 mod names;
+/// OCI images: layers (and, with the image work, images and transports).
+pub mod oci;
 mod plugin_file;
 mod progress;
 mod prune;

@@ -1,0 +1,3 @@
+//! OCI images: results as image layers.
+
+pub mod layer;
