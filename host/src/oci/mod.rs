@@ -4,7 +4,6 @@ pub mod archive;
 pub mod export;
 pub mod image;
 pub mod import;
-#[path = "layer_stub.rs"]
 pub mod layer;
 pub mod layout;
 pub mod reference;
