@@ -430,3 +430,27 @@ fn bad_references_and_missing_images_are_one_line_errors() {
     fs::write(images.path().join("file"), "x").unwrap();
     a.fails(&["export", "x", &format!("oci:{}", images.path().display())], EXIT_USAGE);
 }
+
+#[tokio::test]
+async fn the_rust_api_exports_and_imports() {
+    use snapstore::{BlockingStore, ExportOptions, Store, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str| {
+        let root = dir.path().join(name);
+        let backend = snapstore_rsync::open(&root, "").unwrap();
+        Store::from_blocking(BlockingStore::with_backend(&root, "rsync", Box::new(backend)).unwrap())
+    };
+    let (a, b) = (open("a"), open("b"));
+    a.build(None, "one", |tree| async move {
+        tokio::fs::write(tree.join("f"), "hello").await.map_err(|e| StoreError::io("write", &e))
+    })
+    .await
+    .unwrap();
+    let image = format!("oci-archive:{}", dir.path().join("one.tar").display());
+    let exported = a.export("one", &image, ExportOptions::default()).await.unwrap();
+    assert_eq!((exported.layers_written, exported.layers_skipped), (1, 0));
+    let imported = b.import("one", &image).await.unwrap();
+    assert_eq!(imported.digest, exported.digest);
+    let path = b.result("one").await.unwrap().unwrap();
+    assert_eq!(fs::read_to_string(path.join("f")).unwrap(), "hello");
+}

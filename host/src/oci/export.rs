@@ -79,6 +79,7 @@ pub fn export(
     for dir in [&tmp_dir, &cache_dir] {
         fs::create_dir_all(dir).context(format_args!("cannot create {}", dir.display()))?;
     }
+    remove_stale_temporaries(&tmp_dir);
     let mut report = ExportReport {
         id: id.to_string(),
         reference: image.to_string(),
@@ -216,6 +217,19 @@ fn layer_changes(changes: Vec<store_api::Change>) -> Vec<super::layer::Change> {
             path: c.path,
         })
         .collect()
+}
+
+/// Temporary layers older than a day are a killed export's: a layer is
+/// written and handed to the transport within minutes.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for entry in entries.flatten() {
+        let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if old.is_some_and(|age| age > day) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn read_cache(path: &Path) -> Option<CachedLayer> {
