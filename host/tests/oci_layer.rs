@@ -464,3 +464,106 @@ fn umoci_unpacks_the_layers() {
     let rootfs = bundle.join("rootfs");
     assert_same(&dense(manifest(&tree, false)), &dense(manifest(&rootfs, false)), "umoci's unpack");
 }
+
+/// A micro-benchmark, not a test: write and apply of a whole-tree layer of
+/// a copy of parts of /usr (about 7 000 files, 200 MB) against
+/// `tar -c | zstd -T0` and `zstd -d | tar -x`, medians of 3 runs, warm
+/// page cache. `cargo test --release -p snapstore --test oci_layer -- --ignored bench --nocapture`
+#[test]
+#[ignore]
+fn bench_layer_vs_tar_zstd() {
+    if !root_or_skip() || !have("zstd") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    // /usr/include whole, then the largest-first files of /usr/lib/x86_64-linux-gnu up to 200 MB.
+    cp_a(Path::new("/usr/include"), &tree.join("include"));
+    let lib = tree.join("lib");
+    fs::create_dir(&lib).unwrap();
+    let mut total: u64 = du(&tree);
+    let mut names: Vec<_> = fs::read_dir("/usr/lib/x86_64-linux-gnu")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false))
+        .collect();
+    names.sort();
+    for path in names {
+        if total >= 200 << 20 {
+            break;
+        }
+        total += fs::metadata(&path).unwrap().len();
+        cp_a(&path, &lib.join(path.file_name().unwrap()));
+    }
+    let files = walk_count(&tree);
+    println!("tree: {files} entries, {} MB", total >> 20);
+
+    let time = |f: &mut dyn FnMut()| -> f64 {
+        let mut runs: Vec<f64> = (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .collect();
+        runs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        runs[1]
+    };
+    let layer = tmp.path().join("layer");
+    let mut blob = None;
+    let write = time(&mut || blob = Some(write_to(&tree, None, Compression::Zstd, &layer)));
+    let blob = blob.unwrap();
+    let out = tmp.path().join("out");
+    let apply = time(&mut || {
+        let _ = fs::remove_dir_all(&out);
+        fs::create_dir(&out).unwrap();
+        apply_from(&out, &layer, &blob).unwrap();
+    });
+    same_tree(&tree, &out, "benchmark tree");
+    let tarzst = tmp.path().join("tree.tar.zst");
+    let tar_c = time(&mut || {
+        sh(&format!(
+            "tar -C {} --numeric-owner --xattrs --acls -cf - . | zstd -q -T0 -3 -f -o {}",
+            tree.display(),
+            tarzst.display()
+        ))
+    });
+    let x = tmp.path().join("x");
+    let tar_x = time(&mut || {
+        let _ = fs::remove_dir_all(&x);
+        fs::create_dir(&x).unwrap();
+        sh(&format!(
+            "zstd -q -dc {} | tar -C {} --numeric-owner --xattrs --acls -xpf -",
+            tarzst.display(),
+            x.display()
+        ))
+    });
+    println!(
+        "write_layer {write:.2} s ({} MB blob) | tar -c | zstd -T0: {tar_c:.2} s ({} MB)",
+        blob.size >> 20,
+        fs::metadata(&tarzst).unwrap().len() >> 20
+    );
+    println!("apply_layer {apply:.2} s | zstd -d | tar -x: {tar_x:.2} s");
+}
+
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let m = fs::symlink_metadata(e.as_ref().unwrap().path()).unwrap();
+        total += if m.is_dir() { du(&e.unwrap().path()) } else { m.len() };
+    }
+    total
+}
+
+fn walk_count(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in fs::read_dir(dir).unwrap() {
+        let path = e.unwrap().path();
+        n += 1;
+        if fs::symlink_metadata(&path).unwrap().is_dir() {
+            n += walk_count(&path);
+        }
+    }
+    n
+}

@@ -96,12 +96,17 @@ fn ts(sec: i64, nsec: u32) -> Timestamps {
     Timestamps { last_access: t, last_modification: t }
 }
 
+/// A path's components (raw bytes).
+type Comps = Vec<Vec<u8>>;
+/// Seconds and nanoseconds.
+type Time = (i64, u32);
+
 /// What a tar entry says about its entry, PAX records applied.
 struct Meta {
     mode: u32,
     uid: u32,
     gid: u32,
-    mtime: (i64, u32),
+    mtime: Time,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -116,9 +121,9 @@ struct Applier {
     /// Paths (`a/b`) this layer wrote: whiteouts and opaque markers leave them.
     written: HashSet<Vec<u8>>,
     /// Directories and their mtimes, set at the end (their content changes them).
-    dir_times: Vec<(Vec<Vec<u8>>, (i64, u32))>,
+    dir_times: Vec<(Comps, Time)>,
     /// The last parent directory resolved, kept while nothing is removed.
-    parent: Option<(Vec<Vec<u8>>, OwnedFd)>,
+    parent: Option<(Comps, OwnedFd)>,
 }
 
 /// The components of an entry's path: `.` and empty ones dropped, `..` and
