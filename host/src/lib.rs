@@ -26,6 +26,7 @@ mod progress;
 mod prune;
 mod records;
 mod root;
+mod sizes;
 mod store;
 mod stress;
 mod supervise;

@@ -4,8 +4,8 @@
 //! panics), what sandboxes leave in trees ([`sandbox`]), and the loud skip
 //! that a test needing root or a tool uses.
 
-mod loop_fs;
 pub mod fidelity;
+mod loop_fs;
 pub mod sandbox;
 mod zfs_pool;
 

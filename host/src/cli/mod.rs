@@ -8,4 +8,3 @@ pub mod commands;
 pub mod exit;
 pub mod info;
 pub mod output;
-pub mod sizes;
