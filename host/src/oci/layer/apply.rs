@@ -659,29 +659,12 @@ fn write_sparse(
     let mut consumed = 0u64;
     let mut block = [0u8; 512];
     let mut text = Vec::new();
-    let mut numbers = Vec::new();
-    let mut count: Option<u64> = None;
-    // Read blocks until the count and 2*count numbers are there.
+    let mut parsed = 0usize;
+    let mut numbers: Vec<u64> = Vec::new();
+    // Blocks until the count and 2 * count numbers are there; each line
+    // parsed once (a hostile map may be long).
     loop {
-        if consumed + 512 > declared {
-            return Err(bad("ends early"));
-        }
-        read_exact_entry(r, &mut block, path)?;
-        consumed += 512;
-        text.extend_from_slice(&block);
-        numbers.clear();
-        let mut complete = 0usize;
-        for (i, b) in text.iter().enumerate() {
-            if *b == b'\n' {
-                let s = std::str::from_utf8(&text[complete..i]).map_err(|_| bad("not decimal"))?;
-                numbers.push(s.parse::<u64>().map_err(|_| bad("not decimal"))?);
-                complete = i + 1;
-            }
-        }
-        if count.is_none() {
-            count = numbers.first().copied();
-        }
-        if let Some(n) = count {
+        if let Some(&n) = numbers.first() {
             if n > 1_000_000 {
                 return Err(bad("too many segments"));
             }
@@ -689,7 +672,20 @@ fn write_sparse(
                 break;
             }
         }
+        if consumed + 512 > declared {
+            return Err(bad("ends early"));
+        }
+        read_exact_entry(r, &mut block, path)?;
+        consumed += 512;
+        text.extend_from_slice(&block);
+        while let Some(end) = text[parsed..].iter().position(|b| *b == b'\n') {
+            let line = &text[parsed..parsed + end];
+            let s = std::str::from_utf8(line).map_err(|_| bad("not decimal"))?;
+            numbers.push(s.parse::<u64>().map_err(|_| bad("not decimal"))?);
+            parsed += end + 1;
+        }
     }
+    let count = numbers.first().copied();
     let n = count.unwrap_or(0) as usize;
     let mut end = 0u64;
     let mut data = 0u64;

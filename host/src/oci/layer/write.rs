@@ -130,10 +130,10 @@ fn plan_from_changes(tree: &Path, changes: Vec<Change>) -> Result<BTreeMap<Key, 
         plan.insert(whiteout, Action::Whiteout);
     }
     add_link_siblings(tree, &mut plan)?;
-    // Parents, for tools that do not make missing ones (see the module doc).
+    // Parents, the root included (see the module doc).
     let keys: Vec<Key> = plan.keys().cloned().collect();
     for key in keys {
-        for n in 1..key.len() {
+        for n in 0..key.len() {
             plan.entry(key[..n].to_vec()).or_insert(Action::Entry);
         }
     }
