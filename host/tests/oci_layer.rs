@@ -66,6 +66,9 @@ fn changed_tree(base: &Path, tree: &Path) {
     let t = |p: &str| tree.join(p);
     // Added: a file, a directory with content, a sparse file.
     fs::write(t("new-file"), b"new").unwrap();
+    // Binary xattr values with newlines (PAX records are read by length).
+    xattr::set(t("new-file"), "user.lines", b"one\ntwo\n\0\n").unwrap();
+    sh(&format!("setfacl -m u:10:rw-,g:10:r-- {}", t("new-file").display()));
     fs::create_dir_all(t("newdir/inner")).unwrap();
     fs::write(t("newdir/inner/x"), b"x").unwrap();
     let sparse = File::create(t("newdir/sparse2")).unwrap();

@@ -30,6 +30,7 @@ mod compress;
 mod diff;
 mod meta;
 mod tarball;
+mod tarread;
 mod write;
 
 pub use apply::apply_layer;
