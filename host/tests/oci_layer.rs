@@ -685,3 +685,18 @@ fn gnu_tar_sparse_layers_apply_sparse() {
         assert_eq!(file_of(&tree.join("s")), file_of(&src.join("s")), "{format}");
     }
 }
+
+/// A name that every reader would take for a whiteout cannot be exported.
+#[test]
+fn whiteout_names_in_the_tree_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let tree = tmp.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    fs::write(tree.join(".wh.victim"), b"").unwrap();
+    let err = write_layer(&tree, None, None, Compression::Zstd, &mut Vec::new()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::INVALID_INPUT, "{err}");
+    assert!(err.message().contains(".wh."), "{err}");
+}

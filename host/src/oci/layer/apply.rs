@@ -47,7 +47,13 @@ pub fn apply_layer(
     let root = rustix::fs::open(tree, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .context(format_args!("cannot open {}", tree.display()))?;
     let mut tar = TarReader::new(Hashing::new(decoder(media_type, blob)?));
-    let mut applier = Applier { root, written: HashSet::new(), dir_times: Vec::new(), parent: None };
+    let mut applier = Applier {
+        root,
+        written: HashSet::new(),
+        dir_times: Vec::new(),
+        parent: None,
+        buf: vec![0u8; 1 << 18],
+    };
     while let Some(entry) = tar.next_entry()? {
         applier.entry(entry, &mut tar.data())?;
     }
@@ -95,6 +101,8 @@ struct Applier {
     dir_times: Vec<(Comps, Time)>,
     /// The last parent directory resolved, kept while nothing is removed.
     parent: Option<(Comps, OwnedFd)>,
+    /// For file data: fewer, larger writes than `io::copy`'s 8 KiB.
+    buf: Vec<u8>,
 }
 
 /// The components of an entry's path: `.` and empty ones dropped, `..` and
@@ -199,7 +207,8 @@ impl Applier {
                 } else if let Some((segments, real_size)) = e.gnu_sparse {
                     write_segments(data, &file, &segments, real_size, declared, &path)?;
                 } else {
-                    let copied = io::copy(data, &mut &file).map_err(|err| read_or_write(err, &comps))?;
+                    let copied =
+                        copy_data(data, &file, &mut self.buf).map_err(|err| read_or_write(err, &comps))?;
                     if copied != declared {
                         return Err(invalid(&path, "the layer is truncated (file data ends early)"));
                     }
@@ -569,6 +578,21 @@ fn read_or_write(err: io::Error, comps: &[Vec<u8>]) -> StoreError {
     match err.raw_os_error() {
         Some(_) => StoreError::io(format_args!("cannot write {}", rel_path(comps).display()), &err),
         None => read_error(err),
+    }
+}
+
+/// Copies an entry's data into a new file; returns the bytes copied.
+fn copy_data(data: &mut impl Read, file: &File, buf: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = match data.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        std::io::Write::write_all(&mut &*file, &buf[..n])?;
+        total += n as u64;
     }
 }
 
