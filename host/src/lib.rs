@@ -22,6 +22,7 @@ mod names;
 /// OCI images: layers (and, with the image work, images and transports).
 pub mod oci;
 mod plugin_file;
+mod plugin_verdict;
 mod progress;
 mod prune;
 mod records;
