@@ -372,6 +372,10 @@ impl SnapshotBackend for Btrfs {
         }
     }
 
+    fn key_dir(&self, namespace: Namespace) -> Result<Option<PathBuf>, StoreError> {
+        Ok(Some(self.ns_dir(namespace)))
+    }
+
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
         // Trees in transit have `.` names, which are not key names.
         store_api::util::list_key_names(&self.ns_dir(namespace))

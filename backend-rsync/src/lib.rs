@@ -241,6 +241,10 @@ impl SnapshotBackend for Rsync {
         self.layout.existing(key)
     }
 
+    fn key_dir(&self, namespace: Namespace) -> Result<Option<PathBuf>, StoreError> {
+        Ok(Some(self.layout.namespace_dir(namespace)))
+    }
+
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
         self.layout.list(namespace)
     }

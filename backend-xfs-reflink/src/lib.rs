@@ -190,6 +190,10 @@ impl SnapshotBackend for XfsReflink {
         self.layout.existing(key)
     }
 
+    fn key_dir(&self, namespace: Namespace) -> Result<Option<PathBuf>, StoreError> {
+        Ok(Some(self.layout.namespace_dir(namespace)))
+    }
+
     fn list(&self, namespace: Namespace) -> Result<Vec<String>, StoreError> {
         self.layout.list(namespace)
     }

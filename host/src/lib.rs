@@ -22,6 +22,7 @@ mod names;
 /// Results as OCI images (export, import, transports).
 pub mod oci;
 mod plugin_file;
+mod plugin_verdict;
 mod progress;
 mod prune;
 mod records;

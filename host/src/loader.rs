@@ -4,13 +4,14 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use abi_stable::library::{lib_header_from_path, LibraryError};
+use abi_stable::library::{lib_header_from_path, LibHeader, LibraryError};
 use store_api::abi::{v1_0, v1_1, PluginModRef};
 use store_api::plugin::RemoteBackend;
 use store_api::{ErrorKind, StoreError};
 
 use crate::config::Config;
 use crate::plugin_file::PluginFile;
+use crate::plugin_verdict::{self, Interface, Verdict};
 
 /// The file name of plugin `name`: `libsnapstore_NAME.so`, hyphens as underscores.
 pub fn library_file_name(name: &str) -> String {
@@ -46,6 +47,10 @@ pub struct PluginInfo {
 pub struct Plugin {
     pub info: PluginInfo,
     module: Module,
+    /// The library file's metadata, which a [`Verdict`] is kept for.
+    pub(crate) file_meta: std::fs::Metadata,
+    /// What an earlier command found, if this file was loaded on its word.
+    pub(crate) known: Option<Verdict>,
 }
 
 /// The root module, in the interface version the plugin was built against.
@@ -95,7 +100,14 @@ fn incompatible(message: String) -> StoreError {
 impl Plugin {
     /// Loads and checks the library at `file`.
     pub fn load(file: &Path) -> Result<Plugin, StoreError> {
+        Self::load_with_verdicts(file, None)
+    }
+
+    /// Loads the library at `file`, checking its layout unless `meta_dir`
+    /// holds a verdict for this very file (see [`crate::plugin_verdict`]).
+    fn load_with_verdicts(file: &Path, meta_dir: Option<&Path>) -> Result<Plugin, StoreError> {
         let opened = PluginFile::open(file)?;
+        let known = meta_dir.and_then(|dir| plugin_verdict::read(dir, &opened.meta));
         let shown = file.display();
         let header = lib_header_from_path(&opened.load_path).map_err(|err| match err {
             LibraryError::OpenError { .. } => incompatible(format!(
@@ -114,19 +126,21 @@ impl Plugin {
             )),
         })?;
         let library_version = header.version_strings().version.to_string();
-        let module = match header.init_root_module::<PluginModRef>() {
-            Ok(module) => Module::Current(module),
-            // abi_stable refuses a vtable shorter than ours: a plugin of an
-            // earlier minor version loads through that version's frozen interface.
-            Err(LibraryError::AbiInstability(_)) if library_version.starts_with("1.0.") => {
-                let module = header.init_root_module::<v1_0::PluginModRef>();
-                Module::V1_0(module.map_err(|err| load_error(err, file, &library_version))?)
-            }
-            Err(LibraryError::AbiInstability(_)) if library_version.starts_with("1.1.") => {
-                let module = header.init_root_module::<v1_1::PluginModRef>();
-                Module::V1_1(module.map_err(|err| load_error(err, file, &library_version))?)
-            }
-            Err(err) => return Err(load_error(err, file, &library_version)),
+        let unchecked = |err| load_error(err, file, &library_version);
+        // SAFETY: this very file (same device, inode, size and change
+        // times), loaded by this very executable, passed the layout check
+        // through this interface before.
+        let module = match known.as_ref().map(|v| v.interface) {
+            Some(Interface::Current) => unsafe {
+                Module::Current(header.init_root_module_with_unchecked_layout().map_err(unchecked)?)
+            },
+            Some(Interface::V1_0) => unsafe {
+                Module::V1_0(header.init_root_module_with_unchecked_layout().map_err(unchecked)?)
+            },
+            Some(Interface::V1_1) => unsafe {
+                Module::V1_1(header.init_root_module_with_unchecked_layout().map_err(unchecked)?)
+            },
+            None => Self::init_checked(header, file, &library_version)?,
         };
         let (name, version) = match module {
             Module::Current(m) => (m.name(), m.version()),
@@ -139,11 +153,56 @@ impl Plugin {
             api_version: library_version,
             file: file.to_path_buf(),
         };
-        Ok(Plugin { info, module })
+        Ok(Plugin { info, module, file_meta: opened.meta, known })
     }
 
-    /// Finds and loads the plugin the config names, checking its declared name.
+    /// The root module, after abi_stable's check of every type's layout.
+    fn init_checked(header: &LibHeader, file: &Path, library_version: &str) -> Result<Module, StoreError> {
+        Ok(match header.init_root_module::<PluginModRef>() {
+            Ok(module) => Module::Current(module),
+            // abi_stable refuses a vtable shorter than ours: a plugin of an
+            // earlier minor version loads through that version's frozen interface.
+            Err(LibraryError::AbiInstability(_)) if library_version.starts_with("1.0.") => {
+                let module = header.init_root_module::<v1_0::PluginModRef>();
+                Module::V1_0(module.map_err(|err| load_error(err, file, library_version))?)
+            }
+            Err(LibraryError::AbiInstability(_)) if library_version.starts_with("1.1.") => {
+                let module = header.init_root_module::<v1_1::PluginModRef>();
+                Module::V1_1(module.map_err(|err| load_error(err, file, library_version))?)
+            }
+            Err(err) => return Err(load_error(err, file, library_version)),
+        })
+    }
+
+    /// The interface the plugin was loaded through, for its verdict.
+    pub(crate) fn interface(&self) -> Interface {
+        match self.module {
+            Module::Current(_) => Interface::Current,
+            Module::V1_0(_) => Interface::V1_0,
+            Module::V1_1(_) => Interface::V1_1,
+        }
+    }
+
+    /// Finds and loads the plugin the config names, checking its declared
+    /// name, and its layout unless the store holds a verdict for the file.
     pub fn for_config(config: &Config) -> Result<Plugin, StoreError> {
+        let (file, by_path) = Self::file_for_config(config)?;
+        let meta_dir = config.root.join(crate::store::META_DIR);
+        let plugin = Plugin::load_with_verdicts(&file, Some(&meta_dir))
+            .map_err(|e| e.context(config.file.display()))?;
+        if !by_path && plugin.info.name != config.backend {
+            return Err(config.error(format_args!(
+                "[store] backend = \"{}\", but plugin {} declares itself as `{}`",
+                config.backend,
+                file.display(),
+                plugin.info.name
+            )));
+        }
+        Ok(plugin)
+    }
+
+    /// The plugin file the config names, and whether it names it by path.
+    pub(crate) fn file_for_config(config: &Config) -> Result<(PathBuf, bool), StoreError> {
         let by_path = config.backend.contains('/');
         let file = if by_path {
             PathBuf::from(&config.backend)
@@ -164,16 +223,7 @@ impl Plugin {
             let missing = config.error(format_args!("[store] backend: no plugin file {}", file.display()));
             return Err(unavailable(missing));
         }
-        let plugin = Plugin::load(&file).map_err(|e| e.context(config.file.display()))?;
-        if !by_path && plugin.info.name != config.backend {
-            return Err(config.error(format_args!(
-                "[store] backend = \"{}\", but plugin {} declares itself as `{}`",
-                config.backend,
-                file.display(),
-                plugin.info.name
-            )));
-        }
-        Ok(plugin)
+        Ok((file, by_path))
     }
 
     /// Opens the backend on `root` with the config's `[backend]` options.

@@ -23,6 +23,8 @@ pub struct PluginFile {
     _file: std::mem::ManuallyDrop<File>,
     /// The path to load it by: the descriptor in `/proc/self/fd`.
     pub load_path: PathBuf,
+    /// The opened file's metadata.
+    pub meta: Metadata,
 }
 
 fn refuse(file: &Path, what: &Path, why: &str, fix: &str) -> StoreError {
@@ -56,7 +58,7 @@ impl PluginFile {
             }
             check_symlinks(file)?;
         }
-        Ok(PluginFile { _file: std::mem::ManuallyDrop::new(opened), load_path })
+        Ok(PluginFile { _file: std::mem::ManuallyDrop::new(opened), load_path, meta })
     }
 
     /// Replaces the descriptor path in a loader message by the file's name.

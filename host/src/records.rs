@@ -7,6 +7,7 @@
 //! record lacks and drops records whose result is gone. It runs when a
 //! whole view is needed (`list`, `prune`), never on the hot path.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,6 +33,9 @@ pub struct Records {
 fn db_error(e: rusqlite::Error) -> StoreError {
     StoreError::new(store_api::ErrorKind::IO, format!("cannot use the result record: {e}"))
 }
+
+/// The schema's version, kept in the record's `user_version`.
+const SCHEMA_VERSION: i64 = 1;
 
 pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
@@ -68,6 +72,11 @@ impl Records {
         conn.busy_timeout(Duration::from_secs(30))?;
         conn.pragma_update(None, "journal_mode", "TRUNCATE")?;
         conn.pragma_update(None, "synchronous", "OFF")?;
+        // Most commands open an existing record: its version says the
+        // schema is there, without parsing the statements that make it.
+        if conn.pragma_query_value(None, "user_version", |v| v.get::<_, i64>(0))? == SCHEMA_VERSION {
+            return Ok(Records { conn: Mutex::new(conn) });
+        }
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS results (
                  id TEXT PRIMARY KEY,
@@ -78,6 +87,7 @@ impl Records {
              CREATE INDEX IF NOT EXISTS results_base ON results(base);
              CREATE INDEX IF NOT EXISTS results_last_used ON results(last_used);",
         )?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Records { conn: Mutex::new(conn) })
     }
 
@@ -123,47 +133,112 @@ impl Records {
         self.with(|c| c.execute("DELETE FROM results WHERE id = ?1", params![id])).map(drop)
     }
 
-    /// Makes the record match `present`, the results the backend holds.
-    /// Returns (adopted, dropped).
-    pub fn reconcile(&self, present: &[String]) -> Result<(usize, usize), StoreError> {
+    /// Makes the record match `present`, the results the backend holds,
+    /// and returns it, by id. Reads the record once, and writes only what
+    /// differs (most calls write nothing).
+    pub fn reconcile(&self, present: &[String]) -> Result<Reconciled, StoreError> {
+        let mut records = self.all()?;
+        let mut present: Vec<&str> = present.iter().map(String::as_str).collect();
+        present.sort_unstable();
+        present.dedup();
+        // Both sorted by id: one merge, no hashing (100 000 results).
+        let (mut missing, mut gone) = (Vec::new(), Vec::new());
+        let (mut recorded_ids, mut present_ids) =
+            (records.iter().map(|r| r.id.as_str()).peekable(), present.iter().copied().peekable());
+        loop {
+            match (recorded_ids.peek(), present_ids.peek()) {
+                (None, None) => break,
+                (Some(r), Some(p)) if r == p => {
+                    recorded_ids.next();
+                    present_ids.next();
+                }
+                (Some(r), Some(p)) if r < p => gone.extend(recorded_ids.next()),
+                (Some(_), None) => gone.extend(recorded_ids.next()),
+                (_, Some(_)) => missing.extend(present_ids.next()),
+            }
+        }
+        if missing.is_empty() && gone.is_empty() {
+            return Ok(Reconciled { adopted: 0, dropped: 0, records });
+        }
         let now = now_ns();
-        self.with(|c| {
+        let (adopted, dropped) = self.with(|c| {
             // IMMEDIATE: take the write lock up front; a deferred transaction
             // that reads then writes gets SQLITE_BUSY without waiting.
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let recorded: std::collections::HashSet<String> = {
-                let mut stmt = tx.prepare("SELECT id FROM results")?;
-                let ids = stmt.query_map([], |row| row.get::<_, String>(0))?;
-                ids.collect::<rusqlite::Result<_>>()?
-            };
-            let present_set: std::collections::HashSet<&String> = present.iter().collect();
             let mut adopted = 0;
-            for id in present.iter().filter(|id| !recorded.contains(*id)) {
+            for id in &missing {
                 adopted += tx.execute(
                     "INSERT OR IGNORE INTO results (id, base, created, last_used) VALUES (?1, NULL, ?2, ?2)",
                     params![id, now],
                 )?;
             }
             let mut dropped = 0;
-            for id in recorded.iter().filter(|id| !present_set.contains(id)) {
+            for id in &gone {
                 dropped += tx.execute("DELETE FROM results WHERE id = ?1", params![id])?;
             }
             tx.commit()?;
             Ok((adopted, dropped))
-        })
+        })?;
+        let gone: HashSet<String> = gone.into_iter().map(str::to_owned).collect();
+        let missing: Vec<String> = missing.into_iter().map(str::to_owned).collect();
+        let adopted_records: Vec<ResultRecord> = missing
+            .iter()
+            .map(|id| ResultRecord {
+                id: id.to_string(),
+                base: None,
+                created: now,
+                last_used: now,
+                children: 0,
+            })
+            .collect();
+        records.retain(|r| !gone.contains(&r.id));
+        records.extend(adopted_records);
+        records.sort_by(|a, b| a.id.cmp(&b.id));
+        count_children(&mut records);
+        Ok(Reconciled { adopted, dropped, records })
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ResultRecord>, StoreError> {
-        self.with(|c| c.query_row(&format!("{SELECT} WHERE r.id = ?1"), params![id], row).optional())
+        self.with(|c| {
+            c.query_row(
+                "SELECT r.id, r.base, r.created, r.last_used,
+                     (SELECT COUNT(*) FROM results c WHERE c.base = r.id) FROM results r WHERE r.id = ?1",
+                params![id],
+                |r| {
+                    Ok(ResultRecord {
+                        id: r.get(0)?,
+                        base: r.get(1)?,
+                        created: r.get(2)?,
+                        last_used: r.get(3)?,
+                        children: r.get::<_, i64>(4)? as u64,
+                    })
+                },
+            )
+            .optional()
+        })
     }
 
-    /// Every recorded result.
+    /// Every recorded result, by id, in one query (children are counted
+    /// here rather than by a subquery per row: `list` reads 100 000).
     pub fn all(&self) -> Result<Vec<ResultRecord>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare(&format!("{SELECT} ORDER BY r.id"))?;
-            let rows = stmt.query_map([], row)?;
-            rows.collect()
-        })
+        let mut records = self.with(|c| {
+            // In table order, sorted below: ORDER BY id would seek the
+            // table once per row through the id index.
+            let mut stmt = c.prepare("SELECT id, base, created, last_used FROM results")?;
+            let rows = stmt.query_map([], |r| {
+                Ok(ResultRecord {
+                    id: r.get(0)?,
+                    base: r.get(1)?,
+                    created: r.get(2)?,
+                    last_used: r.get(3)?,
+                    children: 0,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        count_children(&mut records);
+        Ok(records)
     }
 
     /// Results nothing is built on, least recently used first, optionally
@@ -182,17 +257,22 @@ impl Records {
     }
 }
 
-const SELECT: &str = "SELECT r.id, r.base, r.created, r.last_used,
-        (SELECT COUNT(*) FROM results c WHERE c.base = r.id) FROM results r";
+/// Fills in how many of `records` are built on each.
+fn count_children(records: &mut [ResultRecord]) {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for base in records.iter().filter_map(|r| r.base.as_ref()) {
+        *counts.entry(base.clone()).or_default() += 1;
+    }
+    for record in records.iter_mut() {
+        record.children = counts.get(&record.id).copied().unwrap_or(0);
+    }
+}
 
-fn row(r: &rusqlite::Row) -> rusqlite::Result<ResultRecord> {
-    Ok(ResultRecord {
-        id: r.get(0)?,
-        base: r.get(1)?,
-        created: r.get(2)?,
-        last_used: r.get(3)?,
-        children: r.get::<_, i64>(4)? as u64,
-    })
+/// What [`Records::reconcile`] did, and the record it left.
+pub struct Reconciled {
+    pub adopted: usize,
+    pub dropped: usize,
+    pub records: Vec<ResultRecord>,
 }
 
 #[cfg(test)]
@@ -220,9 +300,15 @@ mod tests {
         let r = Records::open(&dir.path().join("db")).unwrap();
         r.committed("ghost", None).unwrap();
         r.committed("kept", None).unwrap();
-        let (adopted, dropped) = r.reconcile(&["kept".into(), "old".into()]).unwrap();
-        assert_eq!((adopted, dropped), (1, 1));
-        let ids: Vec<String> = r.all().unwrap().into_iter().map(|x| x.id).collect();
-        assert_eq!(ids, ["kept", "old"]);
+        r.committed("child", Some("kept")).unwrap();
+        let present = ["kept".into(), "old".into(), "child".into()];
+        let reconciled = r.reconcile(&present).unwrap();
+        assert_eq!((reconciled.adopted, reconciled.dropped), (1, 1));
+        let listed: Vec<(String, u64)> = reconciled.records.into_iter().map(|x| (x.id, x.children)).collect();
+        let stored: Vec<(String, u64)> = r.all().unwrap().into_iter().map(|x| (x.id, x.children)).collect();
+        assert_eq!(listed, [("child".into(), 0), ("kept".into(), 1), ("old".into(), 0)]);
+        assert_eq!(stored, listed);
+        let again = r.reconcile(&present).unwrap();
+        assert_eq!((again.adopted, again.dropped), (0, 0));
     }
 }

@@ -135,6 +135,12 @@ since_1_1! {
     fn size(&self, _key: RStr<'_>) -> RResult<ROption<u64>, StoreError> {
         RResult::ROk(ROption::RNone)
     }
+
+    /// The directory holding every committed key of a namespace by name,
+    /// when the backend keeps them so.
+    fn key_dir(&self, _namespace: RStr<'_>) -> RResult<ROption<RString>, StoreError> {
+        RResult::ROk(ROption::RNone)
+    }
 }
 #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
 root_module!(abi_stable::package_version_strings!());

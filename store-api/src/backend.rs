@@ -512,4 +512,38 @@ pub trait SnapshotBackend: Send + Sync + 'static {
         let _ = key;
         Ok(None)
     }
+
+    /// The directory in which every committed key of `namespace` is the
+    /// entry named after it, when the backend keeps them so: then
+    /// [`path`](Self::path) of an existing key of `namespace` is always
+    /// that directory joined with the key's name, and a directory there
+    /// whose name is a valid key name *is* an existing key (trees in
+    /// transit kept there must have names that are not key names, e.g.
+    /// starting with `.`). The host then lists and looks up keys without a
+    /// call per key (`snapstore list` of 100 000 results), and answers
+    /// `snapstore result ID` with a `stat`, without loading the plugin.
+    /// `Ok(None)` (the default) when paths follow no such rule, or need
+    /// work to be ready (a mount made on first use), or a leftover
+    /// directory could be mistaken for a key (a mountpoint). (1.2)
+    ///
+    /// Errors: `IO`.
+    ///
+    /// ```
+    /// # mod example { include!("../doc/example_backend.rs"); }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = example::ExampleBackend::scratch();
+    /// use store_api::{Key, Namespace, SnapshotBackend};
+    ///
+    /// let (tmp, key) = (Key::new(Namespace::ResultTmp, "t")?, Key::new(Namespace::Result, "r")?);
+    /// backend.create(&tmp, None)?;
+    /// let path = backend.commit(&tmp, &key, None)?;
+    /// if let Some(dir) = backend.key_dir(Namespace::Result)? {
+    ///     assert_eq!(path, dir.join("r"));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    fn key_dir(&self, namespace: Namespace) -> Result<Option<PathBuf>, StoreError> {
+        let _ = namespace;
+        Ok(None)
+    }
 }

@@ -135,6 +135,17 @@ impl<B: SnapshotBackend> BackendAbi for Guarded<B> {
     fn size(&self, raw: RStr<'_>) -> RResult<ROption<u64>, StoreError> {
         guard(|| Ok(self.0.size(&committed_key(raw)?)?.into())).into()
     }
+    #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+    fn key_dir(&self, namespace: RStr<'_>) -> RResult<ROption<RString>, StoreError> {
+        guard(|| {
+            let namespace = Namespace::parse(namespace.as_str())?;
+            if !namespace.is_committed() {
+                return Err(StoreError::invalid(format!("`{namespace}` is not a committed namespace")));
+            }
+            Ok(self.0.key_dir(namespace)?.map(path_string).transpose()?.into())
+        })
+        .into()
+    }
 }
 
 #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
@@ -277,6 +288,15 @@ impl SnapshotBackend for RemoteBackend {
             RemoteBackend::Current(b) => {
                 let key = key.to_string();
                 Ok(b.size(key.as_str().into()).into_result()?.into_option())
+            }
+            _ => Ok(None),
+        }
+    }
+    fn key_dir(&self, namespace: Namespace) -> Result<Option<PathBuf>, StoreError> {
+        match self {
+            #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+            RemoteBackend::Current(b) => {
+                Ok(b.key_dir(namespace.as_str().into()).into_result()?.into_option().map(local_path))
             }
             _ => Ok(None),
         }

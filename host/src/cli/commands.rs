@@ -2,6 +2,7 @@
 //! the library and returns what to print.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -25,7 +26,14 @@ pub fn run(cli: &Cli) -> Result<Output, StoreError> {
 fn run_command(cli: &Cli) -> Result<Output, StoreError> {
     match &cli.command {
         Cmd::Build { id, base, command } => build(&open(cli)?, base.as_deref(), id, command, cli.json),
-        Cmd::Result { id } => result(&open(cli)?, id, cli.json),
+        Cmd::Result { id } => {
+            // Most lookups find their result: answered without loading the plugin.
+            let config = Config::discover(cli.config.as_deref())?;
+            match BlockingStore::result_without_plugin(&config, id) {
+                Some(path) => Ok(found(id, &path)),
+                None => result(&BlockingStore::open(&config)?, id, cli.json),
+            }
+        }
         Cmd::Delete { id } => {
             open(cli)?.delete(id).map(|()| Output::new(json!({"id": id, "deleted": true}), ""))
         }
@@ -38,7 +46,7 @@ fn run_command(cli: &Cli) -> Result<Output, StoreError> {
         Cmd::CompleteDeletes => {
             open(cli)?.complete_deletes().map(|()| Output::new(json!({"completed": true}), ""))
         }
-        Cmd::List { sort, reverse, sizes } => list(&open(cli)?, *sort, *reverse, *sizes),
+        Cmd::List { sort, reverse, sizes } => list(&open(cli)?, *sort, *reverse, *sizes, cli.json),
         Cmd::Prune { limit, older_than, until_free, all, dry_run } => {
             let (limit, older_than, until_free) = (*limit, *older_than, *until_free);
             let options = PruneOptions { limit, older_than, until_free, all: *all, dry_run: *dry_run };
@@ -92,7 +100,7 @@ fn build(
 
 fn result(store: &BlockingStore, id: &str, as_json: bool) -> Result<Output, StoreError> {
     match store.result(id)? {
-        Some(path) => Ok(Output::new(json!({"id": id, "path": path}), path.display().to_string())),
+        Some(path) => Ok(found(id, &path)),
         None if as_json => Ok(Output::new(json!({"id": id, "path": null}), "")),
         None => Err(StoreError::not_found(format!("no result `{id}`"))),
     }
@@ -129,6 +137,10 @@ fn import(store: &BlockingStore, id: &str, image: &str) -> Result<Output, StoreE
     let mut json = to_json(&report)?;
     json["path"] = json!(path);
     Ok(Output::new(json, text))
+}
+
+fn found(id: &str, path: &Path) -> Output {
+    Output::new(json!({"id": id, "path": path}), path.display().to_string())
 }
 
 fn cache(store: &BlockingStore, cmd: &CacheCmd, as_json: bool) -> Result<Output, StoreError> {
@@ -187,7 +199,13 @@ fn cache_run(
     Ok(Output::with_status(json, "", status))
 }
 
-fn list(store: &BlockingStore, sort: SortBy, reverse: bool, sizes: bool) -> Result<Output, StoreError> {
+fn list(
+    store: &BlockingStore,
+    sort: SortBy,
+    reverse: bool,
+    sizes: bool,
+    as_json: bool,
+) -> Result<Output, StoreError> {
     let mut listing = store.list()?;
     let sizes: Option<HashMap<String, u64>> = (sizes || matches!(sort, SortBy::Size))
         .then(|| {
@@ -203,13 +221,17 @@ fn list(store: &BlockingStore, sort: SortBy, reverse: bool, sizes: bool) -> Resu
     if reverse {
         listing.results.reverse();
     }
+    // Only the form asked for: a store may hold 100 000 results.
+    if !as_json {
+        return Ok(Output::new(serde_json::Value::Null, listing_text(&listing, sizes.as_ref())));
+    }
     let mut json = to_json(&listing)?;
     if let (Some(sizes), Some(results)) = (&sizes, json["results"].as_array_mut()) {
         for result in results {
             result["size"] = json!(result["id"].as_str().map(|id| sizes[id]));
         }
     }
-    Ok(Output::new(json, listing_text(&listing, sizes.as_ref())))
+    Ok(Output::new(json, ""))
 }
 
 /// Checks without changing anything: a store that does not exist yet is

@@ -34,8 +34,8 @@ impl Output {
     pub fn print(&self, as_json: bool) -> u8 {
         if as_json {
             // Every command prints exactly one object.
-            let json = if self.json.is_null() { json!({}) } else { self.json.clone() };
-            print_line(&json.to_string());
+            let line = if self.json.is_null() { "{}".to_string() } else { self.json.to_string() };
+            print_line(&line);
         } else if !self.text.is_empty() {
             print_line(self.text.trim_end());
         }

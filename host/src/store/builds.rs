@@ -1,16 +1,21 @@
 //! Results: building one (on a clone of a base or on an empty tree),
 //! looking it up and deleting it.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use store_api::util::random_token;
 use store_api::{Change, ErrorKind, Key, Namespace, StoreError};
 use tracing::{debug, info, warn};
 
-use super::{key, BlockingStore, LockKind};
+use super::{key, BlockingStore, LockKind, META_DIR, RECORDS_FILE};
+use crate::config::Config;
 use crate::fault;
+use crate::loader::Plugin;
 use crate::lock::{FileLock, Mode};
 use crate::names::check_id;
+use crate::plugin_verdict;
+use crate::records::{Reconciled, Records, ResultRecord};
 use crate::sizes::tree_size;
 
 impl BlockingStore {
@@ -22,6 +27,34 @@ impl BlockingStore {
             self.note_use(id);
         }
         Ok(path)
+    }
+
+    /// The path of result `id` if it is committed, answered without
+    /// loading the plugin when an earlier command found that its backend
+    /// keeps results in one directory (see [`crate::plugin_verdict`]): a
+    /// stat instead of a library load. `None` when that cannot tell (no
+    /// verdict, or no such result): then ask [`Self::result`].
+    pub fn result_without_plugin(config: &Config, id: &str) -> Option<PathBuf> {
+        check_id(id).ok()?;
+        let (file, _) = Plugin::file_for_config(config).ok()?;
+        let meta_dir = config.root.join(META_DIR);
+        let verdict = plugin_verdict::read(&meta_dir, &fs::metadata(file).ok()?)?;
+        let result_dir = verdict.result_dir?;
+        // The checks every open makes: a root that is still a store's,
+        // made by this backend.
+        crate::root::validate(&config.root).ok()?;
+        if !matches!(super::layout::check_marker(&config.root, &verdict.name), Ok(true)) {
+            return None;
+        }
+        let path = result_dir.join(id);
+        if !fs::symlink_metadata(&path).ok()?.is_dir() {
+            return None;
+        }
+        match Records::open(&meta_dir.join(RECORDS_FILE)).and_then(|records| records.used(id)) {
+            Ok(()) => {}
+            Err(e) => warn!(id, "cannot record the use of a result: {e}"),
+        }
+        Some(path)
     }
 
     /// What result `id` changed against result `base`, when the backend can
@@ -167,13 +200,13 @@ impl BlockingStore {
     }
 
     /// Brings the result record in line with what the backend holds.
-    pub(crate) fn reconcile_records(&self) -> Result<(), StoreError> {
+    pub(crate) fn reconcile_records(&self) -> Result<Vec<ResultRecord>, StoreError> {
         let present = self.backend().list(Namespace::Result)?;
-        let (adopted, dropped) = self.records()?.reconcile(&present)?;
+        let Reconciled { adopted, dropped, records } = self.records()?.reconcile(&present)?;
         if adopted + dropped > 0 {
             info!(adopted, dropped, "result record reconciled");
         }
-        Ok(())
+        Ok(records)
     }
 }
 

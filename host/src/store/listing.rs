@@ -60,11 +60,17 @@ impl BlockingStore {
     }
 
     fn list_results(&self) -> Result<Vec<ResultInfo>, StoreError> {
-        self.reconcile_records()?;
+        // The records match the backend's listing, just read: where the
+        // backend keeps results in one directory, their paths follow.
+        let dir = self.backend().key_dir(Namespace::Result)?;
         let mut results = Vec::new();
-        for ResultRecord { id, base, created, last_used, children } in self.records()?.all()? {
-            // Skips a result deleted since the reconciliation.
-            if let Some(path) = self.backend().path(&key(Namespace::Result, &id)?)? {
+        for ResultRecord { id, base, created, last_used, children } in self.reconcile_records()? {
+            let path = match &dir {
+                Some(dir) => Some(dir.join(&id)),
+                // Skips a result deleted since the reconciliation.
+                None => self.backend().path(&key(Namespace::Result, &id)?)?,
+            };
+            if let Some(path) = path {
                 let seconds = |ns: i64| ns as f64 / 1e9;
                 let (created, last_used) = (seconds(created), seconds(last_used));
                 results.push(ResultInfo { id, path, base, created, last_used, children });

@@ -30,6 +30,7 @@ use tracing::warn;
 
 use crate::config::Config;
 use crate::loader::{Plugin, PluginInfo};
+use crate::plugin_verdict::{self, Verdict};
 use crate::records::Records;
 
 pub use builds::Build;
@@ -96,10 +97,23 @@ fn open_backend(plugin: &Plugin, config: &Config) -> Result<store_api::plugin::R
     })
 }
 
+/// Keeps what this command found out about the plugin file for the next
+/// ones (see [`crate::plugin_verdict`]), unless it was known already.
+fn keep_verdict(plugin: &Plugin, backend: &dyn SnapshotBackend, meta_dir: &Path) {
+    let result_dir = backend.key_dir(Namespace::Result).ok().flatten();
+    let verdict = Verdict { name: plugin.info.name.clone(), interface: plugin.interface(), result_dir };
+    if plugin.known.as_ref() != Some(&verdict) {
+        plugin_verdict::write(meta_dir, &plugin.file_meta, &verdict);
+    }
+}
+
 /// Seconds since the Unix epoch.
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
+
+/// The result record, in the meta directory.
+const RECORDS_FILE: &str = "results.sqlite";
 
 fn key(namespace: Namespace, name: &str) -> Result<Key, StoreError> {
     Key::new(namespace, name)
@@ -116,6 +130,7 @@ impl BlockingStore {
         layout::check_marker(&config.root, &plugin.info.name)?;
         let backend = open_backend(&plugin, config)?;
         layout::prepare_root(&config.root, &plugin.info.name)?;
+        keep_verdict(&plugin, &backend, &config.root.join(META_DIR));
         Ok(Self::assemble(&config.root, &plugin.info.name.clone(), Some(plugin.info), Box::new(backend)))
     }
 
@@ -170,7 +185,7 @@ impl BlockingStore {
         if let Some(records) = self.inner.records.get() {
             return Ok(records);
         }
-        let opened = Records::open(&self.inner.meta.join("results.sqlite"))?;
+        let opened = Records::open(&self.inner.meta.join(RECORDS_FILE))?;
         Ok(self.inner.records.get_or_init(|| opened))
     }
 

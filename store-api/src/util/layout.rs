@@ -41,7 +41,12 @@ impl DirLayout {
     /// The directory of `key`, `ROOT/NS/NAME`, whether it exists or not.
     /// Keys are validated (no `/`, no leading `.`), so joining is safe.
     pub fn path_of(&self, key: &Key) -> PathBuf {
-        self.root.join(key.namespace().as_str()).join(key.name())
+        self.namespace_dir(key.namespace()).join(key.name())
+    }
+
+    /// The directory holding the keys of `namespace`.
+    pub fn namespace_dir(&self, namespace: Namespace) -> PathBuf {
+        self.root.join(namespace.as_str())
     }
 
     /// The directory of `key` if it exists (as a directory, not through a

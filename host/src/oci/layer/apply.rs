@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -18,6 +18,7 @@ use rustix::io::Errno;
 use store_api::{IoContext, StoreError};
 
 use super::compress::{decoder, Hashing};
+use super::tarread::{read_error, RawEntry, TarReader};
 
 /// Applies one layer (a blob of `media_type`: OCI or Docker v2 tar,
 /// tar+gzip or tar+zstd) onto `tree`, a writable build tree, and checks the
@@ -45,17 +46,20 @@ pub fn apply_layer(
         })?;
     let root = rustix::fs::open(tree, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .context(format_args!("cannot open {}", tree.display()))?;
-    let mut tar = Hashing::new(decoder(media_type, blob)?);
-    let mut applier = Applier { root, written: HashSet::new(), dir_times: Vec::new(), parent: None };
-    {
-        let mut archive = tar::Archive::new(&mut tar);
-        for entry in archive.entries().map_err(corrupt)? {
-            let entry = entry.map_err(corrupt)?;
-            applier.entry(entry)?;
-        }
+    let mut tar = TarReader::new(Hashing::new(decoder(media_type, blob)?));
+    let mut applier = Applier {
+        root,
+        written: HashSet::new(),
+        dir_times: Vec::new(),
+        parent: None,
+        buf: vec![0u8; 1 << 18],
+    };
+    while let Some(entry) = tar.next_entry()? {
+        applier.entry(entry, &mut tar.data())?;
     }
     // The diff_id covers the whole stream, padding after the end marker too.
-    io::copy(&mut tar, &mut io::sink()).map_err(corrupt)?;
+    let mut tar = tar.into_inner();
+    io::copy(&mut tar, &mut io::sink()).map_err(read_error)?;
     applier.set_dir_times()?;
     let actual = tar.digest();
     if actual.strip_prefix("sha256:") != Some(expected) {
@@ -64,27 +68,6 @@ pub fn apply_layer(
         )));
     }
     Ok(())
-}
-
-/// Errors from the layer stream itself: corrupt or truncated input, unless
-/// the system said otherwise.
-fn corrupt(e: io::Error) -> StoreError {
-    match e.kind() {
-        io::ErrorKind::InvalidData
-        | io::ErrorKind::InvalidInput
-        | io::ErrorKind::UnexpectedEof
-        | io::ErrorKind::Other => StoreError::invalid(format!("the layer is truncated or corrupt: {e}")),
-        _ => StoreError::io("cannot read the layer", &e),
-    }
-}
-
-/// A numeric header field; an empty one (all NULs or spaces, as some
-/// writers leave unused fields) is 0, as Go's archive/tar reads it.
-fn lenient(field: &[u8], parsed: io::Result<u64>) -> Result<u64, StoreError> {
-    if field.iter().all(|b| *b == 0 || *b == b' ') {
-        return Ok(0);
-    }
-    parsed.map_err(corrupt)
 }
 
 fn invalid(path: &[u8], what: &str) -> StoreError {
@@ -96,19 +79,18 @@ fn ts(sec: i64, nsec: u32) -> Timestamps {
     Timestamps { last_access: t, last_modification: t }
 }
 
+/// A path's components (raw bytes).
+type Comps = Vec<Vec<u8>>;
+/// Seconds and nanoseconds.
+type Time = (i64, u32);
+
 /// What a tar entry says about its entry, PAX records applied.
 struct Meta {
     mode: u32,
     uid: u32,
     gid: u32,
-    mtime: (i64, u32),
+    mtime: Time,
     xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// A PAX 1.0 sparse entry: real name and size.
-struct Sparse {
-    name: Vec<u8>,
-    size: u64,
 }
 
 struct Applier {
@@ -116,9 +98,11 @@ struct Applier {
     /// Paths (`a/b`) this layer wrote: whiteouts and opaque markers leave them.
     written: HashSet<Vec<u8>>,
     /// Directories and their mtimes, set at the end (their content changes them).
-    dir_times: Vec<(Vec<Vec<u8>>, (i64, u32))>,
+    dir_times: Vec<(Comps, Time)>,
     /// The last parent directory resolved, kept while nothing is removed.
-    parent: Option<(Vec<Vec<u8>>, OwnedFd)>,
+    parent: Option<(Comps, OwnedFd)>,
+    /// For file data: fewer, larger writes than `io::copy`'s 8 KiB.
+    buf: Vec<u8>,
 }
 
 /// The components of an entry's path: `.` and empty ones dropped, `..` and
@@ -148,87 +132,42 @@ fn rel_path(comps: &[Vec<u8>]) -> PathBuf {
     PathBuf::from(OsStr::from_bytes(&comps.join(&b'/')))
 }
 
-fn pax_time(value: &[u8]) -> Option<(i64, u32)> {
-    let text = std::str::from_utf8(value).ok()?;
-    let (neg, text) = match text.strip_prefix('-') {
-        Some(t) => (true, t),
-        None => (false, text),
-    };
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty()
-        || !whole.bytes().all(|b| b.is_ascii_digit())
-        || !frac.bytes().all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let whole: i64 = whole.parse().ok()?;
-    let mut digits: String = frac.chars().take(9).collect();
-    while digits.len() < 9 {
-        digits.push('0');
-    }
-    let nanos: i128 = whole as i128 * 1_000_000_000 + digits.parse::<i128>().ok()?;
-    let total = if neg { -nanos } else { nanos };
-    Some((total.div_euclid(1_000_000_000) as i64, total.rem_euclid(1_000_000_000) as u32))
-}
-
 impl Applier {
-    fn entry<R: Read>(&mut self, mut e: tar::Entry<R>) -> Result<(), StoreError> {
-        let etype = e.header().entry_type();
-        if etype.is_pax_global_extensions() {
-            return Ok(());
-        }
-        let mut path = e.path_bytes().into_owned();
-        let header = e.header();
-        let old = header.as_old();
+    fn entry(&mut self, e: RawEntry, data: &mut impl Read) -> Result<(), StoreError> {
+        let mut path = e.path;
         let mut meta = Meta {
-            mode: lenient(&old.mode, header.mode().map(u64::from))? as u32 & 0o7777,
-            uid: u32::try_from(lenient(&old.uid, header.uid())?)
-                .map_err(|_| invalid(&path, "uid out of range"))?,
-            gid: u32::try_from(lenient(&old.gid, header.gid())?)
-                .map_err(|_| invalid(&path, "gid out of range"))?,
-            mtime: (lenient(&old.mtime, header.mtime())? as i64, 0),
+            mode: e.mode,
+            uid: u32::try_from(e.uid).map_err(|_| invalid(&path, "uid out of range"))?,
+            gid: u32::try_from(e.gid).map_err(|_| invalid(&path, "gid out of range"))?,
+            mtime: e.mtime,
             xattrs: Vec::new(),
         };
-        let dev = match etype.as_byte() {
-            b'3' | b'4' => (
-                header.device_major().map_err(corrupt)?.unwrap_or(0),
-                header.device_minor().map_err(corrupt)?.unwrap_or(0),
-            ),
-            _ => (0, 0),
-        };
-        let link = e.link_name_bytes().map(|l| l.into_owned());
-        let mut sparse: Option<Sparse> = None;
         let (mut major, mut real_size) = (None, None);
-        if let Some(records) = e.pax_extensions().map_err(corrupt)? {
-            for record in records {
-                let record = record.map_err(corrupt)?;
-                let (key, value) = (record.key_bytes(), record.value_bytes());
-                if key == b"mtime" {
-                    meta.mtime = pax_time(value).ok_or_else(|| invalid(&path, "bad PAX mtime"))?;
-                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
-                    meta.xattrs.push((name.to_vec(), value.to_vec()));
-                } else if key == b"GNU.sparse.major" {
-                    major = Some(value.to_vec());
-                } else if key == b"GNU.sparse.name" {
-                    path = value.to_vec();
-                } else if key == b"GNU.sparse.realsize" {
-                    real_size = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
-                } else if key == b"GNU.sparse.size" || key == b"GNU.sparse.map" || key == b"GNU.sparse.offset"
-                {
-                    return Err(invalid(&path, "PAX sparse formats 0.x are not supported (only 1.0)"));
-                }
+        for (key, value) in e.records {
+            if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                meta.xattrs.push((name.to_vec(), value));
+            } else if key == b"GNU.sparse.major" {
+                major = Some(value);
+            } else if key == b"GNU.sparse.name" {
+                path = value;
+            } else if key == b"GNU.sparse.realsize" {
+                real_size = std::str::from_utf8(&value).ok().and_then(|v| v.parse::<u64>().ok());
+            } else if key == b"GNU.sparse.size" || key == b"GNU.sparse.map" || key == b"GNU.sparse.offset" {
+                return Err(invalid(&path, "PAX sparse formats 0.x are not supported (only 1.0)"));
             }
         }
+        let mut sparse = None;
         if let Some(major) = major {
             if major != b"1" {
                 return Err(invalid(&path, "unsupported PAX sparse format (only 1.0)"));
             }
             let size = real_size
                 .ok_or_else(|| invalid(&path, "PAX sparse entry without a valid GNU.sparse.realsize"))?;
-            sparse = Some(Sparse { name: path.clone(), size });
+            sparse = Some(size);
         }
+        let (dev, link) = (e.dev, e.link);
         let comps = components(&path)?;
-        let kind = etype.as_byte();
+        let kind = e.kind;
         let Some((name, parent)) = comps.split_last() else {
             // The root itself: only a directory entry makes sense.
             if kind != b'5' {
@@ -261,16 +200,17 @@ impl Applier {
                 )
                 .context(format_args!("cannot create {}", rel_path(&comps).display()))?;
                 let file = File::from(fd);
-                let declared = e.size();
-                match sparse {
-                    Some(s) => write_sparse(&mut e, &file, declared, s.size, &s.name)?,
-                    None if kind == b'S' => write_skipping_zeros(&mut e, &file, declared, &path)?,
-                    None => {
-                        let copied =
-                            io::copy(&mut e, &mut &file).map_err(|err| read_or_write(err, &comps))?;
-                        if copied != declared {
-                            return Err(invalid(&path, "the layer is truncated (file data ends early)"));
-                        }
+                let declared = e.size;
+                if let Some(real_size) = sparse {
+                    let (segments, map_len) = read_sparse_map(data, declared, &path)?;
+                    write_segments(data, &file, &segments, real_size, declared - map_len, &path)?;
+                } else if let Some((segments, real_size)) = e.gnu_sparse {
+                    write_segments(data, &file, &segments, real_size, declared, &path)?;
+                } else {
+                    let copied =
+                        copy_data(data, &file, &mut self.buf).map_err(|err| read_or_write(err, &comps))?;
+                    if copied != declared {
+                        return Err(invalid(&path, "the layer is truncated (file data ends early)"));
                     }
                 }
                 self.set_meta_fd(file.as_fd(), &meta, &path)?;
@@ -278,7 +218,7 @@ impl Applier {
                     .context(format_args!("cannot set the times of {}", rel_path(&comps).display()))?;
             }
             b'1' => {
-                let target = link.ok_or_else(|| invalid(&path, "hard link without a target"))?;
+                let target = link;
                 let tcomps = components(&target)?;
                 let Some((tname, tparent)) = tcomps.split_last() else {
                     return Err(invalid(&path, "hard link to the root"));
@@ -312,7 +252,10 @@ impl Applier {
                 .context(format_args!("cannot link {}", rel_path(&comps).display()))?;
             }
             b'2' => {
-                let target = link.ok_or_else(|| invalid(&path, "symlink without a target"))?;
+                let target = link;
+                if target.is_empty() {
+                    return Err(invalid(&path, "symlink without a target"));
+                }
                 if target.contains(&0) {
                     return Err(invalid(&path, "NUL byte in the symlink target"));
                 }
@@ -330,7 +273,11 @@ impl Applier {
                 };
                 let parent_fd = self.parent_dir(parent, &path)?;
                 self.clear_slot(&parent_fd, parent, name, false)?;
-                let rdev = rustix::fs::makedev(dev.0, dev.1);
+                let (major, minor) = match (u32::try_from(dev.0), u32::try_from(dev.1)) {
+                    (Ok(major), Ok(minor)) => (major, minor),
+                    _ => return Err(invalid(&path, "device number out of range")),
+                };
+                let rdev = rustix::fs::makedev(major, minor);
                 rustix::fs::mknodat(&parent_fd, name.as_slice(), ftype, Mode::from_raw_mode(0o600), rdev)
                     .context(format_args!("cannot create the node {}", rel_path(&comps).display()))?;
                 self.set_meta_at(&parent_fd, name, &meta, true, &comps)?;
@@ -630,53 +577,50 @@ fn resolve_error(err: Errno, path: &[u8]) -> StoreError {
 fn read_or_write(err: io::Error, comps: &[Vec<u8>]) -> StoreError {
     match err.raw_os_error() {
         Some(_) => StoreError::io(format_args!("cannot write {}", rel_path(comps).display()), &err),
-        None => corrupt(err),
+        None => read_error(err),
+    }
+}
+
+/// Copies an entry's data into a new file; returns the bytes copied.
+fn copy_data(data: &mut impl Read, file: &File, buf: &mut [u8]) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let n = match data.read(buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        std::io::Write::write_all(&mut &*file, &buf[..n])?;
+        total += n as u64;
     }
 }
 
 fn read_exact_entry(r: &mut impl Read, buf: &mut [u8], path: &[u8]) -> Result<(), StoreError> {
     r.read_exact(buf).map_err(|e| match e.kind() {
         io::ErrorKind::UnexpectedEof => invalid(path, "the layer is truncated (file data ends early)"),
-        _ => corrupt(e),
+        _ => read_error(e),
     })
 }
 
-/// A PAX 1.0 sparse file: the map (decimal lines, padded to a block), then
-/// the data of each segment, written at its offset; holes stay holes.
-fn write_sparse(
+/// The map at the start of a PAX 1.0 sparse entry's data: decimal lines
+/// (count, then offset and length of each segment), padded to a block.
+/// Returns the segments and the bytes the map took.
+fn read_sparse_map(
     r: &mut impl Read,
-    file: &File,
     declared: u64,
-    real_size: u64,
     path: &[u8],
-) -> Result<(), StoreError> {
+) -> Result<(Vec<(u64, u64)>, u64), StoreError> {
     let bad = |what: &str| invalid(path, &format!("bad sparse map: {what}"));
     let mut consumed = 0u64;
     let mut block = [0u8; 512];
     let mut text = Vec::new();
-    let mut numbers = Vec::new();
-    let mut count: Option<u64> = None;
-    // Read blocks until the count and 2*count numbers are there.
+    let mut parsed = 0usize;
+    let mut numbers: Vec<u64> = Vec::new();
+    // Blocks until the count and 2 * count numbers are there; each line
+    // parsed once (a hostile map may be long).
     loop {
-        if consumed + 512 > declared {
-            return Err(bad("ends early"));
-        }
-        read_exact_entry(r, &mut block, path)?;
-        consumed += 512;
-        text.extend_from_slice(&block);
-        numbers.clear();
-        let mut complete = 0usize;
-        for (i, b) in text.iter().enumerate() {
-            if *b == b'\n' {
-                let s = std::str::from_utf8(&text[complete..i]).map_err(|_| bad("not decimal"))?;
-                numbers.push(s.parse::<u64>().map_err(|_| bad("not decimal"))?);
-                complete = i + 1;
-            }
-        }
-        if count.is_none() {
-            count = numbers.first().copied();
-        }
-        if let Some(n) = count {
+        if let Some(&n) = numbers.first() {
             if n > 1_000_000 {
                 return Err(bad("too many segments"));
             }
@@ -684,26 +628,50 @@ fn write_sparse(
                 break;
             }
         }
+        if consumed + 512 > declared {
+            return Err(bad("ends early"));
+        }
+        read_exact_entry(r, &mut block, path)?;
+        consumed += 512;
+        text.extend_from_slice(&block);
+        while let Some(end) = text[parsed..].iter().position(|b| *b == b'\n') {
+            let line = &text[parsed..parsed + end];
+            let s = std::str::from_utf8(line).map_err(|_| bad("not decimal"))?;
+            numbers.push(s.parse::<u64>().map_err(|_| bad("not decimal"))?);
+            parsed += end + 1;
+        }
     }
-    let n = count.unwrap_or(0) as usize;
+    let n = numbers[0] as usize;
+    let segments = numbers[1..1 + 2 * n].chunks(2).map(|p| (p[0], p[1])).collect();
+    Ok((segments, consumed))
+}
+
+/// The data of a sparse file: each segment's bytes, in order, written at
+/// its offset; the holes between stay holes.
+fn write_segments(
+    r: &mut impl Read,
+    file: &File,
+    segments: &[(u64, u64)],
+    real_size: u64,
+    data_len: u64,
+    path: &[u8],
+) -> Result<(), StoreError> {
+    let bad = |what: &str| invalid(path, &format!("bad sparse map: {what}"));
     let mut end = 0u64;
-    let mut data = 0u64;
-    let mut segments = Vec::with_capacity(n);
-    for pair in numbers[1..1 + 2 * n].chunks(2) {
-        let (off, len) = (pair[0], pair[1]);
+    let mut total = 0u64;
+    for &(off, len) in segments {
         let stop = off.checked_add(len).ok_or_else(|| bad("overflow"))?;
         if off < end || stop > real_size {
             return Err(bad("segments overlap, go backwards or past the file's size"));
         }
         end = stop;
-        data += len;
-        segments.push((off, len));
+        total += len;
     }
-    if consumed + data != declared {
+    if total != data_len {
         return Err(bad("the segments do not add up to the entry's size"));
     }
     let mut buf = vec![0u8; 1 << 20];
-    for (off, len) in segments {
+    for &(off, len) in segments {
         let mut done = 0u64;
         while done < len {
             let k = (len - done).min(buf.len() as u64) as usize;
@@ -716,21 +684,17 @@ fn write_sparse(
     file.set_len(real_size).map_err(|e| StoreError::io("cannot size a sparse file", &e))
 }
 
-/// An old GNU sparse entry ('S'): the tar crate gives its holes as zeros;
-/// zero blocks are skipped so that they stay holes.
-fn write_skipping_zeros(r: &mut impl Read, file: &File, size: u64, path: &[u8]) -> Result<(), StoreError> {
-    let mut buf = vec![0u8; 4096];
-    let mut pos = 0u64;
-    while pos < size {
-        let k = (size - pos).min(4096) as usize;
-        read_exact_entry(r, &mut buf[..k], path)?;
-        if buf[..k].iter().any(|b| *b != 0) {
-            file.write_all_at(&buf[..k], pos)
-                .map_err(|e| StoreError::io("cannot write a sparse file", &e))?;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_split_and_checked() {
+        assert_eq!(components(b"./a//b/./c/").unwrap(), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+        assert!(components(b"./").unwrap().is_empty());
+        for bad in [&b"../a"[..], b"a/../../b", b"/etc/passwd", b"a/\0b"] {
+            let err = components(bad).unwrap_err();
+            assert_eq!(err.kind(), store_api::ErrorKind::INVALID_INPUT);
         }
-        pos += k as u64;
     }
-    file.set_len(size).map_err(|e| StoreError::io("cannot size a sparse file", &e))?;
-    let _ = (&mut &*file).flush();
-    Ok(())
 }

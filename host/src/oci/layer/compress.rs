@@ -155,3 +155,34 @@ impl<R: Read> Read for Hashing<R> {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The digest of a layer must not depend on the machine's core count:
+    /// zstd's output is the same for any number of workers from one up.
+    #[test]
+    fn zstd_output_does_not_depend_on_the_workers() {
+        let mut x: u32 = 1;
+        let data: Vec<u8> = (0..24 << 20)
+            .map(|i: u32| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                if i % 7 == 0 {
+                    (x >> 24) as u8
+                } else {
+                    b'a' + (i % 13) as u8
+                }
+            })
+            .collect();
+        let compress = |workers: u32| {
+            let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            e.multithread(workers).unwrap();
+            e.write_all(&data).unwrap();
+            e.finish().unwrap()
+        };
+        let one = compress(1);
+        assert_eq!(one, compress(2));
+        assert_eq!(one, compress(8));
+    }
+}

@@ -14,10 +14,12 @@
 //!   archive/tar, i.e. umoci and skopeo).
 //! * Deleted entries as `.wh.NAME`; a directory replaced by a new one as its
 //!   entry followed by `.wh..wh..opq`.
-//! * The unchanged parent directories of changed entries too (not the root):
-//!   a layer then describes every directory it writes into, so tools that
-//!   do not create missing parents, or create them with default metadata,
-//!   extract the same tree; they cost one header each and apply as no-ops.
+//! * The parent directories of changed entries too, unchanged ones and the
+//!   root (`./`) included: applying an entry changes its directory's mtime,
+//!   which the directory's own entry then sets back (applied last); and a
+//!   layer describes every directory it writes into, so tools that do not
+//!   create missing parents, or create them with default metadata, extract
+//!   the same tree. They cost one header each.
 //! * No wall-clock field (no atime, ctime, user/group names, PAX header
 //!   times are 0): the same step gives the same digest.
 //! * Sockets are skipped: tar has no type for them (GNU tar and Go's
@@ -28,13 +30,14 @@ mod compress;
 mod diff;
 mod meta;
 mod tarball;
+mod tarread;
 mod write;
-
-use std::path::PathBuf;
 
 pub use apply::apply_layer;
 pub use compress::Compression;
 pub use diff::diff_trees;
+/// The changes a layer is written from (store-api 1.2).
+pub use store_api::{Change, ChangeKind};
 pub use write::write_layer;
 
 /// A written layer: its blob's digest and size, the digest of its
@@ -46,21 +49,4 @@ pub struct LayerBlob {
     pub size: u64,
     pub diff_id: String,
     pub media_type: String,
-}
-
-/// How an entry differs between a tree and its base (containerd's
-/// `fs.Changes` kinds; see store-api's `Change`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ChangeKind {
-    Added,
-    Modified,
-    Deleted,
-}
-
-/// One changed path, relative to the root of the tree (raw bytes; the
-/// root itself is the empty path).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Change {
-    pub kind: ChangeKind,
-    pub path: PathBuf,
 }

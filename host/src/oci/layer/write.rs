@@ -83,8 +83,10 @@ pub fn write_layer(
     let encoder = Encoder::new(compression, blob).map_err(write_err)?;
     let mut tar = TarWriter::new(Hashing::new(encoder));
     let mut first_names: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    // One buffer for all file data.
+    let mut buf = vec![0u8; 1 << 20];
     for (key, action) in &plan {
-        write_entry(&mut tar, tree, key, *action, &mut first_names)?;
+        write_entry(&mut tar, tree, key, *action, &mut first_names, &mut buf)?;
     }
     let diff = tar.finish().map_err(write_err)?;
     let diff_id = diff.digest();
@@ -130,10 +132,10 @@ fn plan_from_changes(tree: &Path, changes: Vec<Change>) -> Result<BTreeMap<Key, 
         plan.insert(whiteout, Action::Whiteout);
     }
     add_link_siblings(tree, &mut plan)?;
-    // Parents, for tools that do not make missing ones (see the module doc).
+    // Parents, the root included (see the module doc).
     let keys: Vec<Key> = plan.keys().cloned().collect();
     for key in keys {
-        for n in 1..key.len() {
+        for n in 0..key.len() {
             plan.entry(key[..n].to_vec()).or_insert(Action::Entry);
         }
     }
@@ -183,12 +185,20 @@ fn write_entry<W: Write>(
     key: &Key,
     action: Action,
     first_names: &mut HashMap<(u64, u64), Vec<u8>>,
+    buf: &mut [u8],
 ) -> Result<(), StoreError> {
     let write_err = |e: io::Error| StoreError::io("cannot write the layer", &e);
     if action == Action::Whiteout {
         return tar.header(&empty_file(&archive_name(key, false))).map_err(write_err);
     }
     let path = join(tree, &path_of(key));
+    if key.last().is_some_and(|name| name.starts_with(b".wh.")) {
+        // Every reader would take it for a whiteout.
+        return Err(StoreError::invalid(format!(
+            "cannot put {} in an image layer: names starting with `.wh.` are OCI whiteouts; rename it",
+            path.display()
+        )));
+    }
     let m = fs::symlink_metadata(&path).context(format_args!("cannot stat {}", path.display()))?;
     if meta::is_socket(&m) {
         return Ok(());
@@ -252,7 +262,7 @@ fn write_entry<W: Write>(
         h.dev = (libc::major(rdev) as u64, libc::minor(rdev) as u64);
         return tar.header(&h).map_err(write_err);
     }
-    write_file(tar, &path, &m, h)
+    write_file(tar, &path, &m, h, buf)
 }
 
 fn empty_file(name: &[u8]) -> Header<'_> {
@@ -276,6 +286,7 @@ fn write_file<W: Write>(
     path: &Path,
     m: &Metadata,
     h: Header,
+    buf: &mut [u8],
 ) -> Result<(), StoreError> {
     let read_err = |e: io::Error| StoreError::io(format_args!("cannot read {}", path.display()), &e);
     let write_err = |e: io::Error| StoreError::io("cannot write the layer", &e);
@@ -324,7 +335,6 @@ fn write_file<W: Write>(
     };
     tar.header(&h).map_err(write_err)?;
     tar.data(&map).map_err(write_err)?;
-    let mut buf = vec![0u8; 1 << 20];
     for (off, len) in segments {
         let mut done = 0;
         while done < len {
