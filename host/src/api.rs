@@ -146,6 +146,23 @@ impl Store {
         blocking(move || store.prune(&options, |_| ())).await
     }
 
+    /// Exports result `id` as an OCI image (see [`BlockingStore::export`]).
+    pub async fn export(
+        &self,
+        id: &str,
+        image: &str,
+        options: crate::ExportOptions,
+    ) -> Result<crate::ExportReport, StoreError> {
+        let (inner, id, image) = (self.inner.clone(), id.to_string(), image.to_string());
+        blocking(move || inner.export(&id, &image, options)).await
+    }
+
+    /// Imports an OCI image as result `id` (see [`BlockingStore::import`]).
+    pub async fn import(&self, id: &str, image: &str) -> Result<crate::ImportReport, StoreError> {
+        let (inner, id, image) = (self.inner.clone(), id.to_string(), image.to_string());
+        blocking(move || inner.import(&id, &image)).await
+    }
+
     /// The store's root directory.
     pub fn root(&self) -> &Path {
         self.inner.root()

@@ -19,6 +19,8 @@ mod leftovers;
 mod loader;
 mod lock;
 mod names;
+/// Results as OCI images (export, import, transports).
+pub mod oci;
 mod plugin_file;
 mod progress;
 mod prune;
@@ -31,6 +33,7 @@ mod supervise;
 pub use api::{CacheCopy, Store};
 pub use config::Config;
 pub use loader::PluginInfo;
+pub use oci::{Compression, ExportOptions, ExportReport, ImageRef, ImportReport};
 pub use prune::{PruneOptions, PruneReport};
 pub use store::{
     BlockingStore, Build, CacheInfo, Destroyed, Lease, LeaseInfo, LeaseKind, LeaseRecord, Listing, Recovered,

@@ -21,6 +21,11 @@ pub fn enable() {
     ENABLED.store(true, Ordering::Relaxed);
 }
 
+/// Whether slow steps are shown (for progress lines of their own, e.g. image transfers).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
 /// The spinners of steps running at once (e.g. a clone waiting for a
 /// lock), one line each.
 fn lines() -> &'static MultiProgress {

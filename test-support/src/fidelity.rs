@@ -273,3 +273,9 @@ pub fn assert_same(base: &[Entry], copy: &[Entry], what: &str) {
     }
     assert_eq!(base.len(), copy.len(), "{what}: entry count differs");
 }
+
+/// The same entries without their atimes, for copies made by tools that
+/// do not keep them (an OCI image has none).
+pub fn without_atimes(entries: Vec<Entry>) -> Vec<Entry> {
+    entries.into_iter().map(|e| Entry { atime: None, ..e }).collect()
+}

@@ -56,6 +56,34 @@ pub enum Cmd {
         /// The result's id
         id: String,
     },
+    /// Export result ID as an OCI image: one layer per step of its chain
+    #[command(
+        after_help = "IMAGE-REF: oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://HOST/REPO[:TAG];\n\
+        without a tag, the id's tag (the id itself when shorter than 128 characters).\n\
+        Example: snapstore export step2 oci:/srv/images"
+    )]
+    Export {
+        /// The result's id
+        id: String,
+        /// Where to write the image
+        #[arg(value_name = "IMAGE-REF")]
+        image: String,
+        /// How layers are compressed
+        #[arg(long, value_enum, default_value_t = ImageCompression::Zstd)]
+        compression: ImageCompression,
+    },
+    /// Make result ID from an OCI or Docker image, applying only the layers of missing steps
+    #[command(
+        after_help = "IMAGE-REF: oci:DIR[:TAG], oci-archive:FILE[:TAG] or docker://HOST/REPO[:TAG|@DIGEST];\n\
+        without a tag, the id's tag. Example: snapstore import step2 oci:/srv/images"
+    )]
+    Import {
+        /// The new result's id
+        id: String,
+        /// The image to read
+        #[arg(value_name = "IMAGE-REF")]
+        image: String,
+    },
     /// Shared mutable caches
     #[command(subcommand)]
     Cache(CacheCmd),
@@ -211,4 +239,13 @@ pub enum CacheCmd {
         /// The cache's name
         name: String,
     },
+}
+
+/// The layers' compression of an exported image.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImageCompression {
+    /// zstd, multithreaded (fast; read by current tools)
+    Zstd,
+    /// gzip (for old clients)
+    Gzip,
 }

@@ -9,7 +9,7 @@ use snapstore::internal::{find_plugins, parse_owner};
 use snapstore::internal::{supervise, Activity};
 use snapstore::{BlockingStore, Config, LeaseKind, Owner, PruneOptions, ReleaseMode, Released, StoreError};
 
-use super::args::{CacheCmd, Cli, Cmd, SortBy};
+use super::args::{CacheCmd, Cli, Cmd, ImageCompression, SortBy};
 use super::output::{backends_text, check_text, listing_text, to_json, Output, StdoutToStderr};
 use super::sizes::tree_size;
 use super::{exit, info};
@@ -30,6 +30,8 @@ fn run_command(cli: &Cli) -> Result<Output, StoreError> {
         Cmd::Delete { id } => {
             open(cli)?.delete(id).map(|()| Output::new(json!({"id": id, "deleted": true}), ""))
         }
+        Cmd::Export { id, image, compression } => export(&open(cli)?, id, image, *compression),
+        Cmd::Import { id, image } => import(&open(cli)?, id, image),
         Cmd::Cache(cmd) => cache(&open(cli)?, cmd, cli.json),
         Cmd::Df => info::df(&open(cli)?),
         Cmd::Root => Ok(Output::path("root", open(cli)?.root())),
@@ -95,6 +97,39 @@ fn result(store: &BlockingStore, id: &str, as_json: bool) -> Result<Output, Stor
         None if as_json => Ok(Output::new(json!({"id": id, "path": null}), "")),
         None => Err(StoreError::not_found(format!("no result `{id}`"))),
     }
+}
+
+fn export(
+    store: &BlockingStore,
+    id: &str,
+    image: &str,
+    compression: ImageCompression,
+) -> Result<Output, StoreError> {
+    let compression = match compression {
+        ImageCompression::Zstd => snapstore::Compression::Zstd,
+        ImageCompression::Gzip => snapstore::Compression::Gzip,
+    };
+    let report = store.export(id, image, snapstore::ExportOptions { compression })?;
+    let text = format!(
+        "{} {} ({} layers written, {} already there, {} bytes)",
+        report.reference, report.digest, report.layers_written, report.layers_skipped, report.bytes_written
+    );
+    Ok(Output::new(to_json(&report)?, text))
+}
+
+fn import(store: &BlockingStore, id: &str, image: &str) -> Result<Output, StoreError> {
+    let report = store.import(id, image)?;
+    let path = store.result(id)?.unwrap_or_default();
+    let text = format!(
+        "{} ({} layers applied, {} already here, {} bytes read)",
+        path.display(),
+        report.layers_applied,
+        report.layers_skipped,
+        report.bytes_read
+    );
+    let mut json = to_json(&report)?;
+    json["path"] = json!(path);
+    Ok(Output::new(json, text))
 }
 
 fn cache(store: &BlockingStore, cmd: &CacheCmd, as_json: bool) -> Result<Output, StoreError> {

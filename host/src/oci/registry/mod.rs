@@ -60,15 +60,32 @@ const MANIFEST_TYPES: [&str; 4] = [
 /// check the credentials.
 const NO_BLOB: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Opens `repository` on `registry` (`HOST[:PORT]`) as a transport. Checks
-/// that the registry answers (and picks HTTP or HTTPS when insecure), so a
-/// wrong address or an untrusted certificate is reported here.
-pub fn open(
-    registry: &str,
-    repository: &str,
-    settings: &RegistrySettings,
-) -> Result<Box<dyn ImageTransport>, StoreError> {
-    Ok(Box::new(RegistryTransport::connect(registry, repository, settings)?))
+/// Settings given for registries (by [`configure`]), by `HOST[:PORT]`.
+static CONFIGURED: std::sync::Mutex<Vec<(String, RegistrySettings)>> = std::sync::Mutex::new(Vec::new());
+
+/// Says how to reach `registry` from now on in this process: the `[remote]`
+/// of a config sets it for its registry, so that `export`, `import`, `push`
+/// and `pull` to that registry all use its `insecure` and `certs_dir`.
+/// Other registries get the defaults (HTTPS, certs.d, the auth files).
+pub fn configure(registry: &str, settings: RegistrySettings) {
+    let mut table = CONFIGURED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    table.retain(|(host, _)| host != registry);
+    table.push((registry.to_string(), settings));
+}
+
+/// The settings for `registry`: as [configured](configure), else the defaults.
+pub fn settings_for(registry: &str) -> RegistrySettings {
+    let table = CONFIGURED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    table.iter().find(|(host, _)| host == registry).map(|(_, s)| s.clone()).unwrap_or_default()
+}
+
+/// Opens `repository` on `registry` (`HOST[:PORT]`) as a transport, with the
+/// settings [configured](configure) for it. Checks that the registry answers
+/// and accepts the credentials (and picks HTTP or HTTPS when insecure), so
+/// a wrong address, an untrusted certificate or a wrong password is
+/// reported here.
+pub fn open(registry: &str, repository: &str) -> Result<Box<dyn ImageTransport>, StoreError> {
+    Ok(Box::new(RegistryTransport::connect(registry, repository, &settings_for(registry))?))
 }
 
 /// A repository in a registry; see the module documentation.

@@ -1,0 +1,736 @@
+//! Applying one layer onto a build tree, safely against hostile layers:
+//! every path is resolved beneath the tree by fd (`openat2` with
+//! RESOLVE_BENEATH for parents, O_NOFOLLOW / AT_SYMLINK_NOFOLLOW for the
+//! last component), an existing entry is replaced (unlinked, or removed
+//! with `remove_tree` when a directory), never written through.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+use store_api::{IoContext, StoreError};
+
+use super::compress::{decoder, Hashing};
+
+/// Applies one layer (a blob of `media_type`: OCI or Docker v2 tar,
+/// tar+gzip or tar+zstd) onto `tree`, a writable build tree, and checks the
+/// uncompressed tar's sha256 against `diff_id` at the end.
+///
+/// Hostile content is refused with an INVALID_INPUT error (`..` or absolute
+/// paths, parents or hard link targets through symlinks that leave the
+/// tree, whiteouts of `.`/`..`, unknown `.wh.` names, a truncated or
+/// corrupt stream, a diff_id mismatch) and nothing is ever written outside
+/// `tree`; on any error the tree is half-applied and the caller discards it.
+/// Whiteouts remove only what lower layers had, not entries this layer
+/// wrote. Each entry gets its content, then owner, then mode, then xattrs,
+/// then times; directories get their times at the end.
+pub fn apply_layer(
+    tree: &Path,
+    media_type: &str,
+    blob: &mut dyn Read,
+    diff_id: &str,
+) -> Result<(), StoreError> {
+    let expected = diff_id
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .ok_or_else(|| {
+            StoreError::invalid(format!("diff_id {diff_id:?} is not sha256:<64 lower-case hex digits>"))
+        })?;
+    let root = rustix::fs::open(tree, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .context(format_args!("cannot open {}", tree.display()))?;
+    let mut tar = Hashing::new(decoder(media_type, blob)?);
+    let mut applier = Applier { root, written: HashSet::new(), dir_times: Vec::new(), parent: None };
+    {
+        let mut archive = tar::Archive::new(&mut tar);
+        for entry in archive.entries().map_err(corrupt)? {
+            let entry = entry.map_err(corrupt)?;
+            applier.entry(entry)?;
+        }
+    }
+    // The diff_id covers the whole stream, padding after the end marker too.
+    io::copy(&mut tar, &mut io::sink()).map_err(corrupt)?;
+    applier.set_dir_times()?;
+    let actual = tar.digest();
+    if actual.strip_prefix("sha256:") != Some(expected) {
+        return Err(StoreError::invalid(format!(
+            "layer content does not match its diff_id: expected {diff_id}, got {actual}; the layer is corrupt"
+        )));
+    }
+    Ok(())
+}
+
+/// Errors from the layer stream itself: corrupt or truncated input, unless
+/// the system said otherwise.
+fn corrupt(e: io::Error) -> StoreError {
+    match e.kind() {
+        io::ErrorKind::InvalidData
+        | io::ErrorKind::InvalidInput
+        | io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::Other => StoreError::invalid(format!("the layer is truncated or corrupt: {e}")),
+        _ => StoreError::io("cannot read the layer", &e),
+    }
+}
+
+/// A numeric header field; an empty one (all NULs or spaces, as some
+/// writers leave unused fields) is 0, as Go's archive/tar reads it.
+fn lenient(field: &[u8], parsed: io::Result<u64>) -> Result<u64, StoreError> {
+    if field.iter().all(|b| *b == 0 || *b == b' ') {
+        return Ok(0);
+    }
+    parsed.map_err(corrupt)
+}
+
+fn invalid(path: &[u8], what: &str) -> StoreError {
+    StoreError::invalid(format!("refusing layer entry {:?}: {what}", String::from_utf8_lossy(path)))
+}
+
+fn ts(sec: i64, nsec: u32) -> Timestamps {
+    let t = Timespec { tv_sec: sec, tv_nsec: nsec as _ };
+    Timestamps { last_access: t, last_modification: t }
+}
+
+/// What a tar entry says about its entry, PAX records applied.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, u32),
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A PAX 1.0 sparse entry: real name and size.
+struct Sparse {
+    name: Vec<u8>,
+    size: u64,
+}
+
+struct Applier {
+    root: OwnedFd,
+    /// Paths (`a/b`) this layer wrote: whiteouts and opaque markers leave them.
+    written: HashSet<Vec<u8>>,
+    /// Directories and their mtimes, set at the end (their content changes them).
+    dir_times: Vec<(Vec<Vec<u8>>, (i64, u32))>,
+    /// The last parent directory resolved, kept while nothing is removed.
+    parent: Option<(Vec<Vec<u8>>, OwnedFd)>,
+}
+
+/// The components of an entry's path: `.` and empty ones dropped, `..` and
+/// absolute paths refused.
+fn components(path: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+    if path.starts_with(b"/") {
+        return Err(invalid(path, "absolute path"));
+    }
+    if path.contains(&0) {
+        return Err(invalid(path, "NUL byte in the path"));
+    }
+    let mut out = Vec::new();
+    for c in path.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => return Err(invalid(path, "`..` component")),
+            _ => out.push(c.to_vec()),
+        }
+    }
+    Ok(out)
+}
+
+fn rel_path(comps: &[Vec<u8>]) -> PathBuf {
+    if comps.is_empty() {
+        return PathBuf::from(".");
+    }
+    PathBuf::from(OsStr::from_bytes(&comps.join(&b'/')))
+}
+
+fn pax_time(value: &[u8]) -> Option<(i64, u32)> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (neg, text) = match text.strip_prefix('-') {
+        Some(t) => (true, t),
+        None => (false, text),
+    };
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty()
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nanos: i128 = whole as i128 * 1_000_000_000 + digits.parse::<i128>().ok()?;
+    let total = if neg { -nanos } else { nanos };
+    Some((total.div_euclid(1_000_000_000) as i64, total.rem_euclid(1_000_000_000) as u32))
+}
+
+impl Applier {
+    fn entry<R: Read>(&mut self, mut e: tar::Entry<R>) -> Result<(), StoreError> {
+        let etype = e.header().entry_type();
+        if etype.is_pax_global_extensions() {
+            return Ok(());
+        }
+        let mut path = e.path_bytes().into_owned();
+        let header = e.header();
+        let old = header.as_old();
+        let mut meta = Meta {
+            mode: lenient(&old.mode, header.mode().map(u64::from))? as u32 & 0o7777,
+            uid: u32::try_from(lenient(&old.uid, header.uid())?)
+                .map_err(|_| invalid(&path, "uid out of range"))?,
+            gid: u32::try_from(lenient(&old.gid, header.gid())?)
+                .map_err(|_| invalid(&path, "gid out of range"))?,
+            mtime: (lenient(&old.mtime, header.mtime())? as i64, 0),
+            xattrs: Vec::new(),
+        };
+        let dev = match etype.as_byte() {
+            b'3' | b'4' => (
+                header.device_major().map_err(corrupt)?.unwrap_or(0),
+                header.device_minor().map_err(corrupt)?.unwrap_or(0),
+            ),
+            _ => (0, 0),
+        };
+        let link = e.link_name_bytes().map(|l| l.into_owned());
+        let mut sparse: Option<Sparse> = None;
+        let (mut major, mut real_size) = (None, None);
+        if let Some(records) = e.pax_extensions().map_err(corrupt)? {
+            for record in records {
+                let record = record.map_err(corrupt)?;
+                let (key, value) = (record.key_bytes(), record.value_bytes());
+                if key == b"mtime" {
+                    meta.mtime = pax_time(value).ok_or_else(|| invalid(&path, "bad PAX mtime"))?;
+                } else if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    meta.xattrs.push((name.to_vec(), value.to_vec()));
+                } else if key == b"GNU.sparse.major" {
+                    major = Some(value.to_vec());
+                } else if key == b"GNU.sparse.name" {
+                    path = value.to_vec();
+                } else if key == b"GNU.sparse.realsize" {
+                    real_size = std::str::from_utf8(value).ok().and_then(|v| v.parse::<u64>().ok());
+                } else if key == b"GNU.sparse.size" || key == b"GNU.sparse.map" || key == b"GNU.sparse.offset"
+                {
+                    return Err(invalid(&path, "PAX sparse formats 0.x are not supported (only 1.0)"));
+                }
+            }
+        }
+        if let Some(major) = major {
+            if major != b"1" {
+                return Err(invalid(&path, "unsupported PAX sparse format (only 1.0)"));
+            }
+            let size = real_size
+                .ok_or_else(|| invalid(&path, "PAX sparse entry without a valid GNU.sparse.realsize"))?;
+            sparse = Some(Sparse { name: path.clone(), size });
+        }
+        let comps = components(&path)?;
+        let kind = etype.as_byte();
+        let Some((name, parent)) = comps.split_last() else {
+            // The root itself: only a directory entry makes sense.
+            if kind != b'5' {
+                return Err(invalid(&path, "the root of the tree must be a directory"));
+            }
+            let fd = rustix::fs::openat(
+                &self.root,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .context("cannot open the root of the tree")?;
+            self.set_meta_fd(&fd, &meta, &path)?;
+            self.dir_times.push((comps, meta.mtime));
+            return Ok(());
+        };
+        if let Some(target) = name.strip_prefix(b".wh.") {
+            return self.whiteout(&path, parent, target);
+        }
+        let key = comps.join(&b'/');
+        match kind {
+            b'0' | b'\0' | b'7' | b'S' => {
+                let parent_fd = self.parent_dir(parent, &path)?;
+                self.clear_slot(&parent_fd, parent, name, false)?;
+                let fd = rustix::fs::openat(
+                    &parent_fd,
+                    name.as_slice(),
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .context(format_args!("cannot create {}", rel_path(&comps).display()))?;
+                let file = File::from(fd);
+                let declared = e.size();
+                match sparse {
+                    Some(s) => write_sparse(&mut e, &file, declared, s.size, &s.name)?,
+                    None if kind == b'S' => write_skipping_zeros(&mut e, &file, declared, &path)?,
+                    None => {
+                        let copied =
+                            io::copy(&mut e, &mut &file).map_err(|err| read_or_write(err, &comps))?;
+                        if copied != declared {
+                            return Err(invalid(&path, "the layer is truncated (file data ends early)"));
+                        }
+                    }
+                }
+                self.set_meta_fd(file.as_fd(), &meta, &path)?;
+                rustix::fs::futimens(&file, &ts(meta.mtime.0, meta.mtime.1))
+                    .context(format_args!("cannot set the times of {}", rel_path(&comps).display()))?;
+            }
+            b'1' => {
+                let target = link.ok_or_else(|| invalid(&path, "hard link without a target"))?;
+                let tcomps = components(&target)?;
+                let Some((tname, tparent)) = tcomps.split_last() else {
+                    return Err(invalid(&path, "hard link to the root"));
+                };
+                if tcomps == comps {
+                    return Err(invalid(&path, "hard link to itself"));
+                }
+                let tparent_fd =
+                    self.beneath(tparent, ResolveFlags::NO_SYMLINKS).map_err(|err| match err {
+                        Errno::NOENT => invalid(&path, "hard link target does not exist"),
+                        _ => invalid(&path, "hard link target outside the tree or through a symlink"),
+                    })?;
+                match rustix::fs::statat(&tparent_fd, tname.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                        return Err(invalid(&path, "hard link to a directory"))
+                    }
+                    Ok(_) => {}
+                    Err(_) => return Err(invalid(&path, "hard link target does not exist")),
+                }
+                let parent_fd = self.parent_dir(parent, &path)?;
+                self.clear_slot(&parent_fd, parent, name, false)?;
+                // The target may have been removed with the slot (a link
+                // replacing its own parent): then linkat fails, nothing escapes.
+                rustix::fs::linkat(
+                    &tparent_fd,
+                    tname.as_slice(),
+                    &parent_fd,
+                    name.as_slice(),
+                    AtFlags::empty(),
+                )
+                .context(format_args!("cannot link {}", rel_path(&comps).display()))?;
+            }
+            b'2' => {
+                let target = link.ok_or_else(|| invalid(&path, "symlink without a target"))?;
+                if target.contains(&0) {
+                    return Err(invalid(&path, "NUL byte in the symlink target"));
+                }
+                let parent_fd = self.parent_dir(parent, &path)?;
+                self.clear_slot(&parent_fd, parent, name, false)?;
+                rustix::fs::symlinkat(target.as_slice(), &parent_fd, name.as_slice())
+                    .context(format_args!("cannot create the symlink {}", rel_path(&comps).display()))?;
+                self.set_meta_at(&parent_fd, name, &meta, false, &comps)?;
+            }
+            b'3' | b'4' | b'6' => {
+                let ftype = match kind {
+                    b'3' => FileType::CharacterDevice,
+                    b'4' => FileType::BlockDevice,
+                    _ => FileType::Fifo,
+                };
+                let parent_fd = self.parent_dir(parent, &path)?;
+                self.clear_slot(&parent_fd, parent, name, false)?;
+                let rdev = rustix::fs::makedev(dev.0, dev.1);
+                rustix::fs::mknodat(&parent_fd, name.as_slice(), ftype, Mode::from_raw_mode(0o600), rdev)
+                    .context(format_args!("cannot create the node {}", rel_path(&comps).display()))?;
+                self.set_meta_at(&parent_fd, name, &meta, true, &comps)?;
+            }
+            b'5' => {
+                let parent_fd = self.parent_dir(parent, &path)?;
+                self.clear_slot(&parent_fd, parent, name, true)?;
+                match rustix::fs::mkdirat(&parent_fd, name.as_slice(), Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(err) => {
+                        return Err(err).context(format_args!(
+                            "cannot create the directory {}",
+                            rel_path(&comps).display()
+                        ))
+                    }
+                }
+                let fd = rustix::fs::openat(
+                    &parent_fd,
+                    name.as_slice(),
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .context(format_args!("cannot open the directory {}", rel_path(&comps).display()))?;
+                self.set_meta_fd(&fd, &meta, &path)?;
+                self.dir_times.push((comps.clone(), meta.mtime));
+            }
+            other => {
+                return Err(invalid(&path, &format!("unsupported tar entry type {:?}", other as char)));
+            }
+        }
+        self.written.insert(key);
+        Ok(())
+    }
+
+    /// `.wh.NAME` removes NAME of the lower layers; `.wh..wh..opq` all of
+    /// the directory's lower entries.
+    fn whiteout(&mut self, path: &[u8], parent: &[Vec<u8>], target: &[u8]) -> Result<(), StoreError> {
+        if target == b".wh..opq" {
+            let parent_fd = self.parent_dir(parent, path)?;
+            let dir = rustix::fs::openat(
+                &parent_fd,
+                ".",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .context(format_args!("cannot open {}", rel_path(parent).display()))?;
+            let mut names = Vec::new();
+            for entry in rustix::fs::Dir::read_from(&dir).context("cannot list a directory")? {
+                let entry = entry.context(format_args!("cannot list {}", rel_path(parent).display()))?;
+                let name = entry.file_name().to_bytes();
+                if name != b"." && name != b".." {
+                    names.push(name.to_vec());
+                }
+            }
+            for name in names {
+                let mut key = parent.join(&b'/');
+                if !key.is_empty() {
+                    key.push(b'/');
+                }
+                key.extend_from_slice(&name);
+                if !self.written.contains(&key) {
+                    self.remove(&parent_fd, parent, &name)?;
+                }
+            }
+            return Ok(());
+        }
+        if target.is_empty() || target == b"." || target == b".." {
+            return Err(invalid(path, "whiteout of nothing, `.` or `..`"));
+        }
+        if target.starts_with(b".wh.") {
+            return Err(invalid(path, "unknown whiteout (only .wh.NAME and .wh..wh..opq exist)"));
+        }
+        let mut key = parent.join(&b'/');
+        if !key.is_empty() {
+            key.push(b'/');
+        }
+        key.extend_from_slice(target);
+        if self.written.contains(&key) {
+            return Ok(());
+        }
+        let parent_fd = match self.beneath(parent, ResolveFlags::empty()) {
+            Ok(fd) => fd,
+            // Nothing below a missing parent to remove.
+            Err(Errno::NOENT) => return Ok(()),
+            Err(err) => return Err(resolve_error(err, path)),
+        };
+        self.remove(&parent_fd, parent, target)
+    }
+
+    /// Opens `comps` beneath the root: symlinks may be followed only while
+    /// they stay inside the tree (and never magic links).
+    fn beneath(&self, comps: &[Vec<u8>], extra: ResolveFlags) -> Result<OwnedFd, Errno> {
+        rustix::fs::openat2(
+            &self.root,
+            rel_path(comps),
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | extra,
+        )
+    }
+
+    /// The parent directory of an entry, with missing ones created (0755,
+    /// root-owned, as other tools do).
+    fn parent_dir(&mut self, comps: &[Vec<u8>], path: &[u8]) -> Result<OwnedFd, StoreError> {
+        if let Some((cached, fd)) = &self.parent {
+            if cached == comps {
+                return fd.try_clone().context("cannot duplicate a descriptor");
+            }
+        }
+        let fd = match self.beneath(comps, ResolveFlags::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => {
+                let mut fd = self.root.try_clone().context("cannot duplicate a descriptor")?;
+                for n in 1..=comps.len() {
+                    fd = match self.beneath(&comps[..n], ResolveFlags::empty()) {
+                        Ok(next) => next,
+                        Err(Errno::NOENT) => {
+                            match rustix::fs::mkdirat(
+                                &fd,
+                                comps[n - 1].as_slice(),
+                                Mode::from_raw_mode(0o755),
+                            ) {
+                                Ok(()) | Err(Errno::EXIST) => {}
+                                Err(err) => {
+                                    return Err(err).context(format_args!(
+                                        "cannot create the directory {}",
+                                        rel_path(&comps[..n]).display()
+                                    ))
+                                }
+                            }
+                            self.beneath(&comps[..n], ResolveFlags::empty())
+                                .map_err(|e| resolve_error(e, path))?
+                        }
+                        Err(err) => return Err(resolve_error(err, path)),
+                    };
+                }
+                fd
+            }
+            Err(err) => return Err(resolve_error(err, path)),
+        };
+        self.parent = Some((comps.to_vec(), fd.try_clone().context("cannot duplicate a descriptor")?));
+        Ok(fd)
+    }
+
+    /// Makes room for a new entry `name`: an existing non-directory is
+    /// unlinked, an existing directory removed unless a directory comes.
+    fn clear_slot(
+        &mut self,
+        parent_fd: &OwnedFd,
+        parent: &[Vec<u8>],
+        name: &[u8],
+        dir: bool,
+    ) -> Result<(), StoreError> {
+        match rustix::fs::statat(parent_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => Ok(()),
+            Err(err) => Err(err).context(format_args!(
+                "cannot stat {}",
+                rel_path(parent).join(OsStr::from_bytes(name)).display()
+            )),
+            Ok(st) if dir && FileType::from_raw_mode(st.st_mode) == FileType::Directory => Ok(()),
+            Ok(_) => self.remove(parent_fd, parent, name),
+        }
+    }
+
+    /// Removes `name` in `parent_fd` (a directory with `remove_tree`, which
+    /// never follows symlinks nor enters mounts).
+    fn remove(&mut self, parent_fd: &OwnedFd, parent: &[Vec<u8>], name: &[u8]) -> Result<(), StoreError> {
+        let shown = || rel_path(parent).join(OsStr::from_bytes(name));
+        let st = match rustix::fs::statat(parent_fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => return Ok(()),
+            Err(err) => return Err(err).context(format_args!("cannot stat {}", shown().display())),
+            Ok(st) => st,
+        };
+        // Cached parents may lie below what goes.
+        self.parent = None;
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            // The real path of the parent, as the kernel resolved it beneath the tree.
+            let real =
+                std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(parent_fd)))
+                    .context("cannot find the path of a directory")?;
+            store_api::util::remove_tree(&real.join(OsStr::from_bytes(name)))
+        } else {
+            rustix::fs::unlinkat(parent_fd, name, AtFlags::empty())
+                .context(format_args!("cannot remove {}", shown().display()))
+        }
+    }
+
+    /// Owner, then mode, then xattrs, on an open file or directory. First
+    /// go the xattrs the entry does not have: those of a directory that
+    /// already existed, or ACLs inherited from a parent's default ACL.
+    fn set_meta_fd(&self, fd: impl AsFd, meta: &Meta, path: &[u8]) -> Result<(), StoreError> {
+        let shown = || String::from_utf8_lossy(path).into_owned();
+        let mut buf = vec![0u8; 65536];
+        let n = rustix::fs::flistxattr(&fd, &mut buf[..])
+            .context(format_args!("cannot list the xattrs of {}", shown()))?;
+        for old in buf[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            if !meta.xattrs.iter().any(|(k, _)| k == old) {
+                rustix::fs::fremovexattr(&fd, old)
+                    .context(format_args!("cannot remove an xattr of {}", shown()))?;
+            }
+        }
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+        )
+        .context(format_args!("cannot chown {}", shown()))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode))
+            .context(format_args!("cannot chmod {}", shown()))?;
+        for (key, value) in &meta.xattrs {
+            rustix::fs::fsetxattr(&fd, key.as_slice(), value, rustix::fs::XattrFlags::empty()).context(
+                format_args!("cannot set the xattr {} of {}", String::from_utf8_lossy(key), shown()),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The same for an entry that cannot be opened (a symlink, a device
+    /// node): by name in its parent, without following it.
+    fn set_meta_at(
+        &self,
+        parent_fd: &OwnedFd,
+        name: &[u8],
+        meta: &Meta,
+        chmod: bool,
+        comps: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
+        let shown = || rel_path(comps).display().to_string();
+        let via_fd = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(parent_fd)))
+            .join(OsStr::from_bytes(name));
+        let mut buf = vec![0u8; 65536];
+        let n = rustix::fs::llistxattr(&via_fd, &mut buf[..])
+            .context(format_args!("cannot list the xattrs of {}", shown()))?;
+        for old in buf[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            if !meta.xattrs.iter().any(|(k, _)| k == old) {
+                rustix::fs::lremovexattr(&via_fd, old)
+                    .context(format_args!("cannot remove an xattr of {}", shown()))?;
+            }
+        }
+        rustix::fs::chownat(
+            parent_fd,
+            name,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .context(format_args!("cannot chown {}", shown()))?;
+        if chmod {
+            // Just created by mknodat: a node, not a symlink to follow.
+            rustix::fs::chmodat(parent_fd, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+                .context(format_args!("cannot chmod {}", shown()))?;
+        }
+        for (key, value) in &meta.xattrs {
+            rustix::fs::lsetxattr(&via_fd, key.as_slice(), value, rustix::fs::XattrFlags::empty()).context(
+                format_args!("cannot set the xattr {} of {}", String::from_utf8_lossy(key), shown()),
+            )?;
+        }
+        rustix::fs::utimensat(parent_fd, name, &ts(meta.mtime.0, meta.mtime.1), AtFlags::SYMLINK_NOFOLLOW)
+            .context(format_args!("cannot set the times of {}", shown()))
+    }
+
+    /// Directory times, last: writing their content changed them.
+    fn set_dir_times(&mut self) -> Result<(), StoreError> {
+        self.parent = None;
+        for (comps, (sec, nsec)) in std::mem::take(&mut self.dir_times).into_iter().rev() {
+            let times = ts(sec, nsec);
+            let Some((name, parent)) = comps.split_last() else {
+                rustix::fs::futimens(&self.root, &times)
+                    .context("cannot set the times of the tree's root")?;
+                continue;
+            };
+            // A later entry may have replaced or removed it.
+            let Ok(parent_fd) = self.beneath(parent, ResolveFlags::empty()) else { continue };
+            match rustix::fs::statat(&parent_fd, name.as_slice(), AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+                _ => continue,
+            }
+            rustix::fs::utimensat(&parent_fd, name.as_slice(), &times, AtFlags::SYMLINK_NOFOLLOW)
+                .context(format_args!("cannot set the times of {}", rel_path(&comps).display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn resolve_error(err: Errno, path: &[u8]) -> StoreError {
+    match err {
+        Errno::XDEV | Errno::LOOP => invalid(path, "its parent leaves the tree through a symlink"),
+        Errno::NOTDIR => invalid(path, "its parent is not a directory"),
+        _ => StoreError::errno(
+            format_args!("cannot resolve the parent of {}", String::from_utf8_lossy(path)),
+            nix::errno::Errno::from_raw(err.raw_os_error()),
+        ),
+    }
+}
+
+/// Errors while copying entry data: the stream's (corrupt) or the disk's.
+fn read_or_write(err: io::Error, comps: &[Vec<u8>]) -> StoreError {
+    match err.raw_os_error() {
+        Some(_) => StoreError::io(format_args!("cannot write {}", rel_path(comps).display()), &err),
+        None => corrupt(err),
+    }
+}
+
+fn read_exact_entry(r: &mut impl Read, buf: &mut [u8], path: &[u8]) -> Result<(), StoreError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => invalid(path, "the layer is truncated (file data ends early)"),
+        _ => corrupt(e),
+    })
+}
+
+/// A PAX 1.0 sparse file: the map (decimal lines, padded to a block), then
+/// the data of each segment, written at its offset; holes stay holes.
+fn write_sparse(
+    r: &mut impl Read,
+    file: &File,
+    declared: u64,
+    real_size: u64,
+    path: &[u8],
+) -> Result<(), StoreError> {
+    let bad = |what: &str| invalid(path, &format!("bad sparse map: {what}"));
+    let mut consumed = 0u64;
+    let mut block = [0u8; 512];
+    let mut text = Vec::new();
+    let mut numbers = Vec::new();
+    let mut count: Option<u64> = None;
+    // Read blocks until the count and 2*count numbers are there.
+    loop {
+        if consumed + 512 > declared {
+            return Err(bad("ends early"));
+        }
+        read_exact_entry(r, &mut block, path)?;
+        consumed += 512;
+        text.extend_from_slice(&block);
+        numbers.clear();
+        let mut complete = 0usize;
+        for (i, b) in text.iter().enumerate() {
+            if *b == b'\n' {
+                let s = std::str::from_utf8(&text[complete..i]).map_err(|_| bad("not decimal"))?;
+                numbers.push(s.parse::<u64>().map_err(|_| bad("not decimal"))?);
+                complete = i + 1;
+            }
+        }
+        if count.is_none() {
+            count = numbers.first().copied();
+        }
+        if let Some(n) = count {
+            if n > 1_000_000 {
+                return Err(bad("too many segments"));
+            }
+            if numbers.len() as u64 > 2 * n {
+                break;
+            }
+        }
+    }
+    let n = count.unwrap_or(0) as usize;
+    let mut end = 0u64;
+    let mut data = 0u64;
+    let mut segments = Vec::with_capacity(n);
+    for pair in numbers[1..1 + 2 * n].chunks(2) {
+        let (off, len) = (pair[0], pair[1]);
+        let stop = off.checked_add(len).ok_or_else(|| bad("overflow"))?;
+        if off < end || stop > real_size {
+            return Err(bad("segments overlap, go backwards or past the file's size"));
+        }
+        end = stop;
+        data += len;
+        segments.push((off, len));
+    }
+    if consumed + data != declared {
+        return Err(bad("the segments do not add up to the entry's size"));
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for (off, len) in segments {
+        let mut done = 0u64;
+        while done < len {
+            let k = (len - done).min(buf.len() as u64) as usize;
+            read_exact_entry(r, &mut buf[..k], path)?;
+            file.write_all_at(&buf[..k], off + done)
+                .map_err(|e| StoreError::io("cannot write a sparse file", &e))?;
+            done += k as u64;
+        }
+    }
+    file.set_len(real_size).map_err(|e| StoreError::io("cannot size a sparse file", &e))
+}
+
+/// An old GNU sparse entry ('S'): the tar crate gives its holes as zeros;
+/// zero blocks are skipped so that they stay holes.
+fn write_skipping_zeros(r: &mut impl Read, file: &File, size: u64, path: &[u8]) -> Result<(), StoreError> {
+    let mut buf = vec![0u8; 4096];
+    let mut pos = 0u64;
+    while pos < size {
+        let k = (size - pos).min(4096) as usize;
+        read_exact_entry(r, &mut buf[..k], path)?;
+        if buf[..k].iter().any(|b| *b != 0) {
+            file.write_all_at(&buf[..k], pos)
+                .map_err(|e| StoreError::io("cannot write a sparse file", &e))?;
+        }
+        pos += k as u64;
+    }
+    file.set_len(size).map_err(|e| StoreError::io("cannot size a sparse file", &e))?;
+    let _ = (&mut &*file).flush();
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! Compression of layers (zstd multithreaded, gzip), their media types, and
+//! the digests of the streams that pass through.
+
+use std::io::{self, Read, Write};
+
+use sha2::{Digest, Sha256};
+use store_api::StoreError;
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// `application/vnd.oci.image.layer.v1.tar+zstd`: level 3, one worker
+    /// per core. The default.
+    #[default]
+    Zstd,
+    /// `application/vnd.oci.image.layer.v1.tar+gzip`, for old clients.
+    Gzip,
+}
+
+impl Compression {
+    /// The OCI media type of a layer compressed this way.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+        }
+    }
+}
+
+/// A compressing writer that must be finished.
+pub(super) enum Encoder<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
+}
+
+impl<W: Write> Encoder<W> {
+    pub(super) fn new(compression: Compression, out: W) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::Zstd => {
+                let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
+                // Always at least one worker: zstd's output is then the same
+                // for any number of workers, so the digest does not depend
+                // on the machine.
+                let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+                encoder.multithread(workers.max(1))?;
+                Encoder::Zstd(encoder)
+            }
+            // GzEncoder's header has mtime 0 and no name: deterministic.
+            Compression::Gzip => {
+                Encoder::Gzip(flate2::write::GzEncoder::new(out, flate2::Compression::default()))
+            }
+        })
+    }
+
+    pub(super) fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Zstd(e) => e.finish(),
+            Encoder::Gzip(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Zstd(e) => e.write(buf),
+            Encoder::Gzip(e) => e.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Zstd(e) => e.flush(),
+            Encoder::Gzip(e) => e.flush(),
+        }
+    }
+}
+
+enum Kind {
+    Tar,
+    Gzip,
+    Zstd,
+}
+
+fn kind_of(media_type: &str) -> Option<Kind> {
+    Some(match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar"
+        | "application/vnd.docker.image.rootfs.diff.tar" => Kind::Tar,
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Kind::Gzip,
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+        | "application/vnd.docker.image.rootfs.diff.tar.zstd" => Kind::Zstd,
+        _ => return None,
+    })
+}
+
+/// The uncompressed tar stream of a blob of `media_type`.
+pub(super) fn decoder<'a>(
+    media_type: &str,
+    blob: &'a mut dyn Read,
+) -> Result<Box<dyn Read + 'a>, StoreError> {
+    let kind = kind_of(media_type).ok_or_else(|| {
+        StoreError::invalid(format!(
+            "unsupported layer media type {media_type:?}: expected an OCI or Docker v2 tar, tar+gzip or tar+zstd layer"
+        ))
+    })?;
+    Ok(match kind {
+        Kind::Tar => Box::new(blob),
+        Kind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        Kind::Zstd => Box::new(
+            zstd::stream::read::Decoder::new(blob)
+                .map_err(|e| StoreError::io("cannot start the zstd decoder", &e))?,
+        ),
+    })
+}
+
+/// Passes bytes through (read or written) and keeps their sha256 and count.
+pub(super) struct Hashing<T> {
+    pub(super) inner: T,
+    sha: Sha256,
+    pub(super) count: u64,
+}
+
+impl<T> Hashing<T> {
+    pub(super) fn new(inner: T) -> Self {
+        Hashing { inner, sha: Sha256::new(), count: 0 }
+    }
+
+    /// `sha256:<hex>` of what passed so far.
+    pub(super) fn digest(&self) -> String {
+        format!("sha256:{}", hex::encode(self.sha.clone().finalize()))
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}

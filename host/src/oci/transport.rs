@@ -1,0 +1,32 @@
+//! The image transport trait, shared by the local transports (`oci:`,
+//! `oci-archive:`) and the registry (`docker://`).
+
+use std::io::Read;
+use std::path::Path;
+
+use oci_spec::image::Descriptor;
+use store_api::StoreError;
+
+/// Where an image's blobs and manifests are read and written: an OCI image layout
+/// directory (`oci:`), an archive of one (`oci-archive:`), or a registry (`docker://`).
+/// Writers put every blob before the manifest that names it, so a reader never sees a
+/// manifest whose blobs are missing.
+pub trait ImageTransport {
+    /// How the transport is named in messages, e.g. `oci:/srv/images:tag`.
+    fn describe(&self) -> String;
+    /// True when the target already holds the blob (it is then not written again).
+    fn has_blob(&mut self, digest: &str) -> Result<bool, StoreError>;
+    /// Stores a blob read from `file`, whose digest and size are `desc`'s.
+    fn put_blob(&mut self, desc: &Descriptor, file: &Path) -> Result<(), StoreError>;
+    /// Streams a blob. The caller checks size and digest as it reads.
+    fn get_blob(&mut self, desc: &Descriptor) -> Result<Box<dyn Read + '_>, StoreError>;
+    /// Stores a manifest (or index) under `tag`, after all its blobs.
+    fn put_manifest(&mut self, tag: &str, media_type: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Reads the manifest (or index) a tag or a digest (`sha256:…`) names, with its
+    /// media type; Ok(None) when there is none.
+    fn get_manifest(&mut self, reference: &str) -> Result<Option<(String, Vec<u8>)>, StoreError>;
+    /// Makes what was written durable and visible (oci-archive writes its file here).
+    fn finish(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

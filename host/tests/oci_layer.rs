@@ -1,0 +1,466 @@
+//! OCI layers on real files (as root): round trips of a tree with every
+//! kind of entry against its base and whole, determinism, what GNU tar
+//! sees, and hostile layers refused without a byte written outside.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use snapstore::oci::layer::{
+    apply_layer, diff_trees, write_layer, Change, ChangeKind, Compression, LayerBlob,
+};
+use snapstore::ErrorKind;
+use test_support::fidelity::{assert_same, build_fidelity_tree, manifest, set_times, without_atimes};
+use test_support::sandbox::Outside;
+
+fn root_or_skip() -> bool {
+    if !test_support::is_root() {
+        test_support::skip(
+            "the OCI layer tests make files with any owner, devices and trusted xattrs: run as root",
+        );
+        return false;
+    }
+    true
+}
+
+fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().unwrap();
+    assert!(st.success(), "{cmd}");
+}
+
+fn cp_a(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp -a {} {}", from.display(), to.display());
+}
+
+/// The fidelity tree with distinct times, without its socket: tar has no
+/// type for sockets (GNU tar and Go's archive/tar skip them too).
+fn base_tree(dir: &Path) {
+    fs::create_dir(dir).unwrap();
+    build_fidelity_tree(dir);
+    fs::remove_file(dir.join("sock")).unwrap();
+    set_times(dir, &mut 0);
+}
+
+fn write_to(tree: &Path, base: Option<&Path>, compression: Compression, out: &Path) -> LayerBlob {
+    let mut file = File::create(out).unwrap();
+    let blob = write_layer(tree, base, None, compression, &mut file).unwrap();
+    file.flush().unwrap();
+    assert_eq!(fs::metadata(out).unwrap().len(), blob.size);
+    blob
+}
+
+fn apply_from(tree: &Path, layer: &Path, blob: &LayerBlob) -> Result<(), snapstore::StoreError> {
+    apply_layer(tree, &blob.media_type, &mut File::open(layer).unwrap(), &blob.diff_id)
+}
+
+fn same_tree(want: &Path, got: &Path, what: &str) {
+    assert_same(&without_atimes(manifest(want, false)), &without_atimes(manifest(got, false)), what);
+}
+
+/// A copy of `base` with every kind of change.
+fn changed_tree(base: &Path, tree: &Path) {
+    cp_a(base, tree);
+    let t = |p: &str| tree.join(p);
+    // Added: a file, a directory with content, a sparse file.
+    fs::write(t("new-file"), b"new").unwrap();
+    fs::create_dir_all(t("newdir/inner")).unwrap();
+    fs::write(t("newdir/inner/x"), b"x").unwrap();
+    let sparse = File::create(t("newdir/sparse2")).unwrap();
+    sparse.set_len(8 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"data", 4 << 20).unwrap();
+    // Modified content; and content changed with size and mtime put back.
+    fs::write(t("many/f1"), b"changed").unwrap();
+    fs::write(t("many/f2"), b"X").unwrap(); // was "2": same size
+    sh(&format!("touch -r {} {}", base.join("many/f2").display(), t("many/f2").display()));
+    // Deleted: a file and a directory with content.
+    fs::remove_file(t("many/f3")).unwrap();
+    fs::remove_dir_all(t("deep/a/b")).unwrap();
+    // A directory replaced by a file, a file by a directory, a directory
+    // by a new directory (opaque).
+    fs::remove_dir_all(t("ro/d")).unwrap();
+    fs::write(t("ro/d"), b"now a file").unwrap();
+    fs::remove_file(t("empty")).unwrap();
+    fs::create_dir(t("empty")).unwrap();
+    fs::write(t("empty/inside"), b"i").unwrap();
+    fs::remove_dir_all(t("sticky")).unwrap();
+    fs::create_dir(t("sticky")).unwrap();
+    fs::write(t("sticky/fresh"), b"f").unwrap();
+    // Only an xattr (of a file with three names), only a mode, only an owner.
+    xattr::set(t("hard1"), "user.color", b"red").unwrap();
+    fs::set_permissions(t("noperm"), fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::lchown(t("many/f4"), Some(42), Some(43)).unwrap();
+    // A symlink retargeted (its second name stays the old one).
+    fs::remove_file(t("link")).unwrap();
+    symlink("hard1", t("link")).unwrap();
+}
+
+#[test]
+fn diff_finds_every_kind_of_change() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, tree) = (tmp.path().join("base"), tmp.path().join("tree"));
+    base_tree(&base);
+    changed_tree(&base, &tree);
+    let changes = diff_trees(&tree, &base).unwrap();
+    let has =
+        |kind: ChangeKind, path: &str| changes.iter().any(|c| c.kind == kind && c.path == Path::new(path));
+    for path in ["new-file", "newdir", "newdir/inner/x", "newdir/sparse2"] {
+        assert!(has(ChangeKind::Added, path), "{path} added: {changes:?}");
+    }
+    for path in ["many/f1", "many/f2", "hard1", "noperm", "many/f4", "link", "link-hard"] {
+        assert!(has(ChangeKind::Modified, path), "{path} modified: {changes:?}");
+    }
+    for path in ["many/f3", "deep/a/b"] {
+        assert!(has(ChangeKind::Deleted, path), "{path} deleted: {changes:?}");
+    }
+    assert!(!has(ChangeKind::Deleted, "deep/a/b/c"), "only the top of a deleted tree");
+    for path in ["ro/d", "empty"] {
+        assert!(has(ChangeKind::Deleted, path) && has(ChangeKind::Added, path), "{path} replaced");
+    }
+    // A directory replaced by a new one cannot be told from one whose
+    // content changed when the trees are copies (other inodes anyway).
+    assert!(has(ChangeKind::Modified, "sticky") && has(ChangeKind::Deleted, "sticky/inside"));
+    assert!(has(ChangeKind::Added, "sticky/fresh"));
+    assert!(!changes.iter().any(|c| c.path == Path::new("many/f5") || c.path == Path::new("random")));
+    // Identical trees: nothing.
+    let copy = tmp.path().join("copy");
+    cp_a(&base, &copy);
+    assert_eq!(diff_trees(&copy, &base).unwrap(), vec![]);
+}
+
+#[test]
+fn layer_round_trip_against_base() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, tree) = (tmp.path().join("base"), tmp.path().join("tree"));
+    base_tree(&base);
+    changed_tree(&base, &tree);
+    for compression in [Compression::Zstd, Compression::Gzip] {
+        let layer = tmp.path().join("layer");
+        let blob = write_to(&tree, Some(&base), compression, &layer);
+        assert_eq!(blob.media_type, compression.media_type());
+        let out = tmp.path().join("out");
+        cp_a(&base, &out);
+        apply_from(&out, &layer, &blob).unwrap();
+        same_tree(&tree, &out, &format!("{compression:?} layer applied on the base"));
+        // The hard links of the changed inode stay one inode.
+        let ino = |p: &str| fs::symlink_metadata(out.join(p)).unwrap().ino();
+        assert_eq!(ino("hard1"), ino("dir/sub/hard3"));
+        fs::remove_dir_all(&out).unwrap();
+    }
+}
+
+#[test]
+fn whole_tree_round_trip() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    base_tree(&base);
+    let layer = tmp.path().join("layer");
+    let blob = write_to(&base, None, Compression::Zstd, &layer);
+    let out = tmp.path().join("out");
+    fs::create_dir(&out).unwrap();
+    apply_from(&out, &layer, &blob).unwrap();
+    same_tree(&base, &out, "whole tree");
+    let sparse = fs::metadata(out.join("sparse")).unwrap();
+    assert!(sparse.blocks() < 100, "the sparse file was applied dense: {} blocks", sparse.blocks());
+}
+
+#[test]
+fn same_tree_same_digest() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, tree) = (tmp.path().join("base"), tmp.path().join("tree"));
+    base_tree(&base);
+    changed_tree(&base, &tree);
+    for compression in [Compression::Zstd, Compression::Gzip] {
+        let a = write_to(&tree, Some(&base), compression, &tmp.path().join("a"));
+        let b = write_to(&tree, Some(&base), compression, &tmp.path().join("b"));
+        assert_eq!(a, b, "{compression:?}");
+        assert_eq!(fs::read(tmp.path().join("a")).unwrap(), fs::read(tmp.path().join("b")).unwrap());
+    }
+    // The same tree elsewhere (another copy: other inodes and ctimes).
+    let tree2 = tmp.path().join("tree2");
+    cp_a(&tree, &tree2);
+    let a = write_to(&tree, Some(&base), Compression::Zstd, &tmp.path().join("a"));
+    let c = write_to(&tree2, Some(&base), Compression::Zstd, &tmp.path().join("c"));
+    assert_eq!(a.diff_id, c.diff_id);
+}
+
+/// Decompresses a zstd layer into a plain tar file.
+fn untar_zstd(layer: &Path, tar: &Path) {
+    let mut data = Vec::new();
+    zstd::stream::read::Decoder::new(File::open(layer).unwrap()).unwrap().read_to_end(&mut data).unwrap();
+    fs::write(tar, data).unwrap();
+}
+
+#[test]
+fn gnu_tar_reads_whiteouts_and_sparse_files() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, tree) = (tmp.path().join("base"), tmp.path().join("tree"));
+    base_tree(&base);
+    changed_tree(&base, &tree);
+    // As a backend that knows `sticky` was replaced would list it.
+    let mut changes: Vec<_> = diff_trees(&tree, &base)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.path != Path::new("sticky/inside"))
+        .collect();
+    changes.push(Change { kind: ChangeKind::Deleted, path: "sticky".into() });
+    changes.push(Change { kind: ChangeKind::Added, path: "sticky".into() });
+    let layer = tmp.path().join("layer");
+    let blob =
+        write_layer(&tree, Some(&base), Some(changes), Compression::Zstd, &mut File::create(&layer).unwrap())
+            .unwrap();
+    let applied = tmp.path().join("applied");
+    cp_a(&base, &applied);
+    apply_from(&applied, &layer, &blob).unwrap();
+    same_tree(&tree, &applied, "layer with an opaque directory");
+    let tar = tmp.path().join("layer.tar");
+    untar_zstd(&layer, &tar);
+    let out = Command::new("tar").arg("-tvf").arg(&tar).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for want in ["many/.wh.f3", "deep/a/.wh.b", "sticky/.wh..wh..opq", "newdir/sparse2"] {
+        assert!(listing.lines().any(|l| l.ends_with(want)), "tar -tvf lists {want}:\n{listing}");
+    }
+    // The opaque marker comes right after its directory.
+    let names: Vec<&str> = listing.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    let dir = names.iter().position(|n| *n == "sticky/").unwrap();
+    assert_eq!(names[dir + 1], "sticky/.wh..wh..opq");
+
+    let x = tmp.path().join("x");
+    fs::create_dir(&x).unwrap();
+    let st = Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&x).status().unwrap();
+    assert!(st.success());
+    let sparse = fs::metadata(x.join("newdir/sparse2")).unwrap();
+    assert_eq!(sparse.len(), 8 << 20);
+    assert!(sparse.blocks() < 100, "GNU tar extracted the sparse file dense: {} blocks", sparse.blocks());
+    let data = fs::read(x.join("newdir/sparse2")).unwrap();
+    assert_eq!(&data[4 << 20..(4 << 20) + 4], b"data");
+}
+
+// ---- Hostile layers ----
+
+enum E<'a> {
+    File(&'a [u8], &'a [u8]),
+    Dir(&'a [u8]),
+    Symlink(&'a [u8], &'a [u8]),
+    Link(&'a [u8], &'a [u8]),
+}
+
+/// A plain tar with raw names (the tar crate's path checks bypassed).
+fn raw_tar(entries: &[E]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_ustar();
+        let (name, kind, link, data): (&[u8], tar::EntryType, &[u8], &[u8]) = match e {
+            E::File(n, d) => (n, tar::EntryType::Regular, b"", d),
+            E::Dir(n) => (n, tar::EntryType::Directory, b"", b""),
+            E::Symlink(n, t) => (n, tar::EntryType::Symlink, t, b""),
+            E::Link(n, t) => (n, tar::EntryType::Link, t, b""),
+        };
+        let u = h.as_ustar_mut().unwrap();
+        u.name[..name.len()].copy_from_slice(name);
+        u.linkname[..link.len()].copy_from_slice(link);
+        h.set_entry_type(kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_size(data.len() as u64);
+        h.set_mtime(1);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn sha(data: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
+}
+
+const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+#[test]
+fn hostile_layers_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = Outside::new(&tmp.path().join("outside"));
+    let out_abs = outside.path.to_str().unwrap().as_bytes().to_vec();
+    let precious = [out_abs.as_slice(), b"/precious"].concat();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("dot-dot", raw_tar(&[E::File(b"../outside/precious", b"pwned")])),
+        ("dot-dot inside", raw_tar(&[E::Dir(b"a"), E::File(b"a/../../outside/precious", b"pwned")])),
+        ("absolute", raw_tar(&[E::File(&precious, b"pwned")])),
+        (
+            "symlink out, then through it",
+            raw_tar(&[E::Symlink(b"esc", &out_abs), E::File(b"esc/precious", b"pwned")]),
+        ),
+        (
+            "relative symlink out, then through it",
+            raw_tar(&[E::Symlink(b"esc", b"../../../../../../.."), E::File(b"esc/tmp/x", b"pwned")]),
+        ),
+        ("hard link out", raw_tar(&[E::Link(b"hl", b"../outside/precious")])),
+        ("hard link absolute", raw_tar(&[E::Link(b"hl", &precious)])),
+        (
+            "hard link through a symlink",
+            raw_tar(&[E::Symlink(b"esc", &out_abs), E::Link(b"hl", b"esc/precious")]),
+        ),
+        (
+            "hard link through an inner symlink",
+            raw_tar(&[E::Dir(b"d"), E::File(b"d/f", b"f"), E::Symlink(b"s", b"d"), E::Link(b"hl", b"s/f")]),
+        ),
+        ("whiteout of ..", raw_tar(&[E::File(b".wh..", b"")])),
+        ("whiteout of .", raw_tar(&[E::File(b"a/.wh..", b"")])),
+        ("whiteout of nothing", raw_tar(&[E::File(b".wh.", b"")])),
+        ("unknown whiteout", raw_tar(&[E::File(b".wh..wh.foo", b"")])),
+        (
+            "whiteout through a symlink",
+            raw_tar(&[E::Symlink(b"esc", &out_abs), E::File(b"esc/.wh.precious", b"")]),
+        ),
+        (
+            "opaque through a symlink",
+            raw_tar(&[E::Symlink(b"esc", &out_abs), E::File(b"esc/.wh..wh..opq", b"")]),
+        ),
+    ];
+    for (what, tar) in cases {
+        let tree = tmp.path().join("tree");
+        fs::create_dir(&tree).unwrap();
+        let err = apply_layer(&tree, TAR, &mut &tar[..], &sha(&tar)).expect_err(what);
+        assert_eq!(err.kind(), ErrorKind::INVALID_INPUT, "{what}: {err}");
+        assert!(!err.message().contains('\n'), "{what}: one line: {err}");
+        outside.assert_intact(what);
+        fs::remove_dir_all(&tree).unwrap();
+    }
+
+    // An entry over a symlink replaces the symlink, never writes through it.
+    let tree = tmp.path().join("tree");
+    fs::create_dir(&tree).unwrap();
+    let tar = raw_tar(&[E::Symlink(b"p", &precious), E::File(b"p", b"replaced")]);
+    apply_layer(&tree, TAR, &mut &tar[..], &sha(&tar)).unwrap();
+    outside.assert_intact("file over a symlink");
+    assert_eq!(fs::read(tree.join("p")).unwrap(), b"replaced");
+    assert!(!fs::symlink_metadata(tree.join("p")).unwrap().is_symlink());
+    fs::remove_dir_all(&tree).unwrap();
+}
+
+#[test]
+fn corrupt_streams_are_refused() {
+    if !root_or_skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    base_tree(&base);
+    let layer = tmp.path().join("layer");
+    let blob = write_to(&base, None, Compression::Zstd, &layer);
+    let bytes = fs::read(&layer).unwrap();
+    let plain = tar_of(&layer);
+    let try_apply = |media: &str, data: &[u8], diff_id: &str| -> snapstore::StoreError {
+        let tree: PathBuf = tmp.path().join("tree");
+        let _ = fs::remove_dir_all(&tree);
+        fs::create_dir(&tree).unwrap();
+        apply_layer(&tree, media, &mut &data[..], diff_id).unwrap_err()
+    };
+    let cases = [
+        ("truncated zstd", try_apply(&blob.media_type, &bytes[..bytes.len() / 2], &blob.diff_id)),
+        ("truncated tar in file data", try_apply(TAR, &plain[..plain.len() / 2 + 100], &blob.diff_id)),
+        ("truncated tar at a block", try_apply(TAR, &plain[..(plain.len() / 1024) * 512], &blob.diff_id)),
+        ("wrong diff_id", try_apply(&blob.media_type, &bytes, &sha(b"other"))),
+        ("garbage", try_apply(&blob.media_type, b"not zstd at all", &blob.diff_id)),
+        ("bad diff_id", try_apply(&blob.media_type, &bytes, "md5:abc")),
+        ("unknown media type", try_apply("text/plain", &bytes, &blob.diff_id)),
+    ];
+    for (what, err) in cases {
+        assert_eq!(err.kind(), ErrorKind::INVALID_INPUT, "{what}: {err}");
+        assert!(!err.message().contains('\n'), "{what}: one line: {err}");
+    }
+    // Uncompressed, the whole stream applies.
+    let tree = tmp.path().join("tree2");
+    fs::create_dir(&tree).unwrap();
+    apply_layer(&tree, TAR, &mut &plain[..], &blob.diff_id).unwrap();
+    same_tree(&base, &tree, "uncompressed layer");
+}
+
+fn tar_of(layer: &Path) -> Vec<u8> {
+    let mut data = Vec::new();
+    zstd::stream::read::Decoder::new(File::open(layer).unwrap()).unwrap().read_to_end(&mut data).unwrap();
+    data
+}
+
+fn have(tool: &str) -> bool {
+    let found =
+        Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().unwrap().status.success();
+    if !found {
+        test_support::skip(&format!("{tool} is not installed (scripts/install-test-deps installs it)"));
+    }
+    found
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Go's archive/tar reads the layers: umoci unpacks a whole-tree layer and
+/// a diff layer on it (whiteouts, opaque directory, hard links, sparse,
+/// PAX times and xattrs) into the changed tree.
+#[test]
+fn umoci_unpacks_the_layers() {
+    if !root_or_skip() || !have("umoci") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, tree) = (tmp.path().join("base"), tmp.path().join("tree"));
+    base_tree(&base);
+    changed_tree(&base, &tree);
+    let mut changes: Vec<_> = diff_trees(&tree, &base)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.path != Path::new("sticky/inside"))
+        .collect();
+    changes.push(Change { kind: ChangeKind::Deleted, path: "sticky".into() });
+    changes.push(Change { kind: ChangeKind::Added, path: "sticky".into() });
+    let (l1, l2) = (tmp.path().join("l1"), tmp.path().join("l2"));
+    write_to(&base, None, Compression::Zstd, &l1);
+    write_layer(&tree, Some(&base), Some(changes), Compression::Zstd, &mut File::create(&l2).unwrap())
+        .unwrap();
+    let (t1, t2) = (tmp.path().join("l1.tar"), tmp.path().join("l2.tar"));
+    untar_zstd(&l1, &t1);
+    untar_zstd(&l2, &t2);
+    let img = tmp.path().join("img");
+    let image = format!("{}:t", img.display());
+    run_ok(Command::new("umoci").arg("init").arg("--layout").arg(&img));
+    run_ok(Command::new("umoci").args(["new", "--image", &image]));
+    run_ok(Command::new("umoci").args(["raw", "add-layer", "--image", &image]).arg(&t1));
+    run_ok(Command::new("umoci").args(["raw", "add-layer", "--image", &image]).arg(&t2));
+    let bundle = tmp.path().join("bundle");
+    run_ok(Command::new("umoci").args(["unpack", "--image", &image]).arg(&bundle));
+    // umoci writes sparse files dense (its limitation: Go's archive/tar
+    // reads them as data and holes).
+    let dense = |entries: Vec<test_support::fidelity::Entry>| -> Vec<_> {
+        without_atimes(entries)
+            .into_iter()
+            .map(|e| test_support::fidelity::Entry { blocks: None, ..e })
+            .collect()
+    };
+    let rootfs = bundle.join("rootfs");
+    assert_same(&dense(manifest(&tree, false)), &dense(manifest(&rootfs, false)), "umoci's unpack");
+}
