@@ -25,13 +25,15 @@ mod plugin_file;
 mod progress;
 mod prune;
 mod records;
+/// Sharing results through a registry: push, pull, the remote's housekeeping.
+pub mod remote;
 mod root;
 mod store;
 mod stress;
 mod supervise;
 
 pub use api::{CacheCopy, Store};
-pub use config::Config;
+pub use config::{Config, PullPolicy, PushPolicy, RemoteConfig};
 pub use loader::PluginInfo;
 pub use oci::{Compression, ExportOptions, ExportReport, ImageRef, ImportReport};
 pub use prune::{PruneOptions, PruneReport};

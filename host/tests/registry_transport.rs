@@ -115,7 +115,10 @@ fn blobs_and_manifests_round_trip() {
     assert_eq!(t.get_manifest("step-1").unwrap(), None);
     t.put_manifest("step-1", MANIFEST_TYPE, &manifest).unwrap();
     assert_eq!(t.get_manifest("step-1").unwrap(), Some((MANIFEST_TYPE.to_string(), manifest.clone())));
-    assert_eq!(t.get_manifest(&sha256(&manifest)).unwrap(), Some((MANIFEST_TYPE.to_string(), manifest.clone())));
+    assert_eq!(
+        t.get_manifest(&sha256(&manifest)).unwrap(),
+        Some((MANIFEST_TYPE.to_string(), manifest.clone()))
+    );
     assert_eq!(registry.stored_tags("ci/results"), vec!["step-1".to_string()]);
     assert_eq!(t.tags().unwrap(), vec!["step-1".to_string()]);
 
@@ -127,7 +130,9 @@ fn blobs_and_manifests_round_trip() {
 
 #[test]
 fn bad_names_are_refused_before_any_request() {
-    for (host, repo) in [("127.0.0.1:1", "Upper/case"), ("127.0.0.1:1", "a//b"), ("bad host", "a"), ("h", "../x")] {
+    for (host, repo) in
+        [("127.0.0.1:1", "Upper/case"), ("127.0.0.1:1", "a//b"), ("bad host", "a"), ("h", "../x")]
+    {
         let err = RegistryTransport::connect(host, repo, &insecure()).err().expect("refused");
         assert!(err.message().starts_with("invalid"), "{err}");
     }
@@ -138,7 +143,8 @@ fn an_unreachable_registry_is_one_line_naming_it() {
     let Some(mut registry) = Registry::plain() else { return };
     registry.kill();
     let started = std::time::Instant::now();
-    let err = RegistryTransport::connect(&registry.host, "ci/results", &insecure()).err().expect("unreachable");
+    let err =
+        RegistryTransport::connect(&registry.host, "ci/results", &insecure()).err().expect("unreachable");
     let message = err.message();
     assert!(message.contains(&format!("cannot reach registry {}", registry.host)), "{message}");
     assert!(!message.contains('\n'));
@@ -164,14 +170,16 @@ fn auth_and_tls_as_podman_does_them() {
     let certs = registry.certs_d();
 
     // The CA trusted through certs.d and the right credentials: it works.
-    let trusted = RegistrySettings { certs_dir: certs.clone(), auth_file: Some(right.clone()), ..Default::default() };
+    let trusted =
+        RegistrySettings { certs_dir: certs.clone(), auth_file: Some(right.clone()), ..Default::default() };
     let mut t = connect(&registry, "ci/results", &trusted);
     let manifest = push_small_image(&mut t, work.path(), "secret\n");
     t.put_manifest("a", MANIFEST_TYPE, &manifest).unwrap();
     assert!(t.get_manifest("a").unwrap().is_some());
 
     // Wrong credentials: refused, saying how to log in.
-    let settings = RegistrySettings { certs_dir: certs.clone(), auth_file: Some(wrong), ..Default::default() };
+    let settings =
+        RegistrySettings { certs_dir: certs.clone(), auth_file: Some(wrong), ..Default::default() };
     let err = RegistryTransport::connect(&registry.host, "ci/results", &settings).err().expect("refused");
     assert!(err.message().contains("401") && err.message().contains("podman login"), "{err}");
     // None at all: refused as well.
@@ -183,7 +191,8 @@ fn auth_and_tls_as_podman_does_them() {
     // The CA not trusted: a TLS failure, naming where the CA goes.
     let empty = work.path().join("empty-certs.d");
     std::fs::create_dir(&empty).unwrap();
-    let settings = RegistrySettings { certs_dir: Some(empty), auth_file: Some(right.clone()), ..Default::default() };
+    let settings =
+        RegistrySettings { certs_dir: Some(empty), auth_file: Some(right.clone()), ..Default::default() };
     let err = RegistryTransport::connect(&registry.host, "ci/results", &settings).err().expect("untrusted");
     assert!(err.message().contains("TLS") && err.message().contains("ca.crt"), "{err}");
     assert!(!err.message().contains('\n'));
@@ -268,9 +277,12 @@ fn a_registry_killed_mid_pull_fails_in_one_line_or_resumes_once_back() {
     assert!(err.contains(&host) && !err.contains('\n'), "{err}");
     // Killed and back within the retries: the download resumes and is whole.
     registry.restart();
-    let got = with_registry_killed(&mut registry, Duration::from_millis(150), Some(Duration::from_millis(200)), || {
-        slow_read(&host)
-    })
+    let got = with_registry_killed(
+        &mut registry,
+        Duration::from_millis(150),
+        Some(Duration::from_millis(200)),
+        || slow_read(&host),
+    )
     .unwrap_or_else(|e| panic!("resumed pull: {e}"));
     assert!(got == big, "the resumed download differs");
 }

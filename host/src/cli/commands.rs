@@ -11,6 +11,7 @@ use snapstore::{BlockingStore, Config, LeaseKind, Owner, PruneOptions, ReleaseMo
 
 use super::args::{CacheCmd, Cli, Cmd, ImageCompression, SortBy};
 use super::output::{backends_text, check_text, listing_text, to_json, Output, StdoutToStderr};
+use super::remote;
 use super::sizes::tree_size;
 use super::{exit, info};
 
@@ -25,13 +26,32 @@ pub fn run(cli: &Cli) -> Result<Output, StoreError> {
 
 fn run_command(cli: &Cli) -> Result<Output, StoreError> {
     match &cli.command {
-        Cmd::Build { id, base, command } => build(&open(cli)?, base.as_deref(), id, command, cli.json),
-        Cmd::Result { id } => result(&open(cli)?, id, cli.json),
+        Cmd::Build { id, base, command } => {
+            let (store, remote) = remote::open_with_remote(cli)?;
+            if let Some(base) = base {
+                snapstore::remote::pull_on_miss(&store, remote.as_ref(), base)?;
+            }
+            let out = build(&store, base.as_deref(), id, command, cli.json)?;
+            if out.status == 0 {
+                if let Some(warning) = snapstore::remote::push_after_build(&store, remote.as_ref(), id) {
+                    eprintln!("warning: {warning}");
+                }
+            }
+            Ok(out)
+        }
+        Cmd::Result { id } => {
+            let (store, remote) = remote::open_with_remote(cli)?;
+            snapstore::remote::pull_on_miss(&store, remote.as_ref(), id)?;
+            result(&store, id, cli.json)
+        }
         Cmd::Delete { id } => {
             open(cli)?.delete(id).map(|()| Output::new(json!({"id": id, "deleted": true}), ""))
         }
         Cmd::Export { id, image, compression } => export(&open(cli)?, id, image, *compression),
         Cmd::Import { id, image } => import(&open(cli)?, id, image),
+        Cmd::Push { id, pending } => remote::push(cli, id.as_deref(), *pending),
+        Cmd::Pull { id } => remote::pull(cli, id),
+        Cmd::Remote(cmd) => remote::remote(cli, cmd),
         Cmd::Cache(cmd) => cache(&open(cli)?, cmd, cli.json),
         Cmd::Df => info::df(&open(cli)?),
         Cmd::Root => Ok(Output::path("root", open(cli)?.root())),
@@ -207,7 +227,13 @@ fn list(store: &BlockingStore, sort: SortBy, reverse: bool, sizes: bool) -> Resu
             result["size"] = json!(result["id"].as_str().map(|id| sizes[id]));
         }
     }
-    Ok(Output::new(json, listing_text(&listing, sizes.as_ref())))
+    let mut text = listing_text(&listing, sizes.as_ref());
+    let not_pushed = snapstore::remote::pending(store)?;
+    if !not_pushed.is_empty() {
+        text += &format!("\nnot pushed (snapstore push --pending): {}", not_pushed.join(" "));
+    }
+    json["not_pushed"] = json!(not_pushed);
+    Ok(Output::new(json, text))
 }
 
 /// Checks without changing anything: a store that does not exist yet is

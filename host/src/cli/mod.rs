@@ -8,4 +8,5 @@ pub mod commands;
 pub mod exit;
 pub mod info;
 pub mod output;
+pub mod remote;
 pub mod sizes;

@@ -42,8 +42,9 @@ pub fn ca_certificates(dirs: &[PathBuf], registry: &str) -> Result<Vec<Certifica
             .collect();
         files.sort();
         for file in files {
-            let data = std::fs::read(&file)
-                .map_err(|e| StoreError::io(format!("cannot read the CA certificate {}", file.display()), &e))?;
+            let data = std::fs::read(&file).map_err(|e| {
+                StoreError::io(format!("cannot read the CA certificate {}", file.display()), &e)
+            })?;
             if reqwest::Certificate::from_pem(&data).is_err() {
                 return Err(StoreError::invalid(format!(
                     "{} is not a PEM certificate: replace it with the registry's CA certificate in PEM form",

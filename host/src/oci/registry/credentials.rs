@@ -58,7 +58,9 @@ pub fn find(registry: &str, repository: &str, only: Option<&Path>) -> Result<Reg
         let text = match std::fs::read_to_string(&file) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(StoreError::io(format!("cannot read the auth file {}", file.display()), &e)),
+            Err(e) => {
+                return Err(StoreError::io(format!("cannot read the auth file {}", file.display()), &e))
+            }
         };
         let parsed: AuthFile = serde_json::from_str(&text).map_err(|e| {
             StoreError::invalid(format!(
@@ -85,7 +87,9 @@ fn best_entry<'a>(file: &'a AuthFile, registry: &str, repository: &str) -> Optio
             // Docker's older keys carry the API path: `https://host/v1/`.
             let key = key.strip_suffix("/v1").or_else(|| key.strip_suffix("/v2")).unwrap_or(key);
             let matches = key == registry
-                || (full.starts_with(key) && full.as_bytes().get(key.len()) == Some(&b'/') && key.contains('/'));
+                || (full.starts_with(key)
+                    && full.as_bytes().get(key.len()) == Some(&b'/')
+                    && key.contains('/'));
             matches.then_some((key.len(), entry))
         })
         .max_by_key(|(len, _)| *len)
@@ -109,7 +113,8 @@ fn decode(entry: &AuthEntry, registry: &str, file: &Path) -> Result<RegistryAuth
         .decode(entry.auth.trim())
         .map_err(|_| bad("has an `auth` that is not base64"))?;
     let text = String::from_utf8(bytes).map_err(|_| bad("has an `auth` that is not UTF-8"))?;
-    let (user, password) = text.split_once(':').ok_or_else(|| bad("has an `auth` without `user:password`"))?;
+    let (user, password) =
+        text.split_once(':').ok_or_else(|| bad("has an `auth` without `user:password`"))?;
     Ok(RegistryAuth::Basic(user.to_string(), password.to_string()))
 }
 
@@ -150,11 +155,13 @@ mod tests {
 
     #[test]
     fn a_broken_entry_is_one_line_naming_the_fix() {
-        let err = decode(&AuthEntry { auth: "%%%".into(), ..Default::default() }, "reg", Path::new("/a.json"))
-            .unwrap_err();
+        let err =
+            decode(&AuthEntry { auth: "%%%".into(), ..Default::default() }, "reg", Path::new("/a.json"))
+                .unwrap_err();
         assert!(err.message().contains("podman login reg"), "{err}");
-        let err = decode(&AuthEntry { auth: "bm9jb2xvbg==".into(), ..Default::default() }, "reg", Path::new("/a"))
-            .unwrap_err();
+        let err =
+            decode(&AuthEntry { auth: "bm9jb2xvbg==".into(), ..Default::default() }, "reg", Path::new("/a"))
+                .unwrap_err();
         assert!(err.message().contains("user:password"), "{err}");
     }
 }

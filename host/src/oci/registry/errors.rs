@@ -93,17 +93,15 @@ pub fn classify(err: &OciDistributionError, cx: &Context) -> Failure {
                 true,
             )
         }
-        Some(code) if code >= 500 => {
-            return transient(
-                ErrorKind::OTHER,
-                format!(
-                    "registry {r} failed while {} (HTTP {code}, {ATTEMPTS} tries): {}; see the registry's log",
-                    cx.what,
-                    detail(err)
-                ),
-                false,
-            )
-        }
+        Some(code) if code >= 500 => return transient(
+            ErrorKind::OTHER,
+            format!(
+                "registry {r} failed while {} (HTTP {code}, {ATTEMPTS} tries): {}; see the registry's log",
+                cx.what,
+                detail(err)
+            ),
+            false,
+        ),
         _ => {}
     }
     match err {
@@ -138,7 +136,11 @@ pub fn classify(err: &OciDistributionError, cx: &Context) -> Failure {
         ),
         E::DigestError(_) => fatal(
             ErrorKind::IO,
-            format!("registry {r} sent corrupt data while {} ({}): its storage may be damaged", cx.what, detail(err)),
+            format!(
+                "registry {r} sent corrupt data while {} ({}): its storage may be damaged",
+                cx.what,
+                detail(err)
+            ),
         ),
         _ => fatal(ErrorKind::OTHER, format!("registry {r} failed while {}: {}", cx.what, detail(err))),
     }
@@ -148,7 +150,9 @@ pub fn classify(err: &OciDistributionError, cx: &Context) -> Failure {
 /// certificate, or TLS against a plain-HTTP port).
 fn is_tls_failure(err: &OciDistributionError) -> bool {
     let text = chain(err).to_lowercase();
-    ["certificate", "tls", "handshake", "invalidcontenttype", "corrupt message"].iter().any(|w| text.contains(w))
+    ["certificate", "tls", "handshake", "invalidcontenttype", "corrupt message"]
+        .iter()
+        .any(|w| text.contains(w))
 }
 
 /// The innermost cause of `err`, on one line, short.
@@ -224,10 +228,16 @@ mod tests {
         let f = classify(&OciDistributionError::UnauthorizedError { url: "u".into() }, &cx());
         assert!(!f.transient);
         assert!(f.error.message().contains("podman login reg:5000"), "{}", f.error);
-        let f = classify(&OciDistributionError::ServerError { code: 429, url: "u".into(), message: "".into() }, &cx());
+        let f = classify(
+            &OciDistributionError::ServerError { code: 429, url: "u".into(), message: "".into() },
+            &cx(),
+        );
         assert!(f.transient && f.rate_limited);
         assert!(f.error.message().contains("429"), "{}", f.error);
-        let f = classify(&OciDistributionError::ServerError { code: 503, url: "u".into(), message: "".into() }, &cx());
+        let f = classify(
+            &OciDistributionError::ServerError { code: 503, url: "u".into(), message: "".into() },
+            &cx(),
+        );
         assert!(f.transient && !f.rate_limited);
         let envelope: oci_client::errors::OciEnvelope =
             serde_json::from_str(r#"{"errors":[{"code":"DENIED","message":"no"}]}"#).unwrap();

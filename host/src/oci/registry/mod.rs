@@ -96,11 +96,18 @@ pub struct RegistryTransport {
     registry: String,
     repository: String,
     certs_hint: String,
+    /// For what oci-client lacks (deleting a manifest), with the same TLS.
+    http: reqwest::Client,
+    scheme: &'static str,
 }
 
 impl RegistryTransport {
     /// See [`open`].
-    pub fn connect(registry: &str, repository: &str, settings: &RegistrySettings) -> Result<Self, StoreError> {
+    pub fn connect(
+        registry: &str,
+        repository: &str,
+        settings: &RegistrySettings,
+    ) -> Result<Self, StoreError> {
         check_name(registry, repository)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -110,11 +117,21 @@ impl RegistryTransport {
         let cas = certs::ca_certificates(&dirs, registry)?;
         let certs_hint = dirs[0].display().to_string();
         let auth = credentials::find(registry, repository, settings.auth_file.as_deref())?;
-        let protocol = if settings.insecure {
-            runtime.block_on(probe_scheme(registry))?
-        } else {
-            ClientProtocol::Https
-        };
+        let protocol =
+            if settings.insecure { runtime.block_on(probe_scheme(registry))? } else { ClientProtocol::Https };
+        let scheme = if protocol == ClientProtocol::Http { "http" } else { "https" };
+        let mut http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(settings.insecure)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(60));
+        for ca in &cas {
+            if let Ok(cert) = reqwest::Certificate::from_pem(&ca.data) {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http.build().map_err(|e| {
+            StoreError::other(format!("cannot set up an HTTP client: {}", errors::detail(&e)))
+        })?;
         let config = ClientConfig {
             protocol,
             accept_invalid_certificates: settings.insecure,
@@ -127,7 +144,10 @@ impl RegistryTransport {
             ..Default::default()
         };
         let client = Client::try_from(config).map_err(|e| {
-            StoreError::other(format!("cannot set up a client for registry {registry}: {}", errors::detail(&e)))
+            StoreError::other(format!(
+                "cannot set up a client for registry {registry}: {}",
+                errors::detail(&e)
+            ))
         })?;
         let transport = RegistryTransport {
             runtime,
@@ -136,6 +156,8 @@ impl RegistryTransport {
             registry: registry.to_string(),
             repository: repository.to_string(),
             certs_hint,
+            http,
+            scheme,
         };
         transport.login()?;
         Ok(transport)
@@ -154,7 +176,8 @@ impl RegistryTransport {
         let mut last: Option<String> = None;
         loop {
             let page = self.retrying(&what, |t| {
-                match t.runtime.block_on(t.client.list_tags(&reference, &t.auth, Some(1000), last.as_deref())) {
+                match t.runtime.block_on(t.client.list_tags(&reference, &t.auth, Some(1000), last.as_deref()))
+                {
                     Ok(page) => Ok(Some(page)),
                     Err(e) if errors::is_not_found(&e) => Ok(None),
                     Err(e) => Err(e),
@@ -169,6 +192,47 @@ impl RegistryTransport {
                 return Ok(tags);
             }
         }
+    }
+
+    /// Deletes the manifest `tag` names (by its digest, as the API wants),
+    /// and with it every tag of that manifest. A manifest already gone is
+    /// not an error. The registry must allow deletes; its garbage
+    /// collection frees the blobs. Works with basic auth and identity
+    /// tokens, not yet with registries that hand out tokens per request.
+    pub fn delete_manifest(&mut self, tag: &str) -> Result<(), StoreError> {
+        let reference = self.reference(tag);
+        let what = format!("finding the digest of {}:{tag}", self.repository);
+        let digest = self.retrying(&what, |t| {
+            match t.runtime.block_on(t.client.fetch_manifest_digest(&reference, &t.auth)) {
+                Ok(digest) => Ok(Some(digest)),
+                Err(e) if errors::is_not_found(&e) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        let Some(digest) = digest else { return Ok(()) };
+        let url = format!("{}://{}/v2/{}/manifests/{digest}", self.scheme, self.registry, self.repository);
+        let what = format!("deleting {}:{tag}", self.repository);
+        let status = self.retrying(&what, |t| {
+            let request = match &t.auth {
+                RegistryAuth::Basic(user, password) => t.http.delete(&url).basic_auth(user, Some(password)),
+                RegistryAuth::Bearer(token) => t.http.delete(&url).bearer_auth(token),
+                RegistryAuth::Anonymous => t.http.delete(&url),
+            };
+            let response = t.runtime.block_on(request.send())?;
+            match response.status().as_u16() {
+                code @ (200..=299 | 404 | 405) => Ok(code),
+                code => {
+                    Err(OciDistributionError::ServerError { code, url: url.clone(), message: String::new() })
+                }
+            }
+        })?;
+        if status == 405 {
+            return Err(StoreError::unsupported(format!(
+                "registry {} does not allow deleting manifests (405): set storage.delete.enabled in its config",
+                self.registry
+            )));
+        }
+        Ok(())
     }
 
     /// Authenticates up front (a bearer-token registry hands out its token
@@ -260,8 +324,9 @@ impl ImageTransport for RegistryTransport {
 
     fn put_manifest(&mut self, tag: &str, media_type: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let reference = self.reference(tag);
-        let content_type = reqwest::header::HeaderValue::from_str(media_type)
-            .map_err(|_| StoreError::invalid(format!("invalid manifest media type `{}`", media_type.escape_debug())))?;
+        let content_type = reqwest::header::HeaderValue::from_str(media_type).map_err(|_| {
+            StoreError::invalid(format!("invalid manifest media type `{}`", media_type.escape_debug()))
+        })?;
         let what = format!("pushing the manifest of {}:{tag}", self.repository);
         self.retrying(&what, |t| {
             t.runtime.block_on(t.client.push_manifest_raw(&reference, bytes.to_vec(), content_type.clone()))
@@ -380,5 +445,7 @@ fn tls_spoken_wrong(e: &reqwest::Error) -> bool {
         inner = cause.source();
     }
     let text = text.to_lowercase();
-    ["tls", "corrupt message", "invalidcontenttype", "handshake", "invalid message"].iter().any(|w| text.contains(w))
+    ["tls", "corrupt message", "invalidcontenttype", "handshake", "invalid message"]
+        .iter()
+        .any(|w| text.contains(w))
 }
