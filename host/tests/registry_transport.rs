@@ -63,6 +63,9 @@ fn read_all(transport: &mut RegistryTransport, desc: &Descriptor) -> Result<Vec<
     let mut reader = transport.get_blob(desc).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     reader.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    // Reading again after the end is still the end (not a second digest
+    // check on nothing).
+    assert_eq!(reader.read(&mut [0u8; 8]).map_err(|e| e.to_string())?, 0);
     Ok(out)
 }
 

@@ -93,15 +93,17 @@ pub fn classify(err: &OciDistributionError, cx: &Context) -> Failure {
                 true,
             )
         }
-        Some(code) if code >= 500 => return transient(
-            ErrorKind::OTHER,
-            format!(
+        Some(code) if code >= 500 => {
+            return transient(
+                ErrorKind::OTHER,
+                format!(
                 "registry {r} failed while {} (HTTP {code}, {ATTEMPTS} tries): {}; see the registry's log",
                 cx.what,
                 detail(err)
             ),
-            false,
-        ),
+                false,
+            )
+        }
         _ => {}
     }
     match err {

@@ -218,7 +218,8 @@ impl RegistryTransport {
                 RegistryAuth::Bearer(token) => t.http.delete(&url).bearer_auth(token),
                 RegistryAuth::Anonymous => t.http.delete(&url),
             };
-            let response = t.runtime.block_on(request.send())?;
+            // Built inside the runtime: the request's timeout needs its timer.
+            let response = t.runtime.block_on(async { request.send().await })?;
             match response.status().as_u16() {
                 code @ (200..=299 | 404 | 405) => Ok(code),
                 code => {

@@ -60,6 +60,10 @@ pub struct BlobReader<'a> {
     /// Bytes of a full resent body still to skip.
     skip: u64,
     failures: u32,
+    /// The body ended, whole: later reads return 0 without polling the
+    /// finished stream again (oci-client's digest check would run twice,
+    /// the second time on nothing).
+    done: bool,
 }
 
 impl<'a> BlobReader<'a> {
@@ -74,6 +78,7 @@ impl<'a> BlobReader<'a> {
             offset: 0,
             skip: 0,
             failures: 0,
+            done: false,
         };
         let what = reader.what();
         let reference = transport.reference("latest");
@@ -140,7 +145,13 @@ fn unwrap_digest_error(e: io::Error) -> OciDistributionError {
 
 impl Read for BlobReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.done {
+            return Ok(0);
+        }
         loop {
+            if buf.is_empty() {
+                return Ok(0);
+            }
             if !self.pending.is_empty() {
                 let n = buf.len().min(self.pending.len());
                 buf[..n].copy_from_slice(&self.pending.split_to(n));
@@ -168,7 +179,11 @@ impl Read for BlobReader<'_> {
                     let short = io::Error::new(io::ErrorKind::UnexpectedEof, "the body ended early");
                     self.dropped(OciDistributionError::IoError(short))?
                 }
-                None => return Ok(0),
+                None => {
+                    self.done = true;
+                    self.stream = None;
+                    return Ok(0);
+                }
             }
         }
     }
