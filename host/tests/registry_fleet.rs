@@ -108,6 +108,16 @@ fn two_workers_on_different_backends_share_one_registry() {
         assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(4), "{inspect}");
     }
 
+    // An image that skopeo pushed (a copy of an export) imports, and equals.
+    if installed("skopeo") {
+        let layout = format!("oci:{}:s2", a.dir.path().join("layout").display());
+        a.ok(&["export", "s2", &layout]);
+        let copied = format!("{}:v1", registry.url("other/copied"));
+        run(Command::new("skopeo").args(["copy", "--dest-tls-verify=false", &layout, &copied])).unwrap();
+        b.ok(&["import", "copied", &copied]);
+        assert_same(&tree(&a, "s2"), &tree(&b, "copied"), "copied by skopeo");
+    }
+
     // The remote lists the four, with their ids and sizes.
     let listed = a.json(&["remote", "list"]);
     let images = listed["images"].as_array().unwrap();

@@ -230,7 +230,7 @@ fn with_registry_killed<T: Send>(
 fn a_registry_killed_mid_push_shows_nothing_and_the_next_push_completes() {
     let Some(mut registry) = Registry::plain() else { return };
     let work = tempfile::tempdir().unwrap();
-    let big = noise(192 << 20, 2);
+    let big = noise(96 << 20, 2);
     let (desc, file) = blob(work.path(), LAYER_TYPE, &big);
     drop(big);
     let host = registry.host.clone();

@@ -78,7 +78,12 @@ fn run_command(cli: &Cli) -> Result<Output, StoreError> {
 }
 
 fn open(cli: &Cli) -> Result<BlockingStore, StoreError> {
-    BlockingStore::open(&Config::discover(cli.config.as_deref())?)
+    let config = Config::discover(cli.config.as_deref())?;
+    // export/import to the remote's registry use its settings (insecure, certs_dir).
+    if let Some(remote) = &config.remote {
+        snapstore::remote::configure(remote);
+    }
+    BlockingStore::open(&config)
 }
 
 fn build(
