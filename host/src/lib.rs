@@ -28,6 +28,7 @@ mod records;
 /// Sharing results through a registry: push, pull, the remote's housekeeping.
 pub mod remote;
 mod root;
+mod sizes;
 mod store;
 mod stress;
 mod supervise;

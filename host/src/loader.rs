@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError};
-use store_api::abi::{v1_0, PluginModRef};
+use store_api::abi::{v1_0, v1_1, PluginModRef};
 use store_api::plugin::RemoteBackend;
 use store_api::{ErrorKind, StoreError};
 
@@ -53,6 +53,7 @@ pub struct Plugin {
 enum Module {
     Current(PluginModRef),
     V1_0(v1_0::PluginModRef),
+    V1_1(v1_1::PluginModRef),
 }
 
 /// A one-line message for a library abi_stable would not load.
@@ -121,11 +122,16 @@ impl Plugin {
                 let module = header.init_root_module::<v1_0::PluginModRef>();
                 Module::V1_0(module.map_err(|err| load_error(err, file, &library_version))?)
             }
+            Err(LibraryError::AbiInstability(_)) if library_version.starts_with("1.1.") => {
+                let module = header.init_root_module::<v1_1::PluginModRef>();
+                Module::V1_1(module.map_err(|err| load_error(err, file, &library_version))?)
+            }
             Err(err) => return Err(load_error(err, file, &library_version)),
         };
         let (name, version) = match module {
             Module::Current(m) => (m.name(), m.version()),
             Module::V1_0(m) => (m.name(), m.version()),
+            Module::V1_1(m) => (m.name(), m.version()),
         };
         let info = PluginInfo {
             name: name.to_string(),
@@ -195,6 +201,7 @@ impl Plugin {
                 RemoteBackend::Current(m.open()(root, options).into_result().map_err(short)?)
             }
             Module::V1_0(m) => RemoteBackend::V1_0(m.open()(root, options).into_result().map_err(short)?),
+            Module::V1_1(m) => RemoteBackend::V1_1(m.open()(root, options).into_result().map_err(short)?),
         })
     }
 }

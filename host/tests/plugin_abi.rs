@@ -19,6 +19,8 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use snapstore::{BlockingStore, Config};
+use store_api::{Change, ChangeKind};
 use support::*;
 
 /// Exit status of an internal error, such as a caught plugin panic.
@@ -107,6 +109,23 @@ fn wrap_1_0_plugin() -> &'static Path {
             "snapstore_wrap",
             "wrap-1-0",
             "libsnapstore_wrap_1_0.so",
+        )
+    })
+}
+
+/// The same, built against the store-api 1.1 interface (no `changes`, no
+/// `size`).
+fn wrap_1_1_plugin() -> &'static Path {
+    static PLUGIN: OnceLock<PathBuf> = OnceLock::new();
+    PLUGIN.get_or_init(|| {
+        let (args, target) = (["--features", "abi-1-1"], fixtures_target().join("abi-1-1"));
+        build_plugin(
+            &fixture_source("wrap"),
+            &args,
+            &target,
+            "snapstore_wrap",
+            "wrap-1-1",
+            "libsnapstore_wrap_1_1.so",
         )
     })
 }
@@ -409,10 +428,53 @@ fn a_plugin_built_against_store_api_1_0_still_works() {
     old.ok(&["complete-deletes"]);
     assert!(!old.root.join("recover-calls").exists(), "a 1.0 plugin's vtable has no recover");
 
-    // Built against 1.1, the same plugin does get the calls.
+    // Built against 1.1 or later, the same plugin does get the calls.
+    for plugin in [wrap_1_1_plugin(), wrap_plugin()] {
+        let new = store_on(plugin);
+        new.ok(&["complete-deletes"]);
+        assert!(new.root.join("recover-calls").exists(), "recover did not reach {}", plugin.display());
+    }
+}
+
+/// The sizes `list --sizes` shows, by result id.
+fn listed_sizes(f: &Fixture) -> Vec<(String, u64)> {
+    let listing = f.json(&["list", "--sizes"]);
+    let results = listing["results"].as_array().unwrap();
+    results.iter().map(|r| (r["id"].as_str().unwrap().to_string(), r["size"].as_u64().unwrap())).collect()
+}
+
+#[test]
+fn a_plugin_built_against_store_api_1_1_still_works() {
+    let old = store_on(wrap_1_1_plugin());
+    let check = old.json(&["check"]);
+    assert_eq!(check["plugin"]["api_version"], "1.1.0", "{check}");
+    assert_eq!(check["plugin"]["name"], "wrap-1-1");
+    let out = old.ok(&["conformance"]);
+    assert!(out.ends_with("0 failed"), "{out}");
+    // `size` (added in 1.2) falls back to the host's count of the tree's
+    // blocks: a 64 KiB file takes at least 64 KiB.
+    old.ok(&["build", "big", "--", "sh", "-c", "head -c 65536 /dev/urandom > blob"]);
+    let sizes = listed_sizes(&old);
+    assert!(sizes.len() == 1 && sizes[0].1 >= 65536, "{sizes:?}");
+
+    // Built against 1.2, the same plugin answers `size` itself.
     let new = store_on(wrap_plugin());
-    new.ok(&["complete-deletes"]);
-    assert!(new.root.join("recover-calls").exists(), "recover did not reach a 1.1 plugin");
+    new.ok(&["build", "big", "--", "sh", "-c", "head -c 65536 /dev/urandom > blob"]);
+    assert_eq!(listed_sizes(&new), [("big".to_string(), 4242)]);
+}
+
+#[test]
+fn changes_reach_a_1_2_plugin_and_fall_back_before() {
+    for (plugin, reached) in [(wrap_plugin(), true), (wrap_1_1_plugin(), false), (wrap_1_0_plugin(), false)] {
+        let f = store_on(plugin);
+        f.ok(&["build", "base", "--", "true"]);
+        f.ok(&["build", "step", "--base", "base", "--", "touch", "new"]);
+        let store = BlockingStore::open(&Config::load(&f.config).unwrap()).unwrap();
+        let changes = store.result_changes("step", "base").unwrap();
+        let want =
+            reached.then(|| vec![Change { kind: ChangeKind::Added, path: "reported-by-the-plugin".into() }]);
+        assert_eq!(changes, want, "{}", plugin.display());
+    }
 }
 
 #[test]

@@ -2,9 +2,9 @@
 //!
 //! Evolution rules: a minor version of `store-api` adds methods to
 //! [`BackendAbi`] after the last one, with a default body, and freezes the
-//! previous version's interface in a module (like [`v1_0`]) through which
-//! the host still loads older plugins. Anything else is a new major
-//! version, which the host refuses to load.
+//! previous version's interface in a module (like [`v1_0`] and [`v1_1`])
+//! through which the host still loads older plugins. Anything else is a new
+//! major version, which the host refuses to load.
 
 #![allow(non_local_definitions)] // from the #[sabi_trait] expansion
 
@@ -21,6 +21,16 @@ use crate::StoreError;
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
+}
+
+/// One entry of a change list ([`crate::Change`]) as it crosses the
+/// boundary: `kind` 0 = added, 1 = modified, 2 = deleted; `path` relative,
+/// raw bytes.
+#[repr(C)]
+#[derive(StableAbi, Clone, Debug, PartialEq, Eq)]
+pub struct AbiChange {
+    pub kind: u8,
+    pub path: RVec<u8>,
 }
 
 /// Declares one version of the interface: [`BackendAbi`] with the methods
@@ -86,33 +96,68 @@ macro_rules! root_module {
     };
 }
 
+/// The interface of 1.1: 1.0's methods, then `recover`, then `$later`.
+macro_rules! since_1_1 {
+    ($($later:tt)*) => {
+        plugin_interface! {
+            // ----- added in 1.1 -----
+
+            /// Removes the backend's own leftovers of dead processes.
+            fn recover(&self) -> RResult<(), StoreError> {
+                RResult::ROk(())
+            }
+            $($later)*
+        }
+    };
+}
+
 #[cfg(feature = "abi-1-0")]
 plugin_interface! {}
 #[cfg(feature = "abi-1-0")]
 root_module!(VersionStrings::new("1.0.0"));
 
-#[cfg(not(feature = "abi-1-0"))]
-plugin_interface! {
-    // ----- added in 1.1 -----
+#[cfg(feature = "abi-1-1")]
+since_1_1! {}
+#[cfg(feature = "abi-1-1")]
+root_module!(VersionStrings::new("1.1.0"));
 
-    /// Removes the backend's own leftovers of dead processes.
-    fn recover(&self) -> RResult<(), StoreError> {
-        RResult::ROk(())
+#[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+since_1_1! {
+    // ----- added in 1.2 -----
+
+    /// The entries of `key`'s tree that differ from `base`'s, when the
+    /// backend can tell without walking both.
+    fn changes(&self, _key: RStr<'_>, _base: RStr<'_>) -> RResult<ROption<RVec<AbiChange>>, StoreError> {
+        RResult::ROk(ROption::RNone)
+    }
+
+    /// The bytes of storage a result uses, when the backend can tell.
+    fn size(&self, _key: RStr<'_>) -> RResult<ROption<u64>, StoreError> {
+        RResult::ROk(ROption::RNone)
     }
 }
-#[cfg(not(feature = "abi-1-0"))]
+#[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
 root_module!(abi_stable::package_version_strings!());
 
 /// The interface exactly as it was in store-api 1.0, frozen. abi_stable
 /// refuses a plugin whose vtable is shorter than the host's, so the host
 /// loads plugins built against 1.0 through this copy (see the loader).
 /// Each minor version that adds methods freezes its predecessor like this.
-#[cfg(not(feature = "abi-1-0"))]
+#[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
 pub mod v1_0 {
     use super::*;
 
     plugin_interface! {}
     root_module!(VersionStrings::new("1.0.0"));
+}
+
+/// The interface exactly as it was in store-api 1.1, frozen (see [`v1_0`]).
+#[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+pub mod v1_1 {
+    use super::*;
+
+    since_1_1! {}
+    root_module!(VersionStrings::new("1.1.0"));
 }
 
 /// The signature of a plugin's `open`.

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use crate::{Key, Namespace, Owner, StoreError};
+#[allow(unused_imports)] // for the docs
+use crate::ChangeKind;
+use crate::{Change, Key, Namespace, Owner, StoreError};
 
 /// Snapshot primitives over keys: the whole contract between the snapstore
 /// host and a backend.
@@ -443,5 +445,71 @@ pub trait SnapshotBackend: Send + Sync + 'static {
     /// ```
     fn recover(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    /// The entries of the committed tree `key` that differ from those of
+    /// the committed tree `base`, when the backend can tell without walking
+    /// both trees (its own layer, a snapshot diff); `Ok(None)` when it
+    /// cannot, and the host then compares the trees itself. (1.2)
+    ///
+    /// The host writes an image layer from the answer (`snapstore export`),
+    /// so it must be complete: every entry of `key` that is not identical
+    /// in `base` (content, type, owner, mode, times, xattrs) is listed as
+    /// [`ChangeKind::Added`] or [`ChangeKind::Modified`], every entry of
+    /// `base` missing from `key` as [`ChangeKind::Deleted`]. A path both
+    /// deleted and added was replaced: none of its old entries survive, and
+    /// all its new ones are listed as added. Parent directories are listed
+    /// only if they changed themselves. Any order.
+    ///
+    /// Defaults to `Ok(None)` (and plugins built against 1.0 or 1.1 answer
+    /// it).
+    ///
+    /// Errors: `NOT_FOUND` if either key is missing; `IO`.
+    ///
+    /// ```
+    /// # mod example { include!("../doc/example_backend.rs"); }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = example::ExampleBackend::scratch();
+    /// use store_api::{Key, Namespace, SnapshotBackend};
+    ///
+    /// let (tmp, base) = (Key::new(Namespace::ResultTmp, "b")?, Key::new(Namespace::Result, "base")?);
+    /// backend.create(&tmp, None)?;
+    /// backend.commit(&tmp, &base, None)?;
+    /// let (tmp, step) = (Key::new(Namespace::ResultTmp, "s")?, Key::new(Namespace::Result, "step")?);
+    /// std::fs::write(backend.clone_tree(&base, &tmp)?.join("new"), "x")?;
+    /// backend.commit(&tmp, &step, Some(&base))?;
+    /// // This backend keeps plain copies: it cannot tell, the host walks.
+    /// assert_eq!(backend.changes(&step, &base)?, None);
+    /// # Ok(()) }
+    /// ```
+    fn changes(&self, key: &Key, base: &Key) -> Result<Option<Vec<Change>>, StoreError> {
+        let _ = (key, base);
+        Ok(None)
+    }
+
+    /// The bytes of storage the committed tree `key` takes, when the
+    /// backend can tell cheaply (a dataset's `used`, a layer's size);
+    /// `Ok(None)` when it cannot, and the host then adds up the tree's
+    /// blocks (`snapstore list --sizes`). (1.2)
+    ///
+    /// Defaults to `Ok(None)`.
+    ///
+    /// Errors: `NOT_FOUND` if `key` is missing; `IO`.
+    ///
+    /// ```
+    /// # mod example { include!("../doc/example_backend.rs"); }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let backend = example::ExampleBackend::scratch();
+    /// use store_api::{Key, Namespace, SnapshotBackend};
+    ///
+    /// let (tmp, key) = (Key::new(Namespace::ResultTmp, "t")?, Key::new(Namespace::Result, "r")?);
+    /// backend.create(&tmp, None)?;
+    /// backend.commit(&tmp, &key, None)?;
+    /// assert_eq!(backend.size(&key)?, None); // the default: the host counts
+    /// # Ok(()) }
+    /// ```
+    fn size(&self, key: &Key) -> Result<Option<u64>, StoreError> {
+        let _ = key;
+        Ok(None)
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod abi;
 mod backend;
+mod change;
 mod error;
 pub mod key;
 mod options;
@@ -15,6 +16,7 @@ pub mod util;
 
 pub use abi::Owner;
 pub use backend::SnapshotBackend;
+pub use change::{Change, ChangeKind};
 pub use error::{ErrorKind, IoContext, StoreError};
 pub use key::{Key, Namespace};
 pub use options::parse_options;
@@ -25,4 +27,10 @@ pub use abi_stable;
 
 /// The version of this interface, `MAJOR.MINOR.PATCH`. Plugins built against
 /// another major version are refused.
-pub const API_VERSION: &str = if cfg!(feature = "abi-1-0") { "1.0.0" } else { env!("CARGO_PKG_VERSION") };
+pub const API_VERSION: &str = if cfg!(feature = "abi-1-0") {
+    "1.0.0"
+} else if cfg!(feature = "abi-1-1") {
+    "1.1.0"
+} else {
+    env!("CARGO_PKG_VERSION")
+};

@@ -11,8 +11,10 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 
+#[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+use crate::abi::AbiChange;
 use crate::abi::{BackendAbi, BackendAbi_TO, BackendBox, OpenFn, PluginMod, PluginModRef};
-use crate::{Key, Namespace, Owner, SnapshotBackend, StoreError};
+use crate::{Change, Key, Namespace, Owner, SnapshotBackend, StoreError};
 
 thread_local! {
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -121,6 +123,43 @@ impl<B: SnapshotBackend> BackendAbi for Guarded<B> {
     fn recover(&self) -> RResult<(), StoreError> {
         guard(|| self.0.recover()).into()
     }
+    #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+    fn changes(&self, raw: RStr<'_>, base: RStr<'_>) -> RResult<ROption<RVec<AbiChange>>, StoreError> {
+        guard(|| {
+            let changes = self.0.changes(&committed_key(raw)?, &committed_key(base)?)?;
+            Ok(changes.map(|list| list.into_iter().map(abi_change).collect()).into())
+        })
+        .into()
+    }
+    #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+    fn size(&self, raw: RStr<'_>) -> RResult<ROption<u64>, StoreError> {
+        guard(|| Ok(self.0.size(&committed_key(raw)?)?.into())).into()
+    }
+}
+
+#[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+fn abi_change(change: Change) -> AbiChange {
+    use std::os::unix::ffi::OsStringExt;
+    AbiChange { kind: change.kind.code(), path: change.path.into_os_string().into_vec().into() }
+}
+
+/// A change list from a plugin, checked: relative paths without `..`.
+#[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+fn local_change(change: AbiChange) -> Result<Change, StoreError> {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+    use std::path::Component;
+    let path = PathBuf::from(OsString::from_vec(change.path.into_vec()));
+    let plain = path.components().all(|c| matches!(c, Component::Normal(_)));
+    let kind = crate::ChangeKind::from_code(change.kind);
+    match kind {
+        Some(kind) if plain && !path.as_os_str().is_empty() => Ok(Change { kind, path }),
+        _ => Err(StoreError::other(format!(
+            "the backend reported a change of kind {} at {path:?}, which is not a relative path \
+             below the tree or not a known kind; the plugin is broken: rebuild or report it",
+            change.kind
+        ))),
+    }
 }
 
 /// Plugin side: the body of the exported `open` (see [`crate::export_backend!`]).
@@ -145,8 +184,10 @@ pub fn module(name: &'static str, version: &'static str, open: OpenFn) -> Plugin
 /// whichever interface version its plugin was built against.
 pub enum RemoteBackend {
     Current(BackendBox),
-    #[cfg(not(feature = "abi-1-0"))]
+    #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
     V1_0(crate::abi::v1_0::BackendBox),
+    #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+    V1_1(crate::abi::v1_1::BackendBox),
 }
 
 /// Calls the same method on whichever version `$remote` holds.
@@ -154,8 +195,10 @@ macro_rules! on_any {
     ($remote:expr, $backend:ident => $call:expr) => {
         match $remote {
             RemoteBackend::Current($backend) => $call,
-            #[cfg(not(feature = "abi-1-0"))]
+            #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
             RemoteBackend::V1_0($backend) => $call,
+            #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+            RemoteBackend::V1_1($backend) => $call,
         }
     };
 }
@@ -210,8 +253,32 @@ impl SnapshotBackend for RemoteBackend {
         match self {
             #[cfg(not(feature = "abi-1-0"))]
             RemoteBackend::Current(b) => b.recover().into_result(),
+            #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+            RemoteBackend::V1_1(b) => b.recover().into_result(),
             // Plugins built against 1.0 have no `recover`: the default.
             _ => Ok(()),
+        }
+    }
+    fn changes(&self, key: &Key, base: &Key) -> Result<Option<Vec<Change>>, StoreError> {
+        match self {
+            #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+            RemoteBackend::Current(b) => {
+                let (key, base) = (key.to_string(), base.to_string());
+                let found = b.changes(key.as_str().into(), base.as_str().into()).into_result()?;
+                found.into_option().map(|list| list.into_iter().map(local_change).collect()).transpose()
+            }
+            // Plugins built before 1.2 cannot tell: the host walks the trees.
+            _ => Ok(None),
+        }
+    }
+    fn size(&self, key: &Key) -> Result<Option<u64>, StoreError> {
+        match self {
+            #[cfg(not(any(feature = "abi-1-0", feature = "abi-1-1")))]
+            RemoteBackend::Current(b) => {
+                let key = key.to_string();
+                Ok(b.size(key.as_str().into()).into_result()?.into_option())
+            }
+            _ => Ok(None),
         }
     }
 }

@@ -12,7 +12,6 @@ use snapstore::{BlockingStore, Config, LeaseKind, Owner, PruneOptions, ReleaseMo
 use super::args::{CacheCmd, Cli, Cmd, ImageCompression, SortBy};
 use super::output::{backends_text, check_text, listing_text, to_json, Output, StdoutToStderr};
 use super::remote;
-use super::sizes::tree_size;
 use super::{exit, info};
 
 /// Runs the command `cli` names.
@@ -216,7 +215,10 @@ fn cache_run(
 fn list(store: &BlockingStore, sort: SortBy, reverse: bool, sizes: bool) -> Result<Output, StoreError> {
     let mut listing = store.list()?;
     let sizes: Option<HashMap<String, u64>> = (sizes || matches!(sort, SortBy::Size))
-        .then(|| listing.results.iter().map(|r| (r.id.clone(), tree_size(&r.path))).collect());
+        .then(|| {
+            listing.results.iter().map(|r| Ok((r.id.clone(), store.result_size(&r.id, &r.path)?))).collect()
+        })
+        .transpose()?;
     match sort {
         SortBy::Id => {}
         SortBy::Created => listing.results.sort_by(|a, b| a.created.total_cmp(&b.created)),

@@ -9,4 +9,3 @@ pub mod exit;
 pub mod info;
 pub mod output;
 pub mod remote;
-pub mod sizes;

@@ -79,6 +79,7 @@ pub fn export(
     for dir in [&tmp_dir, &cache_dir] {
         fs::create_dir_all(dir).context(format_args!("cannot create {}", dir.display()))?;
     }
+    remove_stale_temporaries(&tmp_dir);
     let mut report = ExportReport {
         id: id.to_string(),
         reference: image.to_string(),
@@ -117,8 +118,11 @@ pub fn export(
                     .prefix("layer-")
                     .tempfile_in(&tmp_dir)
                     .context(format_args!("cannot write into {}", tmp_dir.display()))?;
-                // TODO(API 1.2): the backend's changes (store.result_changes) once merged.
-                let changes = None;
+                // The backend's own list when it can tell (API 1.2); else write_layer walks.
+                let changes = match base {
+                    Some(b) => store.result_changes(step, &b.0)?.map(layer_changes),
+                    None => None,
+                };
                 let blob = {
                     let mut out = Counting {
                         inner: BufWriter::with_capacity(1 << 20, tmp.as_file()),
@@ -197,6 +201,35 @@ fn chain(store: &BlockingStore, id: &str) -> Result<Vec<(String, PathBuf, i64)>,
     }
     chain.reverse();
     Ok(chain)
+}
+
+/// The backend's changes in the layer module's terms.
+fn layer_changes(changes: Vec<store_api::Change>) -> Vec<super::layer::Change> {
+    use super::layer::ChangeKind as Kind;
+    changes
+        .into_iter()
+        .map(|c| super::layer::Change {
+            kind: match c.kind {
+                store_api::ChangeKind::Added => Kind::Added,
+                store_api::ChangeKind::Modified => Kind::Modified,
+                store_api::ChangeKind::Deleted => Kind::Deleted,
+            },
+            path: c.path,
+        })
+        .collect()
+}
+
+/// Temporary layers older than a day are a killed export's: a layer is
+/// written and handed to the transport within minutes.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let day = std::time::Duration::from_secs(24 * 3600);
+    for entry in entries.flatten() {
+        let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if old.is_some_and(|age| age > day) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn read_cache(path: &Path) -> Option<CachedLayer> {

@@ -73,6 +73,45 @@ pub fn import(store: &BlockingStore, id: &str, image: &ImageRef) -> Result<Impor
     }
     report.layers_skipped = held.map_or(0, |i| i + 1);
     let first = report.layers_skipped;
+    // A missing blob is found before anything is made.
+    for layer in &found.layers[first..] {
+        if !transport.has_blob(&layer.desc.digest().to_string())? {
+            return Err(StoreError::invalid(format!(
+                "{name}: the image names layer {} but does not hold it",
+                layer.desc.digest()
+            )));
+        }
+    }
+    let mut made = Vec::new();
+    let applied =
+        apply_missing(store, transport.as_mut(), &found, &steps, first, id, &image, &mut report, &mut made);
+    if let Err(err) = applied {
+        // A failed import leaves nothing: the results it made go too.
+        for step in made.iter().rev() {
+            if let Err(e) = store.delete(step) {
+                tracing::warn!(step, "cannot remove a result of a failed import: {e}");
+            }
+        }
+        return Err(err);
+    }
+    info!(id, image = %image, applied = report.layers_applied, "imported");
+    Ok(report)
+}
+
+/// Builds each missing step on the one before it; `made` lists what was committed.
+#[allow(clippy::too_many_arguments)]
+fn apply_missing(
+    store: &BlockingStore,
+    transport: &mut dyn super::ImageTransport,
+    found: &ImageToImport,
+    steps: &[String],
+    first: usize,
+    id: &str,
+    image: &ImageRef,
+    report: &mut ImportReport,
+    made: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let name = transport.describe();
     let mut transfer = Transfer::new(format!("importing `{id}` from {image}"), steps.len() - first);
     for i in first..steps.len() {
         let base = i.checked_sub(1).map(|b| steps[b].as_str());
@@ -96,7 +135,9 @@ pub fn import(store: &BlockingStore, id: &str, image: &ImageRef) -> Result<Impor
         // blob is named as such rather than by the tar error it caused.
         let checked = verifying.finish();
         checked.and(applied.map_err(|e| e.context(&what)))?;
+        crate::fault::point(&format!("import:applied-{}", i + 1));
         build.commit()?;
+        made.push(step.clone());
         debug!(step, "layer applied");
         report.layers_applied += 1;
         report.bytes_read += layer.desc.size();
@@ -110,8 +151,7 @@ pub fn import(store: &BlockingStore, id: &str, image: &ImageRef) -> Result<Impor
             report.results.push(id.to_string());
         }
     }
-    info!(id, image = %image, applied = report.layers_applied, "imported");
-    Ok(report)
+    Ok(())
 }
 
 /// The result id of each layer: the steps an image snapstore made names, else

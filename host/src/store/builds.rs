@@ -4,13 +4,14 @@
 use std::path::{Path, PathBuf};
 
 use store_api::util::random_token;
-use store_api::{ErrorKind, Key, Namespace, StoreError};
+use store_api::{Change, ErrorKind, Key, Namespace, StoreError};
 use tracing::{debug, info, warn};
 
 use super::{key, BlockingStore, LockKind};
 use crate::fault;
 use crate::lock::{FileLock, Mode};
 use crate::names::check_id;
+use crate::sizes::tree_size;
 
 impl BlockingStore {
     /// The path of result `id` if it is committed.
@@ -21,6 +22,25 @@ impl BlockingStore {
             self.note_use(id);
         }
         Ok(path)
+    }
+
+    /// What result `id` changed against result `base`, when the backend can
+    /// tell without walking both trees (see
+    /// [`store_api::SnapshotBackend::changes`]); `None` when it cannot.
+    pub fn result_changes(&self, id: &str, base: &str) -> Result<Option<Vec<Change>>, StoreError> {
+        check_id(id)?;
+        check_id(base).map_err(|e| e.context("base"))?;
+        self.backend().changes(&key(Namespace::Result, id)?, &key(Namespace::Result, base)?)
+    }
+
+    /// The storage result `id` takes, from the backend when it can tell,
+    /// else by adding up the blocks of its tree (each hard link once).
+    pub fn result_size(&self, id: &str, path: &Path) -> Result<u64, StoreError> {
+        check_id(id)?;
+        match self.backend().size(&key(Namespace::Result, id)?)? {
+            Some(bytes) => Ok(bytes),
+            None => Ok(tree_size(path)),
+        }
     }
 
     /// Starts building `id`, on a clone of `base` or on an empty tree. The

@@ -1,5 +1,5 @@
-//! The size of a result, for `list --sizes`: a walk of its tree, so only
-//! on request. The backends have no cheaper way to tell it yet.
+//! The size of a result, for `list --sizes`, when its backend cannot tell
+//! it: a walk of its tree, so only on request.
 
 use std::collections::HashSet;
 use std::fs;
