@@ -233,3 +233,61 @@ fn concurrent_pushes_and_pulls_on_two_stores() {
         }
     }
 }
+
+/// A remote behind htpasswd auth and TLS: the CA from the config's
+/// certs_dir (or $SNAPSTORE_REGISTRY_CERTS_DIR), the credentials from
+/// $REGISTRY_AUTH_FILE; wrong ones, or an untrusted CA, are one-line errors.
+#[test]
+fn a_secured_remote_with_an_auth_file_and_a_certs_dir() {
+    use base64::Engine as _;
+    let Some(registry) = Registry::secured("fleet", "s3cret") else { return };
+    require_plugin("rsync");
+    let dir = tempfile::tempdir().unwrap();
+    let auth = |password: &str| {
+        let file = dir.path().join(format!("auth-{password}.json"));
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("fleet:{password}"));
+        let json = serde_json::json!({"auths": {registry.host.as_str(): {"auth": token}}});
+        std::fs::write(&file, json.to_string()).unwrap();
+        file
+    };
+    let (right, wrong) = (auth("s3cret"), auth("guess"));
+    let certs = registry.certs_d().unwrap();
+    let store = |certs_dir: Option<&Path>| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let certs = certs_dir.map(|d| format!("certs_dir = \"{}\"\n", d.display())).unwrap_or_default();
+        let text = format!(
+            "[store]\nbackend = \"rsync\"\nroot = \"store\"\n[remote]\nurl = \"{}\"\n{certs}",
+            registry.url("ci/results")
+        );
+        Fixture::with_config(dir, &root, &text)
+    };
+    let run_with = |f: &Fixture, args: &[&str], auth_file: &Path, certs_env: Option<&Path>| {
+        let mut cmd = f.command(args);
+        cmd.env("REGISTRY_AUTH_FILE", auth_file).env_remove("SNAPSTORE_REGISTRY_CERTS_DIR");
+        if let Some(dir) = certs_env {
+            cmd.env("SNAPSTORE_REGISTRY_CERTS_DIR", dir);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).trim().to_string())
+    };
+
+    let a = store(Some(&certs));
+    a.ok(&["build", "x", "--", "sh", "-c", "echo x > x"]);
+    assert_eq!(run_with(&a, &["push", "x"], &right, None), (Some(0), String::new()));
+    let (status, err) = run_with(&a, &["push", "x"], &wrong, None);
+    assert_eq!(status, Some(77), "{err}");
+    assert!(err.starts_with("error: ") && err.contains("401") && err.contains("podman login"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    // Without the CA: refused as untrusted, saying where the CA goes.
+    let b = store(None);
+    let (status, err) = run_with(&b, &["pull", "x"], &right, None);
+    assert_eq!(status, Some(77), "{err}");
+    assert!(err.contains("TLS") && err.contains("ca.crt"), "{err}");
+    assert!(b.result("x").is_none());
+    // The CA through the variable: the pull works.
+    let (status, err) = run_with(&b, &["pull", "x"], &right, Some(&certs));
+    assert_eq!(status, Some(0), "{err}");
+    assert_eq!(b.read_result("x", "x"), "x\n");
+}
