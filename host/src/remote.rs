@@ -28,7 +28,11 @@ use crate::store::{BlockingStore, META_DIR};
 pub fn configure(remote: &RemoteConfig) {
     registry::configure(
         &remote.registry,
-        RegistrySettings { insecure: remote.insecure, certs_dir: remote.certs_dir.clone(), auth_file: None },
+        RegistrySettings {
+            insecure: remote.insecure,
+            certs_dir: remote.certs_dir.clone(),
+            ..Default::default()
+        },
     );
 }
 

@@ -39,7 +39,7 @@ pub fn open_transport(
             Ok(Box::new(archive::ArchiveWriter::create(file, name)?))
         }
         ImageRef::OciArchive { file, .. } => Ok(Box::new(layout::Layout::open_tar(file, name)?)),
-        ImageRef::Docker { registry, repository, .. } => registry::open(registry, repository),
+        ImageRef::Docker { registry, repository, .. } => registry::open(registry, repository, options.write),
     }
 }
 

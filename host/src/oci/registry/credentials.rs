@@ -86,6 +86,8 @@ fn best_entry<'a>(file: &'a AuthFile, registry: &str, repository: &str) -> Optio
             let key = key.trim_end_matches('/');
             // Docker's older keys carry the API path: `https://host/v1/`.
             let key = key.strip_suffix("/v1").or_else(|| key.strip_suffix("/v2")).unwrap_or(key);
+            // Docker writes Docker Hub's entry as index.docker.io.
+            let key = if key == "index.docker.io" && registry == "docker.io" { registry } else { key };
             let matches = key == registry
                 || (full.starts_with(key)
                     && full.as_bytes().get(key.len()) == Some(&b'/')
@@ -151,6 +153,8 @@ mod tests {
     fn docker_url_keys_match_their_host() {
         let f = file(r#"{"auths": {"https://reg.example/v1/": {"auth": "YTpi"}}}"#);
         assert_eq!(basic(best_entry(&f, "reg.example", "x")), Some(("a".into(), "b".into())));
+        let f = file(r#"{"auths": {"https://index.docker.io/v1/": {"auth": "YTpi"}}}"#);
+        assert_eq!(basic(best_entry(&f, "docker.io", "library/debian")), Some(("a".into(), "b".into())));
     }
 
     #[test]

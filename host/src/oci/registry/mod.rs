@@ -46,7 +46,13 @@ pub struct RegistrySettings {
     pub certs_dir: Option<PathBuf>,
     /// The only auth file to read, instead of the search (see [`credentials`]).
     pub auth_file: Option<PathBuf>,
+    /// Only reads: log in for pulling (credentials with pull rights only,
+    /// and anonymous access to public images, then work).
+    pub read_only: bool,
 }
+
+/// Names of Docker Hub.
+const DOCKER_HUB: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
 
 /// Media types a manifest is asked for in.
 const MANIFEST_TYPES: [&str; 4] = [
@@ -84,8 +90,9 @@ pub fn settings_for(registry: &str) -> RegistrySettings {
 /// and accepts the credentials (and picks HTTP or HTTPS when insecure), so
 /// a wrong address, an untrusted certificate or a wrong password is
 /// reported here.
-pub fn open(registry: &str, repository: &str) -> Result<Box<dyn ImageTransport>, StoreError> {
-    Ok(Box::new(RegistryTransport::connect(registry, repository, &settings_for(registry))?))
+pub fn open(registry: &str, repository: &str, write: bool) -> Result<Box<dyn ImageTransport>, StoreError> {
+    let settings = RegistrySettings { read_only: !write, ..settings_for(registry) };
+    Ok(Box::new(RegistryTransport::connect(registry, repository, &settings)?))
 }
 
 /// A repository in a registry; see the module documentation.
@@ -99,6 +106,7 @@ pub struct RegistryTransport {
     /// For what oci-client lacks (deleting a manifest), with the same TLS.
     http: reqwest::Client,
     scheme: &'static str,
+    login_for: oci_client::RegistryOperation,
 }
 
 impl RegistryTransport {
@@ -109,6 +117,14 @@ impl RegistryTransport {
         settings: &RegistrySettings,
     ) -> Result<Self, StoreError> {
         check_name(registry, repository)?;
+        // Docker Hub's official images are `library/NAME`, written `NAME`.
+        let library;
+        let repository = if DOCKER_HUB.contains(&registry) && !repository.contains('/') {
+            library = format!("library/{repository}");
+            library.as_str()
+        } else {
+            repository
+        };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -158,6 +174,11 @@ impl RegistryTransport {
             certs_hint,
             http,
             scheme,
+            login_for: if settings.read_only {
+                oci_client::RegistryOperation::Pull
+            } else {
+                oci_client::RegistryOperation::Push
+            },
         };
         transport.login()?;
         Ok(transport)
@@ -245,7 +266,7 @@ impl RegistryTransport {
         let what = format!("logging in for {}", self.repository);
         self.retrying(&what, |t| {
             t.runtime.block_on(async {
-                t.client.auth(&reference, &t.auth, oci_client::RegistryOperation::Push).await?;
+                t.client.auth(&reference, &t.auth, t.login_for).await?;
                 t.client.blob_exists(&reference, NO_BLOB).await
             })
         })?;
