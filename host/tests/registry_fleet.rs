@@ -291,3 +291,23 @@ fn a_secured_remote_with_an_auth_file_and_a_certs_dir() {
     assert_eq!(status, Some(0), "{err}");
     assert_eq!(b.read_result("x", "x"), "x\n");
 }
+
+/// A pull onto a full disk fails in one line and leaves no result; the
+/// store works on afterwards.
+#[test]
+fn a_pull_onto_a_full_disk_leaves_nothing() {
+    let Some(registry) = Registry::plain() else { return };
+    let a = rsync_worker(&registry, "never", "never");
+    a.ok(&["build", "big", "--", "sh", "-c", "head -c 48M /dev/urandom > big"]);
+    a.ok(&["push", "big"]);
+    // Worker B: an rsync store on a 32 MB filesystem.
+    let Some((_fs, b)) = loop_store(&["mkfs.ext4", "-q"], "32M", "rsync", "") else { return };
+    let text = std::fs::read_to_string(&b.config).unwrap() + &remote_toml(&registry, "never", "never");
+    std::fs::write(&b.config, text).unwrap();
+    let err = b.fails(&["pull", "big"], 74);
+    assert!(err.to_lowercase().contains("space"), "{err}");
+    assert!(b.result("big").is_none());
+    assert_eq!(b.json(&["list"])["results"], serde_json::json!([]));
+    b.ok(&["build", "small", "--", "sh", "-c", "echo ok > f"]);
+    assert_eq!(b.read_result("small", "f"), "ok\n");
+}
