@@ -75,7 +75,7 @@ pub fn import(store: &BlockingStore, id: &str, image: &ImageRef) -> Result<Impor
     let first = report.layers_skipped;
     // A missing blob is found before anything is made.
     for layer in &found.layers[first..] {
-        if !transport.has_blob(&layer.desc.digest().to_string())? {
+        if !transport.has_blob(layer.desc.digest().as_ref())? {
             return Err(StoreError::invalid(format!(
                 "{name}: the image names layer {} but does not hold it",
                 layer.desc.digest()
