@@ -25,6 +25,8 @@ pub struct Config {
     /// Where each `[backend]` option is in the file: key, line, and the
     /// value if it is a string.
     option_lines: Vec<(String, usize, Option<String>)>,
+    /// The `[remote]` table: the registry results are shared through.
+    pub remote: Option<RemoteConfig>,
 }
 
 /// The `[backend]` table again, with the place of each value.
@@ -40,6 +42,7 @@ struct RawConfig {
     store: RawStore,
     #[serde(default)]
     backend: toml::Table,
+    remote: Option<toml::Spanned<RawRemote>>,
 }
 
 #[derive(Deserialize)]
@@ -162,6 +165,7 @@ impl Config {
             plugin_dirs: raw.store.plugin_dirs.iter().map(|d| absolute(d)).collect(),
             backend_options: raw.backend,
             option_lines,
+            remote: raw.remote.map(|r| RemoteConfig::from_raw(file, r, &line_of, &absolute)).transpose()?,
         })
     }
 
@@ -174,6 +178,7 @@ impl Config {
             plugin_dirs: Vec::new(),
             backend_options: toml::Table::new(),
             option_lines: Vec::new(),
+            remote: None,
         }
     }
 
@@ -265,5 +270,106 @@ mod tests {
             parse("[store]\nroot=\"/x\"\nbackend=\"./p/libx.so\"\n[backend]\nmode=\"hardlink\"\n").unwrap();
         assert_eq!(c.backend, "/etc/p/libx.so");
         assert_eq!(c.backend_options["mode"].as_str(), Some("hardlink"));
+    }
+}
+
+// ---- The [remote] table (the registry a fleet shares results through) ----
+
+/// The `[remote]` table:
+///
+/// ```toml
+/// [remote]
+/// url = "docker://registry.example:5000/ci/results"
+/// insecure = false        # true: no certificate check; plain HTTP if the registry has no TLS
+/// certs_dir = "/etc/containers/certs.d"   # where HOST:PORT/*.crt are (default: as podman)
+/// pull = "on-miss"        # or "never" (the default): result/build pull a missing id
+/// push = "after-build"    # or "never" (the default): every new result is pushed
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteConfig {
+    /// `HOST[:PORT]`.
+    pub registry: String,
+    /// The repository results are pushed to, as tags.
+    pub repository: String,
+    pub insecure: bool,
+    pub certs_dir: Option<PathBuf>,
+    pub pull: PullPolicy,
+    pub push: PushPolicy,
+}
+
+/// When results are pulled from the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// `result ID` and `build --base ID` pull an id missing here.
+    OnMiss,
+    /// Only `snapstore pull`.
+    #[default]
+    Never,
+}
+
+/// When results are pushed to the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PushPolicy {
+    /// Every result a build commits.
+    AfterBuild,
+    /// Only `snapstore push`.
+    #[default]
+    Never,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRemote {
+    url: toml::Spanned<String>,
+    #[serde(default)]
+    insecure: bool,
+    certs_dir: Option<PathBuf>,
+    #[serde(default)]
+    pull: PullPolicy,
+    #[serde(default)]
+    push: PushPolicy,
+}
+
+impl RemoteConfig {
+    fn from_raw(
+        file: &Path,
+        raw: toml::Spanned<RawRemote>,
+        line_of: &dyn Fn(usize) -> usize,
+        absolute: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<RemoteConfig, StoreError> {
+        let raw = raw.into_inner();
+        let line = line_of(raw.url.span().start);
+        let url = raw.url.into_inner();
+        let bad = |why: String| {
+            config_error(
+                file,
+                format_args!(
+                    "[remote] url `{}` {why}; use docker://HOST[:PORT]/REPOSITORY (line {line})",
+                    url.escape_debug()
+                ),
+            )
+        };
+        let parsed = crate::oci::ImageRef::parse(&url).map_err(|e| bad(format!("is not valid: {e}")))?;
+        let crate::oci::ImageRef::Docker { registry, repository, reference } = parsed else {
+            return Err(bad("is not a registry".into()));
+        };
+        if reference.is_some() {
+            return Err(bad("names a tag or digest (each result is its own tag)".into()));
+        }
+        Ok(RemoteConfig {
+            registry,
+            repository,
+            insecure: raw.insecure,
+            certs_dir: raw.certs_dir.map(|d| absolute(&d)),
+            pull: raw.pull,
+            push: raw.push,
+        })
+    }
+
+    /// `docker://HOST[:PORT]/REPOSITORY`.
+    pub fn url(&self) -> String {
+        format!("docker://{}/{}", self.registry, self.repository)
     }
 }

@@ -26,6 +26,8 @@ mod plugin_verdict;
 mod progress;
 mod prune;
 mod records;
+/// Sharing results through a registry: push, pull, the remote's housekeeping.
+pub mod remote;
 mod root;
 mod sizes;
 mod store;
@@ -33,7 +35,7 @@ mod stress;
 mod supervise;
 
 pub use api::{CacheCopy, Store};
-pub use config::Config;
+pub use config::{Config, PullPolicy, PushPolicy, RemoteConfig};
 pub use loader::PluginInfo;
 pub use oci::{Compression, ExportOptions, ExportReport, ImageRef, ImportReport};
 pub use prune::{PruneOptions, PruneReport};

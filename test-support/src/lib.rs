@@ -1,17 +1,20 @@
 //! Fixtures shared by the tests and benchmarks of every snapstore crate:
 //! loop-mounted filesystems ([`LoopFs`]) and file-backed ZFS pools
 //! ([`ZfsPool`]), each removed again by its `Drop` (also when a test
-//! panics), what sandboxes leave in trees ([`sandbox`]), and the loud skip
+//! panics), a real OCI registry ([`Registry`]), what sandboxes leave in
+//! trees ([`sandbox`]), and the loud skip
 //! that a test needing root or a tool uses.
 
 pub mod fidelity;
 mod loop_fs;
+pub mod registry;
 pub mod sandbox;
 mod zfs_pool;
 
 use std::process::Command;
 
 pub use loop_fs::{sync, LoopFs};
+pub use registry::{Registry, RegistryOptions};
 pub use zfs_pool::ZfsPool;
 
 /// True when running in CI, where nothing may be skipped.

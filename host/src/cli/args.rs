@@ -84,6 +84,23 @@ pub enum Cmd {
         #[arg(value_name = "IMAGE-REF")]
         image: String,
     },
+    /// Push result ID to the config's [remote] registry (only the layers it lacks)
+    Push {
+        /// The result's id
+        #[arg(required_unless_present = "pending", conflicts_with = "pending")]
+        id: Option<String>,
+        /// Push every result marked "not pushed" (a failed push after a build)
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Pull result ID from the config's [remote] registry (only the layers of missing steps)
+    Pull {
+        /// The result's id
+        id: String,
+    },
+    /// The config's [remote] registry: what it holds, and pruning it
+    #[command(subcommand)]
+    Remote(RemoteCmd),
     /// Shared mutable caches
     #[command(subcommand)]
     Cache(CacheCmd),
@@ -202,6 +219,21 @@ fn parse_percent(s: &str) -> Result<f64, String> {
         Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
         _ => Err(format!("`{s}` is not a percentage from 0 to 100")),
     }
+}
+
+#[derive(Subcommand)]
+pub enum RemoteCmd {
+    /// The images on the remote: tag, id, size and age
+    List,
+    /// Delete the remote's images made longer ago than DURATION (its garbage collection frees the blobs)
+    Prune {
+        /// e.g. 30d, 12h
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        /// Print what would be deleted and delete nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]

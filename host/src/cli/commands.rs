@@ -12,6 +12,7 @@ use snapstore::{BlockingStore, Config, LeaseKind, Owner, PruneOptions, ReleaseMo
 
 use super::args::{CacheCmd, Cli, Cmd, ImageCompression, SortBy};
 use super::output::{backends_text, check_text, listing_text, to_json, Output, StdoutToStderr};
+use super::remote;
 use super::{exit, info};
 
 /// Runs the command `cli` names.
@@ -25,20 +26,37 @@ pub fn run(cli: &Cli) -> Result<Output, StoreError> {
 
 fn run_command(cli: &Cli) -> Result<Output, StoreError> {
     match &cli.command {
-        Cmd::Build { id, base, command } => build(&open(cli)?, base.as_deref(), id, command, cli.json),
+        Cmd::Build { id, base, command } => {
+            let (store, remote) = remote::open_with_remote(cli)?;
+            if let Some(base) = base {
+                snapstore::remote::pull_on_miss(&store, remote.as_ref(), base)?;
+            }
+            let out = build(&store, base.as_deref(), id, command, cli.json)?;
+            if out.status == 0 {
+                if let Some(warning) = snapstore::remote::push_after_build(&store, remote.as_ref(), id) {
+                    eprintln!("warning: {warning}");
+                }
+            }
+            Ok(out)
+        }
         Cmd::Result { id } => {
             // Most lookups find their result: answered without loading the plugin.
             let config = Config::discover(cli.config.as_deref())?;
-            match BlockingStore::result_without_plugin(&config, id) {
-                Some(path) => Ok(found(id, &path)),
-                None => result(&BlockingStore::open(&config)?, id, cli.json),
+            if let Some(path) = BlockingStore::result_without_plugin(&config, id) {
+                return Ok(found(id, &path));
             }
+            let (store, remote) = remote::open_with_remote(cli)?;
+            snapstore::remote::pull_on_miss(&store, remote.as_ref(), id)?;
+            result(&store, id, cli.json)
         }
         Cmd::Delete { id } => {
             open(cli)?.delete(id).map(|()| Output::new(json!({"id": id, "deleted": true}), ""))
         }
         Cmd::Export { id, image, compression } => export(&open(cli)?, id, image, *compression),
         Cmd::Import { id, image } => import(&open(cli)?, id, image),
+        Cmd::Push { id, pending } => remote::push(cli, id.as_deref(), *pending),
+        Cmd::Pull { id } => remote::pull(cli, id),
+        Cmd::Remote(cmd) => remote::remote(cli, cmd),
         Cmd::Cache(cmd) => cache(&open(cli)?, cmd, cli.json),
         Cmd::Df => info::df(&open(cli)?),
         Cmd::Root => Ok(Output::path("root", open(cli)?.root())),
@@ -65,7 +83,12 @@ fn run_command(cli: &Cli) -> Result<Output, StoreError> {
 }
 
 fn open(cli: &Cli) -> Result<BlockingStore, StoreError> {
-    BlockingStore::open(&Config::discover(cli.config.as_deref())?)
+    let config = Config::discover(cli.config.as_deref())?;
+    // export/import to the remote's registry use its settings (insecure, certs_dir).
+    if let Some(remote) = &config.remote {
+        snapstore::remote::configure(remote);
+    }
+    BlockingStore::open(&config)
 }
 
 fn build(
@@ -221,9 +244,14 @@ fn list(
     if reverse {
         listing.results.reverse();
     }
+    let not_pushed = snapstore::remote::pending(store)?;
     // Only the form asked for: a store may hold 100 000 results.
     if !as_json {
-        return Ok(Output::new(serde_json::Value::Null, listing_text(&listing, sizes.as_ref())));
+        let mut text = listing_text(&listing, sizes.as_ref());
+        if !not_pushed.is_empty() {
+            text += &format!("\nnot pushed (snapstore push --pending): {}", not_pushed.join(" "));
+        }
+        return Ok(Output::new(serde_json::Value::Null, text));
     }
     let mut json = to_json(&listing)?;
     if let (Some(sizes), Some(results)) = (&sizes, json["results"].as_array_mut()) {
@@ -231,6 +259,7 @@ fn list(
             result["size"] = json!(result["id"].as_str().map(|id| sizes[id]));
         }
     }
+    json["not_pushed"] = json!(not_pushed);
     Ok(Output::new(json, ""))
 }
 

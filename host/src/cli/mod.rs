@@ -8,3 +8,4 @@ pub mod commands;
 pub mod exit;
 pub mod info;
 pub mod output;
+pub mod remote;

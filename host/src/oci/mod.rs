@@ -7,6 +7,7 @@ pub mod import;
 pub mod layer;
 pub mod layout;
 pub mod reference;
+pub mod registry;
 pub mod tags;
 mod transfer;
 pub mod transport;
@@ -38,9 +39,7 @@ pub fn open_transport(
             Ok(Box::new(archive::ArchiveWriter::create(file, name)?))
         }
         ImageRef::OciArchive { file, .. } => Ok(Box::new(layout::Layout::open_tar(file, name)?)),
-        ImageRef::Docker { .. } => Err(StoreError::unsupported(
-            "docker:// needs the registry transport, which this build does not have",
-        )),
+        ImageRef::Docker { registry, repository, .. } => registry::open(registry, repository, options.write),
     }
 }
 

@@ -1,0 +1,249 @@
+//! What a registry's failures mean to the operator: one line naming the
+//! registry and the fix, and whether trying again can help.
+
+use std::time::Duration;
+
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use store_api::{ErrorKind, StoreError};
+
+/// Tries of one request before its failure is reported.
+pub const ATTEMPTS: u32 = 4;
+
+/// The pause before try `attempt` (1-based, after a failure): 0.5 s, 1 s, 2 s.
+/// A 429 waits longer (2 s, 4 s, 8 s): oci-client does not hand its
+/// Retry-After header on, so the wait grows until the registry lets go.
+pub fn backoff(attempt: u32, rate_limited: bool) -> Duration {
+    let base = if rate_limited { 2000 } else { 500 };
+    Duration::from_millis(base << (attempt.saturating_sub(1)).min(4))
+}
+
+/// A classified failure.
+pub struct Failure {
+    pub error: StoreError,
+    /// A later try may succeed (unreachable for now, dropped, 429, 5xx).
+    pub transient: bool,
+    pub rate_limited: bool,
+}
+
+/// Where a failure happened, for messages: the registry and the operation.
+pub struct Context<'a> {
+    pub registry: &'a str,
+    pub repository: &'a str,
+    /// e.g. `pushing blob sha256:…`.
+    pub what: &'a str,
+    /// Where the CA certificates of a registry go (for the TLS fix).
+    pub certs_hint: &'a str,
+}
+
+/// Classifies `err`, raised while doing `cx.what` against `cx.registry`.
+pub fn classify(err: &OciDistributionError, cx: &Context) -> Failure {
+    use OciDistributionError as E;
+    let r = cx.registry;
+    let status = match err {
+        E::UnauthorizedError { .. } | E::AuthenticationFailure(_) => Some(401),
+        E::ServerError { code, .. } => Some(*code),
+        E::RegistryError { envelope, .. } => envelope.errors.first().and_then(|e| match e.code {
+            OciErrorCode::Unauthorized => Some(401),
+            OciErrorCode::Denied => Some(403),
+            OciErrorCode::Toomanyrequests => Some(429),
+            _ => None,
+        }),
+        E::RequestError(e) => e.status().map(|s| s.as_u16()),
+        _ => None,
+    };
+    let fatal = |kind, message: String| Failure {
+        error: StoreError::new(kind, message),
+        transient: false,
+        rate_limited: false,
+    };
+    let transient = |kind, message: String, rate_limited| Failure {
+        error: StoreError::new(kind, message),
+        transient: true,
+        rate_limited,
+    };
+    match status {
+        Some(401) => {
+            return fatal(
+                ErrorKind::PERMISSION,
+                format!(
+                    "registry {r} refused the credentials while {} (401 unauthorized): log in with \
+                     `podman login {r}`, or point REGISTRY_AUTH_FILE at an auth file with an entry for {r}",
+                    cx.what
+                ),
+            )
+        }
+        Some(403) => {
+            return fatal(
+                ErrorKind::PERMISSION,
+                format!(
+                    "registry {r} denied {} (403 forbidden): the account has no such rights on {}; \
+                     ask the registry's administrator, or log in as another user",
+                    cx.what, cx.repository
+                ),
+            )
+        }
+        Some(429) => {
+            return transient(
+                ErrorKind::BUSY,
+                format!(
+                    "registry {r} still answers 429 too many requests after {ATTEMPTS} tries while {}: \
+                     wait and try again later, or raise the registry's rate limit",
+                    cx.what
+                ),
+                true,
+            )
+        }
+        Some(code) if code >= 500 => {
+            return transient(
+                ErrorKind::OTHER,
+                format!(
+                "registry {r} failed while {} (HTTP {code}, {ATTEMPTS} tries): {}; see the registry's log",
+                cx.what,
+                detail(err)
+            ),
+                false,
+            )
+        }
+        _ => {}
+    }
+    match err {
+        E::RequestError(e) if is_tls_failure(err) => fatal(
+            ErrorKind::PERMISSION,
+            format!(
+                "TLS with registry {r} failed ({}): put its CA certificate in {}/{r}/ca.crt, \
+                 or set `insecure = true` under [remote] for a test registry",
+                detail_of(e),
+                cx.certs_hint
+            ),
+        ),
+        E::RequestError(e) if e.is_connect() => transient(
+            ErrorKind::IO,
+            format!(
+                "cannot reach registry {r} while {} ({}, {ATTEMPTS} tries): check the remote's url \
+                 and that the registry runs",
+                cx.what,
+                detail_of(e)
+            ),
+            false,
+        ),
+        E::RequestError(_) | E::IoError(_) => transient(
+            ErrorKind::IO,
+            format!(
+                "the connection to registry {r} dropped while {} ({}, {ATTEMPTS} tries): \
+                 check the network and the registry, then try again",
+                cx.what,
+                detail(err)
+            ),
+            false,
+        ),
+        E::DigestError(_) => fatal(
+            ErrorKind::IO,
+            format!(
+                "registry {r} sent corrupt data while {} ({}): its storage may be damaged",
+                cx.what,
+                detail(err)
+            ),
+        ),
+        _ => fatal(ErrorKind::OTHER, format!("registry {r} failed while {}: {}", cx.what, detail(err))),
+    }
+}
+
+/// Whether a request failed in the TLS handshake (an untrusted or invalid
+/// certificate, or TLS against a plain-HTTP port).
+fn is_tls_failure(err: &OciDistributionError) -> bool {
+    let text = chain(err).to_lowercase();
+    ["certificate", "tls", "handshake", "invalidcontenttype", "corrupt message"]
+        .iter()
+        .any(|w| text.contains(w))
+}
+
+/// The innermost cause of `err`, on one line, short.
+pub fn detail(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner: &dyn std::error::Error = err;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    let text = inner.to_string().replace('\n', " ");
+    let mut text = text.trim().to_string();
+    if text.len() > 200 {
+        let mut cut = 200;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+fn detail_of(e: &reqwest::Error) -> String {
+    detail(e)
+}
+
+/// Every message of the error's chain, joined.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut inner = err.source();
+    while let Some(e) = inner {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        inner = e.source();
+    }
+    text
+}
+
+/// Whether a manifest request failed because there is no such manifest.
+pub fn is_not_found(err: &OciDistributionError) -> bool {
+    use OciDistributionError as E;
+    match err {
+        E::ImageManifestNotFoundError(_) => true,
+        E::ServerError { code, .. } => *code == 404,
+        E::RegistryError { envelope, .. } => envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestUnknown | OciErrorCode::NotFound | OciErrorCode::NameUnknown
+            )
+        }),
+        E::RequestError(e) => e.status().is_some_and(|s| s.as_u16() == 404),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_429_waits_longer() {
+        assert_eq!(backoff(1, false), Duration::from_millis(500));
+        assert_eq!(backoff(3, false), Duration::from_millis(2000));
+        assert_eq!(backoff(1, true), Duration::from_millis(2000));
+        assert!(backoff(30, true) <= Duration::from_secs(32));
+    }
+
+    fn cx() -> Context<'static> {
+        Context { registry: "reg:5000", repository: "ci/results", what: "pushing x", certs_hint: "/etc/c" }
+    }
+
+    #[test]
+    fn status_codes_name_the_fix() {
+        let f = classify(&OciDistributionError::UnauthorizedError { url: "u".into() }, &cx());
+        assert!(!f.transient);
+        assert!(f.error.message().contains("podman login reg:5000"), "{}", f.error);
+        let f = classify(
+            &OciDistributionError::ServerError { code: 429, url: "u".into(), message: "".into() },
+            &cx(),
+        );
+        assert!(f.transient && f.rate_limited);
+        assert!(f.error.message().contains("429"), "{}", f.error);
+        let f = classify(
+            &OciDistributionError::ServerError { code: 503, url: "u".into(), message: "".into() },
+            &cx(),
+        );
+        assert!(f.transient && !f.rate_limited);
+        let envelope: oci_client::errors::OciEnvelope =
+            serde_json::from_str(r#"{"errors":[{"code":"DENIED","message":"no"}]}"#).unwrap();
+        let f = classify(&OciDistributionError::RegistryError { envelope, url: "u".into() }, &cx());
+        assert!(f.error.message().contains("403") && f.error.message().contains("ci/results"), "{}", f.error);
+    }
+}
