@@ -168,10 +168,9 @@ mod tests {
         let data: Vec<u8> = (0..24 << 20)
             .map(|i: u32| {
                 x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-                if i % 7 == 0 {
-                    (x >> 24) as u8
-                } else {
-                    b'a' + (i % 13) as u8
+                match i % 7 {
+                    0 => (x >> 24) as u8,
+                    _ => b'a' + (i % 13) as u8,
                 }
             })
             .collect();

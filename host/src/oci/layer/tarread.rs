@@ -12,6 +12,9 @@ const BLOCK: usize = 512;
 /// Bounds on what an extension header may make us hold in memory.
 const MAX_EXTENSION: u64 = 16 << 20;
 
+/// A PAX record: key and value, raw bytes.
+pub(super) type Record = (Vec<u8>, Vec<u8>);
+
 /// One entry's header, extensions applied. Its data follows, `size` bytes,
 /// read through [`TarReader::data`].
 pub(super) struct RawEntry {
@@ -26,7 +29,7 @@ pub(super) struct RawEntry {
     /// Bytes of data in the archive.
     pub size: u64,
     /// The PAX records of the entry (all of them, in order).
-    pub records: Vec<(Vec<u8>, Vec<u8>)>,
+    pub records: Vec<Record>,
     /// Old GNU sparse (`S`): the data segments and the real size.
     pub gnu_sparse: Option<(Vec<(u64, u64)>, u64)>,
 }
@@ -82,7 +85,7 @@ fn text(field: &[u8]) -> &[u8] {
 }
 
 /// `LEN KEY=VALUE\n` records, by length (values may hold newlines).
-pub(super) fn pax_records(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+pub(super) fn pax_records(mut data: &[u8]) -> Result<Vec<Record>, StoreError> {
     let mut out = Vec::new();
     while !data.is_empty() {
         if data.iter().all(|b| *b == 0) {
@@ -186,7 +189,7 @@ impl<R: Read> TarReader<R> {
     /// of the stream, as Go reads it; the diff_id check catches a cut).
     pub(super) fn next_entry(&mut self) -> Result<Option<RawEntry>, StoreError> {
         self.skip_rest()?;
-        let mut records: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut records: Vec<Record> = Vec::new();
         let (mut long_name, mut long_link) = (None, None);
         loop {
             let mut b = [0u8; BLOCK];

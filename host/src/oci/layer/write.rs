@@ -81,14 +81,15 @@ pub fn write_layer(
     let write_err = |e: io::Error| StoreError::io("cannot write the layer", &e);
     let blob = Hashing::new(out);
     let encoder = Encoder::new(compression, blob).map_err(write_err)?;
-    let mut tar = TarWriter::new(Hashing::new(encoder));
+    // Headers are 512 bytes: batch them for the hasher and the compressor.
+    let mut tar = TarWriter::new(io::BufWriter::with_capacity(1 << 20, Hashing::new(encoder)));
     let mut first_names: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     // One buffer for all file data.
     let mut buf = vec![0u8; 1 << 20];
     for (key, action) in &plan {
         write_entry(&mut tar, tree, key, *action, &mut first_names, &mut buf)?;
     }
-    let diff = tar.finish().map_err(write_err)?;
+    let diff = tar.finish().map_err(write_err)?.into_inner().map_err(|e| write_err(e.into_error()))?;
     let diff_id = diff.digest();
     let blob = diff.inner.finish().map_err(write_err)?;
     Ok(LayerBlob {
