@@ -86,7 +86,7 @@ fn removing_a_tree_never_deletes_through_a_bind_mount() {
             backend.remove(&doomed).unwrap();
             assert_eq!(backend.path(&doomed).unwrap(), None, "{mode}: {doomed} is gone");
             outside.assert_intact(&format!("{mode}: removing {doomed} kept the outside data"));
-            assert!(mounts_below(&root).is_empty(), "{mode}: the mount under {doomed} is gone");
+            assert!(mounts_below(root).is_empty(), "{mode}: the mount under {doomed} is gone");
         }
         backend.complete_deletes().unwrap();
         assert_eq!(fs::read_dir(root.join("trash")).unwrap().count(), 0, "{mode}: the trash is empty");
@@ -109,7 +109,7 @@ fn hardlink_commit_never_copies_or_deletes_through_a_bind_mount() {
         let result =
             backend.commit(&key("result-tmp/t"), &key("result/t"), Some(&key("result/base"))).unwrap();
         outside.assert_intact(&format!("{mode}: the commit kept the outside data"));
-        assert!(mounts_below(&root).is_empty(), "{mode}: no mount is left in the store");
+        assert!(mounts_below(root).is_empty(), "{mode}: no mount is left in the store");
         assert_eq!(
             fs::read_dir(result.join("mnt")).unwrap().count(),
             0,

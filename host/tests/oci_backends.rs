@@ -61,8 +61,9 @@ fn migrate(from: &str, to: &str) {
     let Some(source) = store(from) else { return };
     let Some(target) = store(to) else { return };
     let (a, b) = (&source.fixture, &target.fixture);
-    // zfs-fuse keeps no xattrs (nor ACLs).
-    build_chain_with(a, from != "zfs" && to != "zfs");
+    // zfs-fuse keeps no xattrs (nor ACLs), and symlink times in seconds.
+    let zfs_fuse = from == "zfs" || to == "zfs";
+    build_chain_with(a, !zfs_fuse);
     let images = tempfile::tempdir().unwrap();
     let image = format!("oci:{}", images.path().join("layout").display());
     let out = a.json(&["export", "step", &image]);
@@ -72,9 +73,13 @@ fn migrate(from: &str, to: &str) {
     for id in ["base", "step"] {
         let want = a.result(id).unwrap();
         let got = b.result(id).unwrap();
-        assert_same_tree(&want, &got, &format!("{id}: {from} -> {to}"));
+        assert_same_tree_within(&want, &got, &format!("{id}: {from} -> {to}"), zfs_fuse);
     }
-    assert_sparse(&b.result("base").unwrap());
+    // zfs-fuse cannot tell where a file's holes are (no SEEK_HOLE): a file
+    // it holds is exported dense.
+    if from != "zfs" {
+        assert_sparse(&b.result("base").unwrap());
+    }
 }
 
 #[test]
@@ -83,13 +88,11 @@ fn rsync_to_btrfs() {
 }
 
 #[test]
-#[ignore = "apply_layer fails on zfs-fuse: flistxattr gives ENOTSUP there (oci::layer::apply)"]
 fn btrfs_to_zfs() {
     migrate("btrfs", "zfs");
 }
 
 #[test]
-#[ignore = "write_layer fails on zfs-fuse: reading xattrs gives ENOTSUP there (oci::layer)"]
 fn zfs_to_xfs_reflink() {
     migrate("zfs", "xfs-reflink");
 }
@@ -105,7 +108,6 @@ fn btrfs_to_rsync() {
 }
 
 #[test]
-#[ignore = "apply_layer fails on XFS: removing a listed xattr of a hard-linked fifo gives ENODATA (oci::layer::apply)"]
 fn rsync_to_xfs_reflink() {
     migrate("rsync", "xfs-reflink");
 }

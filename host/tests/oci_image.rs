@@ -228,7 +228,10 @@ fn an_image_umoci_made_imports_as_umoci_unpacks_it() {
     assert_eq!(out["layers_applied"].as_u64(), Some(2), "{out}");
     assert_eq!(results.len(), 3, "{out}");
     assert!(results[0].as_str().unwrap().starts_with("chain-sha256-"), "{out}");
-    assert_same_tree(&fresh.join("rootfs"), &path_of(&f, "mine"), "umoci's image");
+    // umoci 0.4 sets some directories' times in whole seconds when it
+    // unpacks (it lost the layer's nanoseconds in one run of three): the
+    // times are compared to the second.
+    assert_same_tree_within(&fresh.join("rootfs"), &path_of(&f, "mine"), "umoci's image", true);
     assert!(!path_of(&f, "mine").join("d/e").exists());
 
     // Another image on the same base layers shares their results.

@@ -218,7 +218,12 @@ fn walk(
     let is_link = kind == SFlag::S_IFLNK.bits();
     let is_file = kind == SFlag::S_IFREG.bits();
     let mut xattrs = BTreeMap::new();
-    for name in xattr::list(&path).unwrap() {
+    // A filesystem without xattrs (zfs-fuse) lists none.
+    let names = match xattr::list(&path) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Vec::new(),
+        listed => listed.unwrap().collect(),
+    };
+    for name in names {
         let value = xattr::get(&path, &name).unwrap().unwrap_or_default();
         xattrs.insert(name.as_bytes().to_vec(), value);
     }

@@ -148,16 +148,25 @@ fn export(
 }
 
 fn import(store: &BlockingStore, id: &str, image: &str) -> Result<Output, StoreError> {
-    let report = store.import(id, image)?;
+    imported(store, id, &store.import(id, image)?, "applied")
+}
+
+/// What an import or a pull made: the result's path and the layers.
+pub(super) fn imported(
+    store: &BlockingStore,
+    id: &str,
+    report: &snapstore::ImportReport,
+    verb: &str,
+) -> Result<Output, StoreError> {
     let path = store.result(id)?.unwrap_or_default();
     let text = format!(
-        "{} ({} layers applied, {} already here, {} bytes read)",
+        "{} ({} layers {verb}, {} already here, {} bytes read)",
         path.display(),
         report.layers_applied,
         report.layers_skipped,
         report.bytes_read
     );
-    let mut json = to_json(&report)?;
+    let mut json = to_json(report)?;
     json["path"] = json!(path);
     Ok(Output::new(json, text))
 }

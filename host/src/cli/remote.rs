@@ -55,17 +55,7 @@ pub fn pull(cli: &Cli, id: &str) -> Result<Output, StoreError> {
     let (store, config_remote) = open_with_remote(cli)?;
     let remote = required(config_remote, cli)?;
     let report = remote::pull(&store, &remote, id)?;
-    let path = store.result(id)?.unwrap_or_default();
-    let text = format!(
-        "{} ({} layers pulled, {} already here, {} bytes)",
-        path.display(),
-        report.layers_applied,
-        report.layers_skipped,
-        report.bytes_read
-    );
-    let mut json = to_json(&report)?;
-    json["path"] = json!(path);
-    Ok(Output::new(json, text))
+    super::commands::imported(&store, id, &report, "pulled")
 }
 
 pub fn remote(cli: &Cli, cmd: &RemoteCmd) -> Result<Output, StoreError> {

@@ -125,6 +125,26 @@ fn components(path: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
     Ok(out)
 }
 
+/// A directory's times, to put back after a whiteout removed an entry of
+/// it: a layer that does not name the directory leaves its times alone
+/// (a directory the layer names gets its own at the end anyway).
+fn times_of(dir: &OwnedFd, comps: &[Vec<u8>]) -> Result<Timestamps, StoreError> {
+    let st = rustix::fs::fstat(dir).context(format_args!("cannot stat {}", rel_path(comps).display()))?;
+    let at = |sec: i64, nsec: i64| Timespec { tv_sec: sec, tv_nsec: nsec as _ };
+    Ok(Timestamps {
+        last_access: at(st.st_atime as i64, st.st_atime_nsec as i64),
+        last_modification: at(st.st_mtime as i64, st.st_mtime_nsec as i64),
+    })
+}
+
+fn restore_times(dir: &OwnedFd, comps: &[Vec<u8>], times: &Timestamps) -> Result<(), StoreError> {
+    // `dir` is an O_PATH descriptor, which futimens refuses: through its
+    // /proc link, which names that very directory.
+    let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(dir));
+    rustix::fs::utimensat(rustix::fs::CWD, link.as_str(), times, AtFlags::empty())
+        .context(format_args!("cannot set the times of {}", rel_path(comps).display()))
+}
+
 fn rel_path(comps: &[Vec<u8>]) -> PathBuf {
     if comps.is_empty() {
         return PathBuf::from(".");
@@ -332,6 +352,7 @@ impl Applier {
                     names.push(name.to_vec());
                 }
             }
+            let times = times_of(&parent_fd, parent)?;
             for name in names {
                 let mut key = parent.join(&b'/');
                 if !key.is_empty() {
@@ -342,7 +363,7 @@ impl Applier {
                     self.remove(&parent_fd, parent, &name)?;
                 }
             }
-            return Ok(());
+            return restore_times(&parent_fd, parent, &times);
         }
         if target.is_empty() || target == b"." || target == b".." {
             return Err(invalid(path, "whiteout of nothing, `.` or `..`"));
@@ -364,7 +385,9 @@ impl Applier {
             Err(Errno::NOENT) => return Ok(()),
             Err(err) => return Err(resolve_error(err, path)),
         };
-        self.remove(&parent_fd, parent, target)
+        let times = times_of(&parent_fd, parent)?;
+        self.remove(&parent_fd, parent, target)?;
+        restore_times(&parent_fd, parent, &times)
     }
 
     /// Opens `comps` beneath the root: symlinks may be followed only while
@@ -471,12 +494,21 @@ impl Applier {
     fn set_meta_fd(&self, fd: impl AsFd, meta: &Meta, path: &[u8]) -> Result<(), StoreError> {
         let shown = || String::from_utf8_lossy(path).into_owned();
         let mut buf = vec![0u8; 65536];
-        let n = rustix::fs::flistxattr(&fd, &mut buf[..])
-            .context(format_args!("cannot list the xattrs of {}", shown()))?;
+        // A filesystem without xattrs (zfs-fuse) has none to remove.
+        let n = match rustix::fs::flistxattr(&fd, &mut buf[..]) {
+            Err(Errno::NOTSUP) => 0,
+            listed => listed.context(format_args!("cannot list the xattrs of {}", shown()))?,
+        };
         for old in buf[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
             if !meta.xattrs.iter().any(|(k, _)| k == old) {
-                rustix::fs::fremovexattr(&fd, old)
-                    .context(format_args!("cannot remove an xattr of {}", shown()))?;
+                // Already gone: another name of the same inode (a hard
+                // link) was set a moment ago.
+                match rustix::fs::fremovexattr(&fd, old) {
+                    Ok(()) | Err(Errno::NODATA) => {}
+                    Err(err) => {
+                        return Err(err).context(format_args!("cannot remove an xattr of {}", shown()))
+                    }
+                }
             }
         }
         rustix::fs::fchown(
@@ -509,12 +541,21 @@ impl Applier {
         let via_fd = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(parent_fd)))
             .join(OsStr::from_bytes(name));
         let mut buf = vec![0u8; 65536];
-        let n = rustix::fs::llistxattr(&via_fd, &mut buf[..])
-            .context(format_args!("cannot list the xattrs of {}", shown()))?;
+        // A filesystem without xattrs (zfs-fuse) has none to remove.
+        let n = match rustix::fs::llistxattr(&via_fd, &mut buf[..]) {
+            Err(Errno::NOTSUP) => 0,
+            listed => listed.context(format_args!("cannot list the xattrs of {}", shown()))?,
+        };
         for old in buf[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
             if !meta.xattrs.iter().any(|(k, _)| k == old) {
-                rustix::fs::lremovexattr(&via_fd, old)
-                    .context(format_args!("cannot remove an xattr of {}", shown()))?;
+                // Already gone: another name of the same inode (a hard
+                // link) was set a moment ago.
+                match rustix::fs::lremovexattr(&via_fd, old) {
+                    Ok(()) | Err(Errno::NODATA) => {}
+                    Err(err) => {
+                        return Err(err).context(format_args!("cannot remove an xattr of {}", shown()))
+                    }
+                }
             }
         }
         rustix::fs::chownat(

@@ -52,27 +52,9 @@ fn diff_entry(tree: &Path, base: &Path, rel: &Path) -> Result<Vec<Change>, Store
     Ok(match (t, b) {
         (None, None) => Vec::new(),
         (None, Some(_)) => vec![change(ChangeKind::Deleted)],
-        (Some(t), None) => {
-            let mut out = vec![change(ChangeKind::Added)];
-            if t.is_dir() {
-                out.extend(
-                    walk_tree(tree, rel)?
-                        .into_iter()
-                        .map(|(path, _)| Change { kind: ChangeKind::Added, path }),
-                );
-            }
-            out
-        }
+        (Some(t), None) => added(tree, rel, &t, vec![change(ChangeKind::Added)])?,
         (Some(t), Some(b)) if type_bits(&t) != type_bits(&b) => {
-            let mut out = vec![change(ChangeKind::Deleted), change(ChangeKind::Added)];
-            if t.is_dir() {
-                out.extend(
-                    walk_tree(tree, rel)?
-                        .into_iter()
-                        .map(|(path, _)| Change { kind: ChangeKind::Added, path }),
-                );
-            }
-            out
+            added(tree, rel, &t, vec![change(ChangeKind::Deleted), change(ChangeKind::Added)])?
         }
         (Some(t), Some(b)) => {
             if same_inode(&t, &b) {
@@ -97,6 +79,16 @@ fn diff_entry(tree: &Path, base: &Path, rel: &Path) -> Result<Vec<Change>, Store
 }
 
 /// The same inode, untouched since: a snapshot's or a hard-linked copy's.
+/// `changes` for a path new in the tree, followed, for a directory, by
+/// every entry below it (all new too).
+fn added(tree: &Path, rel: &Path, t: &Metadata, mut changes: Vec<Change>) -> Result<Vec<Change>, StoreError> {
+    if t.is_dir() {
+        let below = walk_tree(tree, rel)?.into_iter();
+        changes.extend(below.map(|(path, _)| Change { kind: ChangeKind::Added, path }));
+    }
+    Ok(changes)
+}
+
 fn same_inode(t: &Metadata, b: &Metadata) -> bool {
     t.dev() == b.dev() && t.ino() == b.ino() && t.ctime() == b.ctime() && t.ctime_nsec() == b.ctime_nsec()
 }

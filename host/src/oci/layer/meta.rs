@@ -9,7 +9,15 @@ use std::path::{Path, PathBuf};
 /// The entry's extended attributes, sorted by name.
 pub(super) fn xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut out = Vec::new();
-    for name in xattr::list(path)? {
+    let names = match xattr::list(path) {
+        // A filesystem without xattrs (zfs-fuse): the entry has none.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(out),
+        listed => listed?,
+    };
+    // XFS also lists its ACLs in their on-disk form (trusted.SGI_ACL_*):
+    // they travel as `system.posix_acl_*`, which every filesystem reads.
+    let names = names.filter(|name| !name.as_bytes().starts_with(b"trusted.SGI_ACL_"));
+    for name in names {
         // Gone between list and get: the attribute no longer exists.
         if let Some(value) = xattr::get(path, &name)? {
             out.push((name.as_bytes().to_vec(), value));
