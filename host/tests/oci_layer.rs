@@ -44,6 +44,25 @@ fn base_tree(dir: &Path) {
     set_times(dir, &mut 0);
 }
 
+/// As root: a scratch directory holding the base tree (`base`).
+fn base_scene() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !root_or_skip() {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    base_tree(&base);
+    Some((tmp, base))
+}
+
+/// The same, with `tree`: the base with every kind of change made to it.
+fn changed_scene() -> Option<(tempfile::TempDir, PathBuf, PathBuf)> {
+    let (tmp, base) = base_scene()?;
+    let tree = tmp.path().join("tree");
+    changed_tree(&base, &tree);
+    Some((tmp, base, tree))
+}
+
 fn write_to(tree: &Path, base: Option<&Path>, compression: Compression, out: &Path) -> LayerBlob {
     let mut file = File::create(out).unwrap();
     let blob = write_layer(tree, base, None, compression, &mut file).unwrap();
@@ -102,13 +121,7 @@ fn changed_tree(base: &Path, tree: &Path) {
 
 #[test]
 fn diff_finds_every_kind_of_change() {
-    if !root_or_skip() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let (base, tree) = (tmp.path().join("base"), tmp.path().join("tree"));
-    base_tree(&base);
-    changed_tree(&base, &tree);
+    let Some((tmp, base, tree)) = changed_scene() else { return };
     let changes = diff_trees(&tree, &base).unwrap();
     let has =
         |kind: ChangeKind, path: &str| changes.iter().any(|c| c.kind == kind && c.path == Path::new(path));
@@ -138,13 +151,7 @@ fn diff_finds_every_kind_of_change() {
 
 #[test]
 fn layer_round_trip_against_base() {
-    if !root_or_skip() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let (base, tree) = (tmp.path().join("base"), tmp.path().join("tree"));
-    base_tree(&base);
-    changed_tree(&base, &tree);
+    let Some((tmp, base, tree)) = changed_scene() else { return };
     for compression in [Compression::Zstd, Compression::Gzip] {
         let layer = tmp.path().join("layer");
         let blob = write_to(&tree, Some(&base), compression, &layer);
@@ -162,12 +169,7 @@ fn layer_round_trip_against_base() {
 
 #[test]
 fn whole_tree_round_trip() {
-    if !root_or_skip() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("base");
-    base_tree(&base);
+    let Some((tmp, base)) = base_scene() else { return };
     let layer = tmp.path().join("layer");
     let blob = write_to(&base, None, Compression::Zstd, &layer);
     let out = tmp.path().join("out");
@@ -180,13 +182,7 @@ fn whole_tree_round_trip() {
 
 #[test]
 fn same_tree_same_digest() {
-    if !root_or_skip() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let (base, tree) = (tmp.path().join("base"), tmp.path().join("tree"));
-    base_tree(&base);
-    changed_tree(&base, &tree);
+    let Some((tmp, base, tree)) = changed_scene() else { return };
     for compression in [Compression::Zstd, Compression::Gzip] {
         let a = write_to(&tree, Some(&base), compression, &tmp.path().join("a"));
         let b = write_to(&tree, Some(&base), compression, &tmp.path().join("b"));
@@ -210,13 +206,7 @@ fn untar_zstd(layer: &Path, tar: &Path) {
 
 #[test]
 fn gnu_tar_reads_whiteouts_and_sparse_files() {
-    if !root_or_skip() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let (base, tree) = (tmp.path().join("base"), tmp.path().join("tree"));
-    base_tree(&base);
-    changed_tree(&base, &tree);
+    let Some((tmp, base, tree)) = changed_scene() else { return };
     // As a backend that knows `sticky` was replaced would list it.
     let mut changes: Vec<_> = diff_trees(&tree, &base)
         .unwrap()
@@ -366,12 +356,7 @@ fn hostile_layers_are_refused() {
 
 #[test]
 fn corrupt_streams_are_refused() {
-    if !root_or_skip() {
-        return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("base");
-    base_tree(&base);
+    let Some((tmp, base)) = base_scene() else { return };
     let layer = tmp.path().join("layer");
     let blob = write_to(&base, None, Compression::Zstd, &layer);
     let bytes = fs::read(&layer).unwrap();
