@@ -45,7 +45,7 @@ fn run_command(cli: &Cli) -> Result<Output, StoreError> {
             if let Some(path) = BlockingStore::result_without_plugin(&config, id) {
                 return Ok(found(id, &path));
             }
-            let (store, remote) = remote::open_with_remote(cli)?;
+            let (store, remote) = remote::open_config_with_remote(config)?;
             snapstore::remote::pull_on_miss(&store, remote.as_ref(), id)?;
             result(&store, id, cli.json)
         }

@@ -9,7 +9,11 @@ use super::output::{to_json, Output};
 
 /// The store, and the config's remote (configured for this process).
 pub fn open_with_remote(cli: &Cli) -> Result<(BlockingStore, Option<RemoteConfig>), StoreError> {
-    let config = Config::discover(cli.config.as_deref())?;
+    open_config_with_remote(Config::discover(cli.config.as_deref())?)
+}
+
+/// The same, with the config already read.
+pub fn open_config_with_remote(config: Config) -> Result<(BlockingStore, Option<RemoteConfig>), StoreError> {
     if let Some(r) = &config.remote {
         remote::configure(r);
     }
