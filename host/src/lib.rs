@@ -33,6 +33,7 @@ mod sizes;
 mod store;
 mod stress;
 mod supervise;
+mod uses;
 
 pub use api::{CacheCopy, Store};
 pub use config::{Config, PullPolicy, PushPolicy, RemoteConfig};

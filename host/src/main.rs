@@ -10,6 +10,9 @@ use cli::args::Cli;
 use cli::{commands, exit, output};
 
 fn main() -> ExitCode {
+    if let Some(status) = cli::fast_path::result(std::env::args_os().skip(1)) {
+        return ExitCode::from(status);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => {
@@ -43,6 +46,9 @@ fn json_asked() -> bool {
     std::env::args_os().skip(1).take_while(|a| a != "--").any(|a| a == "--json")
 }
 
+/// Sends the log to stderr, at `-v`'s level unless `SNAPSTORE_LOG` or
+/// `RUST_LOG` says otherwise. The first call wins: a lookup the fast path
+/// could not answer (it has no `-v`) is run again by the full parser.
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -60,5 +66,6 @@ fn init_logging(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .without_time()
-        .init();
+        .try_init()
+        .ok();
 }

@@ -8,7 +8,7 @@
 //! whole view is needed (`list`, `prune`), never on the hot path.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,8 @@ pub struct ResultRecord {
 
 pub struct Records {
     conn: Mutex<Connection>,
+    /// The record's file: the log of lookups is beside it (`uses`).
+    path: PathBuf,
 }
 
 fn db_error(e: rusqlite::Error) -> StoreError {
@@ -75,7 +77,7 @@ impl Records {
         // Most commands open an existing record: its version says the
         // schema is there, without parsing the statements that make it.
         if conn.pragma_query_value(None, "user_version", |v| v.get::<_, i64>(0))? == SCHEMA_VERSION {
-            return Ok(Records { conn: Mutex::new(conn) });
+            return Ok(Records { conn: Mutex::new(conn), path: path.to_path_buf() });
         }
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS results (
@@ -88,7 +90,7 @@ impl Records {
              CREATE INDEX IF NOT EXISTS results_last_used ON results(last_used);",
         )?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        Ok(Records { conn: Mutex::new(conn) })
+        Ok(Records { conn: Mutex::new(conn), path: path.to_path_buf() })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -114,18 +116,22 @@ impl Records {
         })
     }
 
-    /// Marks an existing result as used now (adopting it if unrecorded).
-    pub fn used(&self, id: &str) -> Result<(), StoreError> {
-        let now = now_ns();
-        self.with(|c| {
-            let changed = c.execute("UPDATE results SET last_used = ?2 WHERE id = ?1", params![id, now])?;
-            if changed == 0 {
-                c.execute(
-                    "INSERT OR IGNORE INTO results (id, base, created, last_used) VALUES (?1, NULL, ?2, ?2)",
-                    params![id, now],
-                )?;
-            }
-            Ok(())
+    /// Moves the lookups noted in the log ([`crate::uses`]) into the record,
+    /// before anything reads the times of use. Only recorded results are
+    /// updated: adopting the others is reconcile's job.
+    fn fold_uses(&self) -> Result<(), StoreError> {
+        crate::uses::fold(&self.path, |uses| {
+            self.with(|c| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                {
+                    let mut update =
+                        tx.prepare("UPDATE results SET last_used = ?2 WHERE id = ?1 AND last_used < ?2")?;
+                    for (id, time) in uses {
+                        update.execute(params![id, time])?;
+                    }
+                }
+                tx.commit()
+            })
         })
     }
 
@@ -199,6 +205,7 @@ impl Records {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ResultRecord>, StoreError> {
+        self.fold_uses()?;
         self.with(|c| {
             c.query_row(
                 "SELECT r.id, r.base, r.created, r.last_used,
@@ -221,6 +228,7 @@ impl Records {
     /// Every recorded result, by id, in one query (children are counted
     /// here rather than by a subquery per row: `list` reads 100 000).
     pub fn all(&self) -> Result<Vec<ResultRecord>, StoreError> {
+        self.fold_uses()?;
         let mut records = self.with(|c| {
             // In table order, sorted below: ORDER BY id would seek the
             // table once per row through the id index.
@@ -244,6 +252,7 @@ impl Records {
     /// Results nothing is built on, least recently used first, optionally
     /// only those last used before `used_before` (Unix nanoseconds).
     pub fn leaves_by_age(&self, used_before: Option<i64>) -> Result<Vec<String>, StoreError> {
+        self.fold_uses()?;
         self.with(|c| {
             let mut stmt = c.prepare(
                 "SELECT r.id FROM results r
@@ -286,7 +295,7 @@ mod tests {
         r.committed("b", None).unwrap();
         r.committed("c1", Some("b")).unwrap();
         r.committed("c2", Some("b")).unwrap();
-        r.used("c1").unwrap();
+        crate::uses::note(&dir.path().join("db"), "c1", now_ns()).unwrap();
         assert_eq!(r.leaves_by_age(None).unwrap(), ["c2", "c1"]);
         assert_eq!(r.get("b").unwrap().unwrap().children, 2);
         r.deleted("c2").unwrap();

@@ -171,7 +171,7 @@ pub(super) fn imported(
     Ok(Output::new(json, text))
 }
 
-fn found(id: &str, path: &Path) -> Output {
+pub fn found(id: &str, path: &Path) -> Output {
     Output::new(json!({"id": id, "path": path}), path.display().to_string())
 }
 

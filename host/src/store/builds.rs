@@ -15,7 +15,7 @@ use crate::loader::Plugin;
 use crate::lock::{FileLock, Mode};
 use crate::names::check_id;
 use crate::plugin_verdict;
-use crate::records::{Reconciled, Records, ResultRecord};
+use crate::records::{now_ns, Reconciled, ResultRecord};
 use crate::sizes::tree_size;
 
 impl BlockingStore {
@@ -50,9 +50,8 @@ impl BlockingStore {
         if !fs::symlink_metadata(&path).ok()?.is_dir() {
             return None;
         }
-        match Records::open(&meta_dir.join(RECORDS_FILE)).and_then(|records| records.used(id)) {
-            Ok(()) => {}
-            Err(e) => warn!(id, "cannot record the use of a result: {e}"),
+        if let Err(e) = crate::uses::note(&meta_dir.join(RECORDS_FILE), id, now_ns()) {
+            warn!(id, "cannot record the use of a result: {e}");
         }
         Some(path)
     }

@@ -192,7 +192,7 @@ impl BlockingStore {
     /// Notes a use of result `id`; the record is an aid, so a failure to
     /// write it never fails the operation (reconcile repairs it).
     fn note_use(&self, id: &str) {
-        if let Err(e) = self.records().and_then(|r| r.used(id)) {
+        if let Err(e) = crate::uses::note(&self.inner.meta.join(RECORDS_FILE), id, crate::records::now_ns()) {
             warn!(id, "cannot record the use of a result: {e}");
         }
     }
