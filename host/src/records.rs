@@ -7,7 +7,7 @@
 //! record lacks and drops records whose result is gone. It runs when a
 //! whole view is needed (`list`, `prune`), never on the hot path.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,7 +37,7 @@ fn db_error(e: rusqlite::Error) -> StoreError {
 }
 
 /// The schema's version, kept in the record's `user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
@@ -65,7 +65,7 @@ impl Records {
     }
 
     fn open_checked(path: &Path) -> rusqlite::Result<Records> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         // A rollback journal, not WAL: WAL's shared memory is an mmap that
         // raises SIGBUS when the filesystem is full, and stores do fill up.
         // No fsync: what a process wrote survives its kill -9 (it is in the
@@ -79,18 +79,45 @@ impl Records {
         if conn.pragma_query_value(None, "user_version", |v| v.get::<_, i64>(0))? == SCHEMA_VERSION {
             return Ok(Records { conn: Mutex::new(conn), path: path.to_path_buf() });
         }
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS results (
+        Self::make_schema(&mut conn)?;
+        Ok(Records { conn: Mutex::new(conn), path: path.to_path_buf() })
+    }
+
+    /// Creates the schema, or brings an older record to it. Version 2 keeps
+    /// the rows in id order (WITHOUT ROWID), so reading the whole record
+    /// (`list` of 100 000) needs no sort; version 1 and older had a rowid
+    /// table, copied over once.
+    fn make_schema(conn: &mut Connection) -> rusqlite::Result<()> {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        // Another process may have done it while this one waited.
+        if tx.pragma_query_value(None, "user_version", |v| v.get::<_, i64>(0))? == SCHEMA_VERSION {
+            return tx.commit();
+        }
+        let older: bool =
+            tx.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = 'results')", [], |r| {
+                r.get(0)
+            })?;
+        tx.execute_batch(
+            "CREATE TABLE results_v2 (
                  id TEXT PRIMARY KEY,
                  base TEXT,
                  created INTEGER NOT NULL,
                  last_used INTEGER NOT NULL
-             );
-             CREATE INDEX IF NOT EXISTS results_base ON results(base);
-             CREATE INDEX IF NOT EXISTS results_last_used ON results(last_used);",
+             ) WITHOUT ROWID;",
         )?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        Ok(Records { conn: Mutex::new(conn), path: path.to_path_buf() })
+        if older {
+            tx.execute_batch(
+                "INSERT INTO results_v2 SELECT id, base, created, last_used FROM results;
+                 DROP TABLE results;",
+            )?;
+        }
+        tx.execute_batch(
+            "ALTER TABLE results_v2 RENAME TO results;
+             CREATE INDEX results_base ON results(base);
+             CREATE INDEX results_last_used ON results(last_used);",
+        )?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
@@ -143,26 +170,18 @@ impl Records {
     /// and returns it, by id. Reads the record once, and writes only what
     /// differs (most calls write nothing).
     pub fn reconcile(&self, present: &[String]) -> Result<Reconciled, StoreError> {
-        let mut records = self.all()?;
-        let mut present: Vec<&str> = present.iter().map(String::as_str).collect();
-        present.sort_unstable();
-        present.dedup();
-        // Both sorted by id: one merge, no hashing (100 000 results).
-        let (mut missing, mut gone) = (Vec::new(), Vec::new());
-        let (mut recorded_ids, mut present_ids) =
-            (records.iter().map(|r| r.id.as_str()).peekable(), present.iter().copied().peekable());
-        loop {
-            match (recorded_ids.peek(), present_ids.peek()) {
-                (None, None) => break,
-                (Some(r), Some(p)) if r == p => {
-                    recorded_ids.next();
-                    present_ids.next();
-                }
-                (Some(r), Some(p)) if r < p => gone.extend(recorded_ids.next()),
-                (Some(_), None) => gone.extend(recorded_ids.next()),
-                (_, Some(_)) => missing.extend(present_ids.next()),
-            }
-        }
+        let records = self.all()?;
+        // Hashing, not sorting, the backend's listing: it comes in directory
+        // order, and sorting 100 000 ids costs more than hashing them.
+        let present: HashSet<&str> = present.iter().map(String::as_str).collect();
+        let gone: Vec<&str> =
+            records.iter().map(|r| r.id.as_str()).filter(|id| !present.contains(id)).collect();
+        let missing: Vec<&str> = if records.len() - gone.len() == present.len() {
+            Vec::new() // every present result is recorded: the usual case
+        } else {
+            let recorded: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+            present.iter().copied().filter(|id| !recorded.contains(id)).collect()
+        };
         if missing.is_empty() && gone.is_empty() {
             return Ok(Reconciled { adopted: 0, dropped: 0, records });
         }
@@ -185,23 +204,8 @@ impl Records {
             tx.commit()?;
             Ok((adopted, dropped))
         })?;
-        let gone: HashSet<String> = gone.into_iter().map(str::to_owned).collect();
-        let missing: Vec<String> = missing.into_iter().map(str::to_owned).collect();
-        let adopted_records: Vec<ResultRecord> = missing
-            .iter()
-            .map(|id| ResultRecord {
-                id: id.to_string(),
-                base: None,
-                created: now,
-                last_used: now,
-                children: 0,
-            })
-            .collect();
-        records.retain(|r| !gone.contains(&r.id));
-        records.extend(adopted_records);
-        records.sort_by(|a, b| a.id.cmp(&b.id));
-        count_children(&mut records);
-        Ok(Reconciled { adopted, dropped, records })
+        // Read again, in id order, with the children counted anew.
+        Ok(Reconciled { adopted, dropped, records: self.all()? })
     }
 
     pub fn get(&self, id: &str) -> Result<Option<ResultRecord>, StoreError> {
@@ -230,8 +234,7 @@ impl Records {
     pub fn all(&self) -> Result<Vec<ResultRecord>, StoreError> {
         self.fold_uses()?;
         let mut records = self.with(|c| {
-            // In table order, sorted below: ORDER BY id would seek the
-            // table once per row through the id index.
+            // The table is kept in id order (schema version 2).
             let mut stmt = c.prepare("SELECT id, base, created, last_used FROM results")?;
             let rows = stmt.query_map([], |r| {
                 Ok(ResultRecord {
@@ -244,7 +247,6 @@ impl Records {
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })?;
-        records.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         count_children(&mut records);
         Ok(records)
     }
@@ -266,14 +268,16 @@ impl Records {
     }
 }
 
-/// Fills in how many of `records` are built on each.
+/// Fills in how many of `records` (sorted by id) are built on each.
 fn count_children(records: &mut [ResultRecord]) {
-    let mut counts: HashMap<String, u64> = HashMap::new();
-    for base in records.iter().filter_map(|r| r.base.as_ref()) {
-        *counts.entry(base.clone()).or_default() += 1;
+    let mut counts = vec![0u64; records.len()];
+    for base in records.iter().filter_map(|r| r.base.as_deref()) {
+        if let Ok(at) = records.binary_search_by(|r| r.id.as_str().cmp(base)) {
+            counts[at] += 1;
+        }
     }
-    for record in records.iter_mut() {
-        record.children = counts.get(&record.id).copied().unwrap_or(0);
+    for (record, count) in records.iter_mut().zip(counts) {
+        record.children = count;
     }
 }
 
@@ -301,6 +305,28 @@ mod tests {
         r.deleted("c2").unwrap();
         r.deleted("c1").unwrap();
         assert_eq!(r.leaves_by_age(None).unwrap(), ["b"]);
+    }
+
+    #[test]
+    fn an_older_record_is_brought_to_the_current_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE results (id TEXT PRIMARY KEY, base TEXT, created INTEGER NOT NULL,
+                 last_used INTEGER NOT NULL);
+             INSERT INTO results VALUES ('z', NULL, 1, 5), ('a', 'z', 2, 3);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(old);
+        let r = Records::open(&path).unwrap();
+        let ids: Vec<_> =
+            r.all().unwrap().into_iter().map(|r| (r.id, r.base, r.last_used, r.children)).collect();
+        assert_eq!(ids, [("a".into(), Some("z".into()), 3, 0), ("z".into(), None, 5, 1)]);
+        drop(r);
+        // Opening it again finds the current version and changes nothing.
+        assert_eq!(Records::open(&path).unwrap().all().unwrap().len(), 2);
     }
 
     #[test]

@@ -146,12 +146,23 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
             *width = (*width).max(cell.chars().count());
         }
     }
-    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    // Written cell by cell into one string: `list` prints 100 000 rows.
     let mut text = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
-        text += cells.join("  ").trim_end();
-        text += "\n";
+    let header = header.iter().copied();
+    for row in std::iter::once(header.collect::<Vec<_>>())
+        .chain(rows.iter().map(|r| r.iter().map(String::as_str).collect()))
+    {
+        let start = text.len();
+        for (column, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            if column > 0 {
+                text.push_str("  ");
+            }
+            text.push_str(cell);
+            text.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.chars().count())));
+        }
+        let end = start + text[start..].trim_end().len();
+        text.truncate(end);
+        text.push('\n');
     }
     text
 }
