@@ -103,17 +103,28 @@ pub fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value, Store
 /// `snapstore list`: a table each of results, caches and leases, with a
 /// header; empty tables are left out.
 pub fn listing_text(listing: &Listing, sizes: Option<&HashMap<String, u64>>) -> String {
-    let when = |t: f64| {
-        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(t.max(0.0));
-        humantime::format_rfc3339_seconds(time).to_string()
+    // Results made together share their second: each is formatted once.
+    let mut last_formatted: Option<(u64, String)> = None;
+    let mut when = |t: f64| {
+        let seconds = t.max(0.0) as u64;
+        match &last_formatted {
+            Some((at, text)) if *at == seconds => text.clone(),
+            _ => {
+                let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+                let text = humantime::format_rfc3339_seconds(time).to_string();
+                last_formatted = Some((seconds, text.clone()));
+                text
+            }
+        }
     };
     let results = listing.results.iter().map(|r| {
         let base = r.base.clone().unwrap_or_else(|| "-".into());
-        let mut row = vec![r.id.clone(), base, r.children.to_string(), when(r.created), when(r.last_used)];
+        let mut row = Vec::with_capacity(7);
+        row.extend([r.id.clone(), base, r.children.to_string(), when(r.created), when(r.last_used)]);
         if let Some(sizes) = sizes {
             row.push(indicatif::HumanBytes(sizes[&r.id]).to_string());
         }
-        row.push(r.path.display().to_string());
+        row.push(r.path.to_string_lossy().into_owned());
         row
     });
     let mut result_header = vec!["RESULT", "BASE", "CHILDREN", "CREATED", "LAST USED"];
@@ -158,7 +169,9 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
                 text.push_str("  ");
             }
             text.push_str(cell);
-            text.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.chars().count())));
+            for _ in cell.chars().count()..*width {
+                text.push(' ');
+            }
         }
         let end = start + text[start..].trim_end().len();
         text.truncate(end);
