@@ -5,6 +5,7 @@
 //! trees ([`sandbox`]), and the loud skip
 //! that a test needing root or a tool uses.
 
+pub mod fault_proxy;
 pub mod fidelity;
 mod loop_fs;
 pub mod registry;
@@ -13,6 +14,7 @@ mod zfs_pool;
 
 use std::process::Command;
 
+pub use fault_proxy::{Fault, FaultProxy};
 pub use loop_fs::{sync, LoopFs};
 pub use registry::{Registry, RegistryOptions};
 pub use zfs_pool::ZfsPool;

@@ -9,7 +9,9 @@
 //! connection dropped mid-blob resumes at the byte reached (a ranged GET),
 //! a bounded number of times; the caller verifies the digest of what it
 //! reads. Every request that can fail transiently (unreachable, dropped,
-//! 429, 5xx) is tried [`errors::ATTEMPTS`] times with a growing pause.
+//! 429, 5xx) is tried [`errors::ATTEMPTS`] times with a growing pause, or
+//! after a 429 the pause the registry's Retry-After asks for (capped at
+//! [`errors::MAX_RETRY_AFTER`]); a 401 or 403 is not retried.
 //!
 //! Credentials come from the containers auth files ([`credentials`]), CA
 //! certificates from the certs.d directories ([`certs`]). HTTPS is the
@@ -302,11 +304,49 @@ impl RegistryTransport {
                         return Err(failure.error);
                     }
                     tracing::debug!("registry {}: {what}: {err}; trying again", self.registry);
-                    std::thread::sleep(errors::backoff(attempt, failure.rate_limited));
+                    std::thread::sleep(self.pause(&err, attempt, failure.rate_limited));
                     attempt += 1;
                 }
             }
         }
+    }
+}
+
+impl RegistryTransport {
+    /// The pause before trying again after `err`. For a 429, what the
+    /// registry's Retry-After says (capped): oci-client does not hand the
+    /// header on, so the failed URL is asked again with a HEAD, which a
+    /// limited registry answers with the same 429 and its Retry-After.
+    /// Without one, the growing pause of [`errors::backoff`].
+    pub(super) fn pause(
+        &self,
+        err: &OciDistributionError,
+        attempt: u32,
+        rate_limited: bool,
+    ) -> std::time::Duration {
+        let fallback = errors::backoff(attempt, rate_limited);
+        if !rate_limited {
+            return fallback;
+        }
+        let url =
+            errors::failed_url(err).unwrap_or_else(|| format!("{}://{}/v2/", self.scheme, self.registry));
+        let request = match &self.auth {
+            RegistryAuth::Basic(user, password) => self.http.head(&url).basic_auth(user, Some(password)),
+            RegistryAuth::Bearer(token) => self.http.head(&url).bearer_auth(token),
+            RegistryAuth::Anonymous => self.http.head(&url),
+        };
+        // Sent inside the runtime: the request's timeout needs its timer.
+        let Ok(response) = self.runtime.block_on(async { request.send().await }) else { return fallback };
+        if response.status().as_u16() != 429 {
+            // The limit is already lifted: a short pause, not the long one.
+            return errors::backoff(attempt, false);
+        }
+        response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| errors::retry_after(v, std::time::SystemTime::now()))
+            .unwrap_or(fallback)
     }
 }
 
