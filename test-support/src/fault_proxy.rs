@@ -18,6 +18,9 @@ use std::time::Duration;
 /// What the proxy does to a request instead of forwarding it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
+    /// `401 Unauthorized` with a Bearer challenge for this realm, as a
+    /// registry answers a token it no longer takes.
+    Unauthorized(String),
     /// `429 Too Many Requests` with this `Retry-After` value (seconds, or an
     /// HTTP date), or none.
     TooManyRequests(Option<String>),
@@ -123,13 +126,13 @@ impl Drop for FaultProxy {
 }
 
 /// A request or response head: its first line and its header lines.
-struct Head {
-    first: String,
-    headers: Vec<(String, String)>,
+pub(crate) struct Head {
+    pub first: String,
+    pub headers: Vec<(String, String)>,
 }
 
 impl Head {
-    fn read(reader: &mut impl BufRead) -> io::Result<Option<Head>> {
+    pub(crate) fn read(reader: &mut impl BufRead) -> io::Result<Option<Head>> {
         let mut first = String::new();
         if reader.read_line(&mut first)? == 0 {
             return Ok(None);
@@ -151,7 +154,7 @@ impl Head {
         Ok(Some(Head { first: first.trim_end().to_string(), headers }))
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
@@ -201,6 +204,7 @@ fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> io::Result<
         }
         Some(Fault::Unavailable) => Some((503, "Service Unavailable", None, "UNAVAILABLE")),
         Some(Fault::Forbidden) => Some((403, "Forbidden", None, "DENIED")),
+        Some(Fault::Unauthorized(_)) => Some((401, "Unauthorized", None, "UNAUTHORIZED")),
         _ => None,
     };
     if let Some((status, reason, retry_after, code)) = canned {
@@ -213,6 +217,9 @@ fn serve(client: TcpStream, upstream: &str, state: &Mutex<State>) -> io::Result<
         );
         if let Some(after) = retry_after {
             head += &format!("Retry-After: {after}\r\n");
+        }
+        if let Some(Fault::Unauthorized(realm)) = &fault {
+            head += &format!("WWW-Authenticate: Bearer realm=\"{realm}\",error=\"invalid_token\"\r\n");
         }
         head += "Connection: close\r\n\r\n";
         seen.status = status;

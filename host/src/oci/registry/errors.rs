@@ -53,6 +53,8 @@ pub struct Failure {
     /// A later try may succeed (unreachable for now, dropped, 429, 5xx).
     pub transient: bool,
     pub rate_limited: bool,
+    /// A 401: the credentials, or a token the registry no longer takes.
+    pub unauthorized: bool,
 }
 
 /// Where a failure happened, for messages: the registry and the operation.
@@ -81,15 +83,18 @@ pub fn classify(err: &OciDistributionError, cx: &Context) -> Failure {
         E::RequestError(e) => e.status().map(|s| s.as_u16()),
         _ => None,
     };
+    let unauthorized = status == Some(401);
     let fatal = |kind, message: String| Failure {
         error: StoreError::new(kind, message),
         transient: false,
         rate_limited: false,
+        unauthorized,
     };
     let transient = |kind, message: String, rate_limited| Failure {
         error: StoreError::new(kind, message),
         transient: true,
         rate_limited,
+        unauthorized,
     };
     match status {
         Some(401) => {

@@ -22,6 +22,7 @@ pub mod certs;
 pub mod credentials;
 mod errors;
 mod reader;
+mod token;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -220,8 +221,7 @@ impl RegistryTransport {
     /// Deletes the manifest `tag` names (by its digest, as the API wants),
     /// and with it every tag of that manifest. A manifest already gone is
     /// not an error. The registry must allow deletes; its garbage
-    /// collection frees the blobs. Works with basic auth and identity
-    /// tokens, not yet with registries that hand out tokens per request.
+    /// collection frees the blobs.
     pub fn delete_manifest(&mut self, tag: &str) -> Result<(), StoreError> {
         let reference = self.reference(tag);
         let what = format!("finding the digest of {}:{tag}", self.repository);
@@ -236,11 +236,7 @@ impl RegistryTransport {
         let url = format!("{}://{}/v2/{}/manifests/{digest}", self.scheme, self.registry, self.repository);
         let what = format!("deleting {}:{tag}", self.repository);
         let status = self.retrying(&what, |t| {
-            let request = match &t.auth {
-                RegistryAuth::Basic(user, password) => t.http.delete(&url).basic_auth(user, Some(password)),
-                RegistryAuth::Bearer(token) => t.http.delete(&url).bearer_auth(token),
-                RegistryAuth::Anonymous => t.http.delete(&url),
-            };
+            let request = t.delete_request(&url)?;
             // Built inside the runtime: the request's timeout needs its timer.
             let response = t.runtime.block_on(async { request.send().await })?;
             match response.status().as_u16() {
@@ -257,6 +253,59 @@ impl RegistryTransport {
             )));
         }
         Ok(())
+    }
+
+    /// Asks the registry for fresh tokens (for pulling, and for pushing
+    /// unless read-only), replacing the ones oci-client holds. A registry
+    /// without token auth takes the credentials as they are.
+    fn authenticate(&self) -> Result<(), OciDistributionError> {
+        let reference = self.reference("latest");
+        self.runtime.block_on(async {
+            self.client.auth(&reference, &self.auth, oci_client::RegistryOperation::Pull).await?;
+            if self.login_for == oci_client::RegistryOperation::Push {
+                self.client.auth(&reference, &self.auth, oci_client::RegistryOperation::Push).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A request of our own (for what oci-client lacks), authenticated as
+    /// oci-client's are: with a token for `operation` when the registry
+    /// hands them out, else with the credentials.
+    fn own_request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        operation: oci_client::RegistryOperation,
+    ) -> Result<reqwest::RequestBuilder, OciDistributionError> {
+        let request = self.http.request(method, url);
+        let token = match &self.auth {
+            RegistryAuth::Bearer(token) => Some(token.clone()),
+            auth => self.runtime.block_on(self.client.auth(&self.reference("latest"), auth, operation))?,
+        };
+        Ok(match (token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        })
+    }
+
+    /// A DELETE of `url`: with a token for the `delete` action when the
+    /// registry hands out tokens (oci-client's tokens grant pull and push
+    /// only), else with the credentials.
+    fn delete_request(&self, url: &str) -> Result<reqwest::RequestBuilder, OciDistributionError> {
+        let base = format!("{}://{}", self.scheme, self.registry);
+        let scope = format!("repository:{}:delete", self.repository);
+        let token = match &self.auth {
+            RegistryAuth::Bearer(token) => Some(token.clone()),
+            auth => self.runtime.block_on(token::token_for(&self.http, &base, auth, &scope))?,
+        };
+        let request = self.http.delete(url);
+        Ok(match (token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        })
     }
 
     /// Authenticates up front (a bearer-token registry hands out its token
@@ -295,11 +344,21 @@ impl RegistryTransport {
         mut op: impl FnMut(&Self) -> Result<T, OciDistributionError>,
     ) -> Result<T, StoreError> {
         let mut attempt = 1;
+        let mut reauthenticated = false;
         loop {
             match op(self) {
                 Ok(value) => return Ok(value),
                 Err(err) => {
                     let failure = classify(&err, &self.context(what));
+                    // A token that expired (or that the registry stopped
+                    // taking) before oci-client's cache says: a fresh one,
+                    // once; wrong credentials fail here in their own line.
+                    if failure.unauthorized && !reauthenticated {
+                        reauthenticated = true;
+                        tracing::debug!("registry {}: {what}: 401; authenticating again", self.registry);
+                        self.authenticate().map_err(|e| classify(&e, &self.context(what)).error)?;
+                        continue;
+                    }
                     if !failure.transient || attempt >= ATTEMPTS {
                         return Err(failure.error);
                     }
@@ -330,10 +389,9 @@ impl RegistryTransport {
         }
         let url =
             errors::failed_url(err).unwrap_or_else(|| format!("{}://{}/v2/", self.scheme, self.registry));
-        let request = match &self.auth {
-            RegistryAuth::Basic(user, password) => self.http.head(&url).basic_auth(user, Some(password)),
-            RegistryAuth::Bearer(token) => self.http.head(&url).bearer_auth(token),
-            RegistryAuth::Anonymous => self.http.head(&url),
+        let Ok(request) = self.own_request(reqwest::Method::HEAD, &url, oci_client::RegistryOperation::Pull)
+        else {
+            return fallback;
         };
         // Sent inside the runtime: the request's timeout needs its timer.
         let Ok(response) = self.runtime.block_on(async { request.send().await }) else { return fallback };
