@@ -2,7 +2,7 @@
 //! in a registry, through the OCI distribution API (`oci-client`).
 //!
 //! The transport trait is synchronous; each transport owns a small tokio
-//! runtime (one thread) and blocks on it. Blobs go up streamed from their file in chunks
+//! runtime and blocks on it. Blobs go up streamed from their file in chunks
 //! (a PATCH per 4 MiB) and are committed by digest, so an interrupted upload
 //! leaves only an unreferenced upload session in the registry, never a
 //! visible blob or image; the manifest goes last. Downloads stream; a
@@ -128,11 +128,7 @@ impl RegistryTransport {
         } else {
             repository
         };
-        // One thread of its own: downloads read ahead there (see
-        // [`reader::BlobReader`]) while the caller applies what came.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("registry")
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| StoreError::io("cannot start the registry client's runtime", &e))?;

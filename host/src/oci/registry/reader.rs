@@ -46,21 +46,14 @@ pub fn file_chunks(
     }))
 }
 
-/// Pieces of the body read ahead of the caller (a piece is what one read
-/// of the socket gave, up to some hundred KiB).
-const READ_AHEAD: usize = 256;
-
-/// A blob being downloaded. The body is read on the transport's runtime
-/// thread, ahead of the caller (up to [`READ_AHEAD`] pieces), so that the
-/// download goes on while the caller decompresses and writes what it got.
-/// When the connection drops (or the body ends short), it asks again from
-/// the byte reached, up to [`ATTEMPTS`] times in all; a registry that
-/// ignores the range sends the whole blob again, and the part already read
-/// is skipped.
+/// A blob being downloaded. When the connection drops (or the body ends
+/// short), it asks again from the byte reached, up to [`ATTEMPTS`] times in
+/// all; a registry that ignores the range sends the whole blob again, and
+/// the part already read is skipped.
 pub struct BlobReader<'a> {
     transport: &'a RegistryTransport,
     descriptor: OciDescriptor,
-    stream: Option<tokio::sync::mpsc::Receiver<io::Result<Bytes>>>,
+    stream: Option<BoxStream<'static, io::Result<Bytes>>>,
     pending: Bytes,
     /// Bytes handed to the caller.
     offset: u64,
@@ -92,26 +85,8 @@ impl<'a> BlobReader<'a> {
         let stream = transport.retrying(&what, |t| {
             t.runtime.block_on(t.client.pull_blob_stream(&reference, &reader.descriptor))
         })?;
-        reader.stream = Some(reader.read_ahead(stream.stream));
+        reader.stream = Some(stream.stream);
         Ok(reader)
-    }
-
-    /// Reads `stream` on the runtime's thread into a bounded channel; the
-    /// reading stops when the channel's receiver is dropped.
-    fn read_ahead(
-        &self,
-        mut stream: BoxStream<'static, io::Result<Bytes>>,
-    ) -> tokio::sync::mpsc::Receiver<io::Result<Bytes>> {
-        let (sender, receiver) = tokio::sync::mpsc::channel(READ_AHEAD);
-        self.transport.runtime.spawn(async move {
-            while let Some(piece) = stream.next().await {
-                let failed = piece.is_err();
-                if sender.send(piece).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
-        receiver
     }
 
     fn what(&self) -> String {
@@ -131,11 +106,11 @@ impl<'a> BlobReader<'a> {
         match response {
             BlobResponse::Partial(stream) => {
                 self.skip = 0;
-                self.stream = Some(self.read_ahead(stream.stream));
+                self.stream = Some(stream.stream);
             }
             BlobResponse::Full(stream) => {
                 self.skip = self.offset;
-                self.stream = Some(self.read_ahead(stream.stream));
+                self.stream = Some(stream.stream);
             }
         }
         Ok(())
@@ -189,7 +164,7 @@ impl Read for BlobReader<'_> {
                 }
                 continue;
             };
-            match stream.blocking_recv() {
+            match self.transport.runtime.block_on(stream.next()) {
                 Some(Ok(mut bytes)) => {
                     let skipped = self.skip.min(bytes.len() as u64);
                     let _ = bytes.split_to(skipped as usize);
