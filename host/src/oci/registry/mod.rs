@@ -49,6 +49,11 @@ pub struct RegistrySettings {
     pub certs_dir: Option<PathBuf>,
     /// The only auth file to read, instead of the search (see [`credentials`]).
     pub auth_file: Option<PathBuf>,
+    /// Other repositories of the same registry that may hold the blobs
+    /// being pushed: a blob found in one of them is mounted (a cross-
+    /// repository mount), not uploaded again. Best effort: when the mount
+    /// fails, the blob is uploaded.
+    pub mount_from: Vec<String>,
     /// Only reads: log in for pulling (credentials with pull rights only,
     /// and anonymous access to public images, then work).
     pub read_only: bool,
@@ -110,6 +115,8 @@ pub struct RegistryTransport {
     http: reqwest::Client,
     scheme: &'static str,
     login_for: oci_client::RegistryOperation,
+    /// See [`RegistrySettings::mount_from`].
+    mount_from: Vec<String>,
 }
 
 impl RegistryTransport {
@@ -168,7 +175,9 @@ impl RegistryTransport {
                 errors::detail(&e)
             ))
         })?;
+        let mount_from = settings.mount_from.iter().filter(|r| r.as_str() != repository).cloned().collect();
         let transport = RegistryTransport {
+            mount_from,
             runtime,
             client,
             auth,
@@ -408,6 +417,34 @@ impl RegistryTransport {
     }
 }
 
+impl RegistryTransport {
+    /// Mounts blob `digest` from the first of [`RegistrySettings::mount_from`]
+    /// that holds it; false when none does, or the mount fails (the caller
+    /// then uploads it). The source is asked first, so that a mount of a
+    /// blob it lacks does not open an upload session.
+    fn mounted(&self, digest: &str) -> bool {
+        let target = self.reference("latest");
+        for repository in &self.mount_from {
+            let source = Reference::with_tag(self.registry.clone(), repository.clone(), "latest".into());
+            let mounted = self.runtime.block_on(async {
+                if !self.client.blob_exists(&source, digest).await? {
+                    return Ok(false);
+                }
+                self.client.mount_blob(&target, &source, digest).await.map(|()| true)
+            });
+            match mounted {
+                Ok(true) => {
+                    tracing::debug!(digest, from = repository.as_str(), "blob mounted");
+                    return true;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(digest, from = repository.as_str(), "no mount: {e}"),
+            }
+        }
+        false
+    }
+}
+
 impl ImageTransport for RegistryTransport {
     fn describe(&self) -> String {
         format!("docker://{}/{}", self.registry, self.repository)
@@ -422,6 +459,9 @@ impl ImageTransport for RegistryTransport {
     fn put_blob(&mut self, desc: &Descriptor, file: &Path) -> Result<(), StoreError> {
         let reference = self.reference("latest");
         let digest = desc.digest().to_string();
+        if self.mounted(&digest) {
+            return Ok(());
+        }
         let what = format!("pushing blob {digest}");
         self.retrying(&what, |t| {
             // A fresh upload each try: a session the registry lost with a
