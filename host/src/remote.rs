@@ -24,13 +24,18 @@ use crate::oci::{ExportOptions, ExportReport, ImageTransport, ImportReport};
 use crate::store::{BlockingStore, META_DIR};
 
 /// Makes the remote's registry settings (insecure, certs_dir) those used
-/// for its registry in this process, also by `export` and `import`.
+/// for its registry in this process, also by `export` and `import`; blobs
+/// the remote's repository holds are mounted into other repositories of
+/// its registry rather than uploaded again.
 pub fn configure(remote: &RemoteConfig) {
     registry::configure(
         &remote.registry,
         RegistrySettings {
             insecure: remote.insecure,
             certs_dir: remote.certs_dir.clone(),
+            // An export to another repository of the remote's registry
+            // mounts what the remote already holds.
+            mount_from: vec![remote.repository.clone()],
             ..Default::default()
         },
     );

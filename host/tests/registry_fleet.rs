@@ -188,14 +188,13 @@ fn a_bad_remote_is_a_one_line_config_error() {
     assert!(err.contains("[remote]") && err.contains("docker://"), "{err}");
 }
 
-/// Four processes on two stores push and pull overlapping ids for ~20 s
-/// (the issue asks for a minute; shortened for the shared test machine):
-/// none fails, and every pulled result is whole.
+/// Four processes on two stores push and pull overlapping ids for a
+/// minute, as the issue asks: none fails, and every pulled result is whole.
 #[test]
 fn concurrent_pushes_and_pulls_on_two_stores() {
     let Some(registry) = Registry::plain() else { return };
     let stores = [rsync_worker(&registry, "on-miss", "never"), rsync_worker(&registry, "on-miss", "never")];
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     std::thread::scope(|scope| {
         for worker in 0..4 {
             let store = &stores[worker % 2];

@@ -5,16 +5,20 @@
 //! trees ([`sandbox`]), and the loud skip
 //! that a test needing root or a tool uses.
 
+pub mod fault_proxy;
 pub mod fidelity;
 mod loop_fs;
 pub mod registry;
 pub mod sandbox;
+pub mod token_service;
 mod zfs_pool;
 
 use std::process::Command;
 
+pub use fault_proxy::{Fault, FaultProxy};
 pub use loop_fs::{sync, LoopFs};
 pub use registry::{Registry, RegistryOptions};
+pub use token_service::TokenService;
 pub use zfs_pool::ZfsPool;
 
 /// True when running in CI, where nothing may be skipped.

@@ -1,7 +1,8 @@
 //! A real OCI registry for tests: Debian's `docker-registry` (the CNCF
 //! distribution registry) on 127.0.0.1 with a port of its own, storing its
 //! blobs in a temporary directory, optionally behind htpasswd auth and TLS
-//! from a certificate authority made for the test. Dropping it stops the
+//! from a certificate authority made for the test, or behind token auth
+//! with a token service of its own ([`TokenService`]). Dropping it stops the
 //! process and removes everything it wrote.
 
 use std::fs;
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::token_service::{TokenService, ISSUER, SERVICE};
 use crate::{installed, run, skip};
 
 /// What the registry asks of its clients.
@@ -18,6 +20,9 @@ use crate::{installed, run, skip};
 pub struct RegistryOptions {
     /// Basic auth (htpasswd, bcrypt) with this user and password.
     pub auth: Option<(String, String)>,
+    /// Token auth (`auth: token`): a [`TokenService`] for this user and
+    /// password, whose tokens last this long.
+    pub token: Option<(String, String, Duration)>,
     /// Serve HTTPS with a certificate signed by a CA made for this registry
     /// ([`Registry::ca_cert`]); without it, plain HTTP.
     pub tls: bool,
@@ -30,6 +35,7 @@ pub struct Registry {
     /// The registry's filesystem storage (its `rootdirectory`).
     pub storage: PathBuf,
     options: RegistryOptions,
+    token_service: Option<TokenService>,
     work: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -43,7 +49,20 @@ impl Registry {
 
     /// A registry over HTTPS that wants `user` and `password`.
     pub fn secured(user: &str, password: &str) -> Option<Registry> {
-        Self::start(RegistryOptions { auth: Some((user.into(), password.into())), tls: true })
+        Self::start(RegistryOptions {
+            auth: Some((user.into(), password.into())),
+            tls: true,
+            ..Default::default()
+        })
+    }
+
+    /// A registry over plain HTTP with token auth: its token service takes
+    /// `user` and `password` and hands out tokens that last `lifetime`.
+    pub fn with_tokens(user: &str, password: &str, lifetime: Duration) -> Option<Registry> {
+        Self::start(RegistryOptions {
+            token: Some((user.into(), password.into(), lifetime)),
+            ..Default::default()
+        })
     }
 
     /// A registry as `options` say, or `None` after a loud skip when the
@@ -54,7 +73,7 @@ impl Registry {
         if options.auth.is_some() {
             tools.push("htpasswd");
         }
-        if options.tls {
+        if options.tls || options.token.is_some() {
             tools.push("openssl");
         }
         if let Some(tool) = tools.iter().find(|t| !installed(t)) {
@@ -72,11 +91,28 @@ impl Registry {
         let storage = work.path().join("storage");
         fs::create_dir(&storage).map_err(|e| format!("{}: {e}", storage.display()))?;
         let port = free_port()?;
-        let mut registry =
-            Registry { host: format!("127.0.0.1:{port}"), storage, options, work, child: None };
+        let token_service = match &options.token {
+            Some((user, password, lifetime)) => {
+                Some(TokenService::start(work.path(), user, password, *lifetime)?)
+            }
+            None => None,
+        };
+        let mut registry = Registry {
+            host: format!("127.0.0.1:{port}"),
+            storage,
+            options,
+            token_service,
+            work,
+            child: None,
+        };
         registry.write_config()?;
         registry.launch()?;
         Ok(registry)
+    }
+
+    /// The token service of a registry with token auth.
+    pub fn token_service(&self) -> Option<&TokenService> {
+        self.token_service.as_ref()
     }
 
     /// The CA certificate that signed the registry's own (TLS only): what a
@@ -166,6 +202,13 @@ impl Registry {
             fs::write(&file, line + "\n").map_err(|e| e.to_string())?;
             config +=
                 &format!("auth:\n  htpasswd:\n    realm: snapstore-test\n    path: {}\n", file.display());
+        }
+        if let Some(tokens) = &self.token_service {
+            config += &format!(
+                "auth:\n  token:\n    realm: {}\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                tokens.realm,
+                tokens.certificate.display()
+            );
         }
         fs::write(dir.join("config.yml"), config).map_err(|e| e.to_string())
     }

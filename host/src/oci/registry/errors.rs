@@ -9,12 +9,42 @@ use store_api::{ErrorKind, StoreError};
 /// Tries of one request before its failure is reported.
 pub const ATTEMPTS: u32 = 4;
 
+/// The longest wait a registry's Retry-After can ask for: a registry that
+/// wants longer gets its one-line error instead of a silent hang.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
 /// The pause before try `attempt` (1-based, after a failure): 0.5 s, 1 s, 2 s.
-/// A 429 waits longer (2 s, 4 s, 8 s): oci-client does not hand its
-/// Retry-After header on, so the wait grows until the registry lets go.
+/// A 429 whose Retry-After is unknown waits longer (2 s, 4 s, 8 s).
 pub fn backoff(attempt: u32, rate_limited: bool) -> Duration {
     let base = if rate_limited { 2000 } else { 500 };
     Duration::from_millis(base << (attempt.saturating_sub(1)).min(4))
+}
+
+/// The wait a `Retry-After` header asks for: delay-seconds or an HTTP date
+/// (relative to `now`), capped at [`MAX_RETRY_AFTER`]; `None` when the
+/// value is neither.
+pub fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let when = httpdate::parse_http_date(value).ok()?;
+            when.duration_since(now).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// The URL of the request that failed, when the error names it.
+pub fn failed_url(err: &OciDistributionError) -> Option<String> {
+    use OciDistributionError as E;
+    match err {
+        E::ServerError { url, .. } | E::RegistryError { url, .. } | E::UnauthorizedError { url } => {
+            Some(url.clone())
+        }
+        E::RequestError(e) => e.url().map(|u| u.to_string()),
+        _ => None,
+    }
 }
 
 /// A classified failure.
@@ -23,6 +53,8 @@ pub struct Failure {
     /// A later try may succeed (unreachable for now, dropped, 429, 5xx).
     pub transient: bool,
     pub rate_limited: bool,
+    /// A 401: the credentials, or a token the registry no longer takes.
+    pub unauthorized: bool,
 }
 
 /// Where a failure happened, for messages: the registry and the operation.
@@ -51,15 +83,18 @@ pub fn classify(err: &OciDistributionError, cx: &Context) -> Failure {
         E::RequestError(e) => e.status().map(|s| s.as_u16()),
         _ => None,
     };
+    let unauthorized = status == Some(401);
     let fatal = |kind, message: String| Failure {
         error: StoreError::new(kind, message),
         transient: false,
         rate_limited: false,
+        unauthorized,
     };
     let transient = |kind, message: String, rate_limited| Failure {
         error: StoreError::new(kind, message),
         transient: true,
         rate_limited,
+        unauthorized,
     };
     match status {
         Some(401) => {
@@ -223,6 +258,19 @@ mod tests {
 
     fn cx() -> Context<'static> {
         Context { registry: "reg:5000", repository: "ci/results", what: "pushing x", certs_hint: "/etc/c" }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date_and_is_capped() {
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(retry_after(" 3 ", now), Some(Duration::from_secs(3)));
+        assert_eq!(retry_after("86400", now), Some(MAX_RETRY_AFTER));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(5));
+        assert_eq!(retry_after(&later, now), Some(Duration::from_secs(5)));
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(5));
+        assert_eq!(retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-1", now), None);
     }
 
     #[test]

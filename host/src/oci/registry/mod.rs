@@ -9,7 +9,9 @@
 //! connection dropped mid-blob resumes at the byte reached (a ranged GET),
 //! a bounded number of times; the caller verifies the digest of what it
 //! reads. Every request that can fail transiently (unreachable, dropped,
-//! 429, 5xx) is tried [`errors::ATTEMPTS`] times with a growing pause.
+//! 429, 5xx) is tried [`errors::ATTEMPTS`] times with a growing pause, or
+//! after a 429 the pause the registry's Retry-After asks for (capped at
+//! [`errors::MAX_RETRY_AFTER`]); a 401 or 403 is not retried.
 //!
 //! Credentials come from the containers auth files ([`credentials`]), CA
 //! certificates from the certs.d directories ([`certs`]). HTTPS is the
@@ -20,6 +22,7 @@ pub mod certs;
 pub mod credentials;
 mod errors;
 mod reader;
+mod token;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -46,6 +49,11 @@ pub struct RegistrySettings {
     pub certs_dir: Option<PathBuf>,
     /// The only auth file to read, instead of the search (see [`credentials`]).
     pub auth_file: Option<PathBuf>,
+    /// Other repositories of the same registry that may hold the blobs
+    /// being pushed: a blob found in one of them is mounted (a cross-
+    /// repository mount), not uploaded again. Best effort: when the mount
+    /// fails, the blob is uploaded.
+    pub mount_from: Vec<String>,
     /// Only reads: log in for pulling (credentials with pull rights only,
     /// and anonymous access to public images, then work).
     pub read_only: bool,
@@ -107,6 +115,8 @@ pub struct RegistryTransport {
     http: reqwest::Client,
     scheme: &'static str,
     login_for: oci_client::RegistryOperation,
+    /// See [`RegistrySettings::mount_from`].
+    mount_from: Vec<String>,
 }
 
 impl RegistryTransport {
@@ -165,7 +175,9 @@ impl RegistryTransport {
                 errors::detail(&e)
             ))
         })?;
+        let mount_from = settings.mount_from.iter().filter(|r| r.as_str() != repository).cloned().collect();
         let transport = RegistryTransport {
+            mount_from,
             runtime,
             client,
             auth,
@@ -218,8 +230,7 @@ impl RegistryTransport {
     /// Deletes the manifest `tag` names (by its digest, as the API wants),
     /// and with it every tag of that manifest. A manifest already gone is
     /// not an error. The registry must allow deletes; its garbage
-    /// collection frees the blobs. Works with basic auth and identity
-    /// tokens, not yet with registries that hand out tokens per request.
+    /// collection frees the blobs.
     pub fn delete_manifest(&mut self, tag: &str) -> Result<(), StoreError> {
         let reference = self.reference(tag);
         let what = format!("finding the digest of {}:{tag}", self.repository);
@@ -234,11 +245,7 @@ impl RegistryTransport {
         let url = format!("{}://{}/v2/{}/manifests/{digest}", self.scheme, self.registry, self.repository);
         let what = format!("deleting {}:{tag}", self.repository);
         let status = self.retrying(&what, |t| {
-            let request = match &t.auth {
-                RegistryAuth::Basic(user, password) => t.http.delete(&url).basic_auth(user, Some(password)),
-                RegistryAuth::Bearer(token) => t.http.delete(&url).bearer_auth(token),
-                RegistryAuth::Anonymous => t.http.delete(&url),
-            };
+            let request = t.delete_request(&url)?;
             // Built inside the runtime: the request's timeout needs its timer.
             let response = t.runtime.block_on(async { request.send().await })?;
             match response.status().as_u16() {
@@ -255,6 +262,59 @@ impl RegistryTransport {
             )));
         }
         Ok(())
+    }
+
+    /// Asks the registry for fresh tokens (for pulling, and for pushing
+    /// unless read-only), replacing the ones oci-client holds. A registry
+    /// without token auth takes the credentials as they are.
+    fn authenticate(&self) -> Result<(), OciDistributionError> {
+        let reference = self.reference("latest");
+        self.runtime.block_on(async {
+            self.client.auth(&reference, &self.auth, oci_client::RegistryOperation::Pull).await?;
+            if self.login_for == oci_client::RegistryOperation::Push {
+                self.client.auth(&reference, &self.auth, oci_client::RegistryOperation::Push).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// A request of our own (for what oci-client lacks), authenticated as
+    /// oci-client's are: with a token for `operation` when the registry
+    /// hands them out, else with the credentials.
+    fn own_request(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        operation: oci_client::RegistryOperation,
+    ) -> Result<reqwest::RequestBuilder, OciDistributionError> {
+        let request = self.http.request(method, url);
+        let token = match &self.auth {
+            RegistryAuth::Bearer(token) => Some(token.clone()),
+            auth => self.runtime.block_on(self.client.auth(&self.reference("latest"), auth, operation))?,
+        };
+        Ok(match (token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        })
+    }
+
+    /// A DELETE of `url`: with a token for the `delete` action when the
+    /// registry hands out tokens (oci-client's tokens grant pull and push
+    /// only), else with the credentials.
+    fn delete_request(&self, url: &str) -> Result<reqwest::RequestBuilder, OciDistributionError> {
+        let base = format!("{}://{}", self.scheme, self.registry);
+        let scope = format!("repository:{}:delete", self.repository);
+        let token = match &self.auth {
+            RegistryAuth::Bearer(token) => Some(token.clone()),
+            auth => self.runtime.block_on(token::token_for(&self.http, &base, auth, &scope))?,
+        };
+        let request = self.http.delete(url);
+        Ok(match (token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        })
     }
 
     /// Authenticates up front (a bearer-token registry hands out its token
@@ -293,20 +353,95 @@ impl RegistryTransport {
         mut op: impl FnMut(&Self) -> Result<T, OciDistributionError>,
     ) -> Result<T, StoreError> {
         let mut attempt = 1;
+        let mut reauthenticated = false;
         loop {
             match op(self) {
                 Ok(value) => return Ok(value),
                 Err(err) => {
                     let failure = classify(&err, &self.context(what));
+                    // A token that expired (or that the registry stopped
+                    // taking) before oci-client's cache says: a fresh one,
+                    // once; wrong credentials fail here in their own line.
+                    if failure.unauthorized && !reauthenticated {
+                        reauthenticated = true;
+                        tracing::debug!("registry {}: {what}: 401; authenticating again", self.registry);
+                        self.authenticate().map_err(|e| classify(&e, &self.context(what)).error)?;
+                        continue;
+                    }
                     if !failure.transient || attempt >= ATTEMPTS {
                         return Err(failure.error);
                     }
                     tracing::debug!("registry {}: {what}: {err}; trying again", self.registry);
-                    std::thread::sleep(errors::backoff(attempt, failure.rate_limited));
+                    std::thread::sleep(self.pause(&err, attempt, failure.rate_limited));
                     attempt += 1;
                 }
             }
         }
+    }
+}
+
+impl RegistryTransport {
+    /// The pause before trying again after `err`. For a 429, what the
+    /// registry's Retry-After says (capped): oci-client does not hand the
+    /// header on, so the failed URL is asked again with a HEAD, which a
+    /// limited registry answers with the same 429 and its Retry-After.
+    /// Without one, the growing pause of [`errors::backoff`].
+    pub(super) fn pause(
+        &self,
+        err: &OciDistributionError,
+        attempt: u32,
+        rate_limited: bool,
+    ) -> std::time::Duration {
+        let fallback = errors::backoff(attempt, rate_limited);
+        if !rate_limited {
+            return fallback;
+        }
+        let url =
+            errors::failed_url(err).unwrap_or_else(|| format!("{}://{}/v2/", self.scheme, self.registry));
+        let Ok(request) = self.own_request(reqwest::Method::HEAD, &url, oci_client::RegistryOperation::Pull)
+        else {
+            return fallback;
+        };
+        // Sent inside the runtime: the request's timeout needs its timer.
+        let Ok(response) = self.runtime.block_on(async { request.send().await }) else { return fallback };
+        if response.status().as_u16() != 429 {
+            // The limit is already lifted: a short pause, not the long one.
+            return errors::backoff(attempt, false);
+        }
+        response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| errors::retry_after(v, std::time::SystemTime::now()))
+            .unwrap_or(fallback)
+    }
+}
+
+impl RegistryTransport {
+    /// Mounts blob `digest` from the first of [`RegistrySettings::mount_from`]
+    /// that holds it; false when none does, or the mount fails (the caller
+    /// then uploads it). The source is asked first, so that a mount of a
+    /// blob it lacks does not open an upload session.
+    fn mounted(&self, digest: &str) -> bool {
+        let target = self.reference("latest");
+        for repository in &self.mount_from {
+            let source = Reference::with_tag(self.registry.clone(), repository.clone(), "latest".into());
+            let mounted = self.runtime.block_on(async {
+                if !self.client.blob_exists(&source, digest).await? {
+                    return Ok(false);
+                }
+                self.client.mount_blob(&target, &source, digest).await.map(|()| true)
+            });
+            match mounted {
+                Ok(true) => {
+                    tracing::debug!(digest, from = repository.as_str(), "blob mounted");
+                    return true;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(digest, from = repository.as_str(), "no mount: {e}"),
+            }
+        }
+        false
     }
 }
 
@@ -324,6 +459,9 @@ impl ImageTransport for RegistryTransport {
     fn put_blob(&mut self, desc: &Descriptor, file: &Path) -> Result<(), StoreError> {
         let reference = self.reference("latest");
         let digest = desc.digest().to_string();
+        if self.mounted(&digest) {
+            return Ok(());
+        }
         let what = format!("pushing blob {digest}");
         self.retrying(&what, |t| {
             // A fresh upload each try: a session the registry lost with a

@@ -13,7 +13,7 @@ use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::manifest::OciDescriptor;
 use store_api::StoreError;
 
-use super::errors::{backoff, classify, ATTEMPTS};
+use super::errors::{classify, ATTEMPTS};
 use super::RegistryTransport;
 
 /// Bytes read from the file per chunk (oci-client sends at most 4 MiB per
@@ -125,7 +125,7 @@ impl<'a> BlobReader<'a> {
         if !failure.transient || self.failures >= ATTEMPTS {
             return Err(io::Error::other(failure.error.message().to_string()));
         }
-        std::thread::sleep(backoff(self.failures, failure.rate_limited));
+        std::thread::sleep(self.transport.pause(&cause, self.failures, failure.rate_limited));
         Ok(())
     }
 }

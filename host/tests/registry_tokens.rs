@@ -1,0 +1,143 @@
+//! The `docker://` transport against a real registry with token auth
+//! (`auth: token`): a token service on 127.0.0.1 (test_support's
+//! `TokenService`) hands out short-lived RS256 JWTs that the registry
+//! verifies against the service's certificate. Pushes and pulls that
+//! outlive a token get a new one; a token the registry refuses is renewed
+//! once; wrong credentials are one line.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::image::{Descriptor, DescriptorBuilder, MediaType};
+use sha2::{Digest, Sha256};
+use snapstore::oci::registry::{RegistrySettings, RegistryTransport};
+use snapstore::oci::ImageTransport;
+use test_support::{Fault, FaultProxy, Registry};
+
+const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const REPO: &str = "ci/results";
+/// How long a token lasts.
+const LIFETIME: Duration = Duration::from_secs(2);
+
+/// An auth file with `user:password` for `host`.
+fn auth_file(dir: &Path, host: &str, user: &str, password: &str) -> PathBuf {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let file = dir.join(format!("auth-{user}-{password}.json"));
+    std::fs::write(&file, serde_json::json!({"auths": {host: {"auth": auth}}}).to_string()).unwrap();
+    file
+}
+
+fn settings(auth_file: PathBuf) -> RegistrySettings {
+    RegistrySettings { insecure: true, auth_file: Some(auth_file), ..Default::default() }
+}
+
+/// A blob file of `len` bytes made from `seed`, and its descriptor.
+fn blob(dir: &Path, len: usize, seed: u8) -> (Descriptor, PathBuf) {
+    let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
+    let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
+    let file = dir.join(digest.replace(':', "-"));
+    std::fs::write(&file, &bytes).unwrap();
+    let desc = DescriptorBuilder::default()
+        .media_type(MediaType::from(LAYER_TYPE))
+        .digest(digest.parse::<oci_spec::image::Digest>().unwrap())
+        .size(len as u64)
+        .build()
+        .unwrap();
+    (desc, file)
+}
+
+fn manifest(config: &Descriptor, layers: &[&Descriptor]) -> Vec<u8> {
+    let d = |desc: &Descriptor| serde_json::json!({"mediaType": LAYER_TYPE, "digest": desc.digest().to_string(), "size": desc.size()});
+    let layers: Vec<_> = layers.iter().map(|l| d(l)).collect();
+    serde_json::json!({"schemaVersion": 2, "mediaType": MANIFEST_TYPE, "config": d(config), "layers": layers})
+        .to_string()
+        .into_bytes()
+}
+
+fn read_all(t: &mut RegistryTransport, desc: &Descriptor) -> Vec<u8> {
+    let mut out = Vec::new();
+    t.get_blob(desc).unwrap().read_to_end(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn a_push_and_pull_that_outlive_their_token_get_a_new_one() {
+    let Some(registry) = Registry::with_tokens("fleet", "s3cret", LIFETIME) else { return };
+    let tokens = registry.token_service().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let auth = auth_file(work.path(), &registry.host, "fleet", "s3cret");
+    let mut t = RegistryTransport::connect(&registry.host, REPO, &settings(auth))
+        .unwrap_or_else(|e| panic!("connect: {e}\nregistry log: {}", registry.log()));
+    let (first, first_file) = blob(work.path(), 6 << 20, 1);
+    t.put_blob(&first, &first_file).unwrap();
+    let before = tokens.issued();
+    assert!(before >= 1);
+
+    // The token runs out between the blobs.
+    std::thread::sleep(LIFETIME + Duration::from_secs(1));
+    let (second, second_file) = blob(work.path(), 1 << 20, 2);
+    assert!(!t.has_blob(second.digest().as_ref()).unwrap());
+    t.put_blob(&second, &second_file).unwrap();
+    t.put_manifest("a", MANIFEST_TYPE, &manifest(&second, &[&first])).unwrap();
+    assert!(tokens.issued() > before, "no new token after the first expired");
+    assert_eq!(registry.stored_tags(REPO), vec!["a"]);
+
+    // A pull, after the tokens ran out again.
+    std::thread::sleep(LIFETIME + Duration::from_secs(1));
+    let before = tokens.issued();
+    assert!(t.get_manifest("a").unwrap().is_some());
+    assert!(read_all(&mut t, &first) == std::fs::read(&first_file).unwrap());
+    assert!(tokens.issued() > before, "no new token for the pull");
+
+    // Deleting goes through the token service as well.
+    t.delete_manifest("a").unwrap_or_else(|e| panic!("delete with token auth: {e}"));
+    assert_eq!(t.get_manifest("a").unwrap(), None);
+}
+
+#[test]
+fn a_token_the_registry_refuses_is_renewed_once_then_reported() {
+    let Some(registry) = Registry::with_tokens("fleet", "s3cret", Duration::from_secs(60)) else { return };
+    let tokens = registry.token_service().unwrap();
+    let proxy = FaultProxy::start(&registry.host);
+    let work = tempfile::tempdir().unwrap();
+    let auth = auth_file(work.path(), &proxy.host, "fleet", "s3cret");
+    let mut t = RegistryTransport::connect(&proxy.host, REPO, &settings(auth))
+        .unwrap_or_else(|e| panic!("connect: {e}\nregistry log: {}", registry.log()));
+    let (layer, file) = blob(work.path(), 1 << 20, 3);
+    t.put_blob(&layer, &file).unwrap();
+
+    // The registry refuses a token that the client still thinks valid (it
+    // expired early, or was revoked): a new token, and it goes through.
+    let before = tokens.issued();
+    proxy.inject("PUT /v2/ci/results/manifests/", Fault::Unauthorized(tokens.realm.clone()), 1);
+    t.put_manifest("a", MANIFEST_TYPE, &manifest(&layer, &[&layer])).unwrap();
+    assert!(tokens.issued() > before, "the refused token was not renewed");
+    assert_eq!(registry.stored_tags(REPO), vec!["a"]);
+
+    // Refused even with a fresh token: one line, nothing visible.
+    proxy.inject("PUT /v2/ci/results/manifests/", Fault::Unauthorized(tokens.realm.clone()), 1000);
+    let err = t.put_manifest("b", MANIFEST_TYPE, &manifest(&layer, &[&layer])).expect_err("401 accepted");
+    let err = err.to_string();
+    assert!(err.contains("401") && err.contains(&proxy.host) && !err.contains('\n'), "{err}");
+    assert_eq!(proxy.faults_injected(), 3, "{:#?}", proxy.log());
+    assert_eq!(registry.stored_tags(REPO), vec!["a"]);
+}
+
+#[test]
+fn wrong_or_missing_credentials_for_the_token_service_are_one_line() {
+    let Some(registry) = Registry::with_tokens("fleet", "s3cret", LIFETIME) else { return };
+    let tokens = registry.token_service().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    for auth in [auth_file(work.path(), &registry.host, "fleet", "guess"), work.path().join("none.json")] {
+        let refused = tokens.refused();
+        let err = RegistryTransport::connect(&registry.host, REPO, &settings(auth)).err().expect("refused");
+        let err = err.to_string();
+        assert!(err.contains("401") && err.contains("podman login"), "{err}");
+        assert!(err.contains(&registry.host) && !err.contains('\n'), "{err}");
+        assert!(tokens.refused() > refused, "the token service was not asked");
+    }
+    assert_eq!(tokens.issued(), 0);
+}
