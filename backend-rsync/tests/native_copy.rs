@@ -191,10 +191,7 @@ fn a_mount_point_inside_the_source_is_never_entered() {
         }
         let dst = dir.path().join(format!("dst{i}"));
         let err = copy(&src, &dst).unwrap_err();
-        assert!(
-            err.message().contains("mount point") && err.message().contains("deep/mnt"),
-            "{what}: {err}"
-        );
+        assert!(err.message().contains("mount point") && err.message().contains("deep/mnt"), "{what}: {err}");
         assert!(!err.message().contains('\n'));
         // Nothing of the mount's content reached the copy.
         assert!(!dst.join("deep/mnt/precious").exists() && !dst.join("deep/mnt/sub").exists(), "{what}");

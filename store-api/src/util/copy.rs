@@ -59,7 +59,8 @@ pub enum FileData {
 /// `dst` may remain, private to its owner (mode 0700): the caller removes
 /// it.
 pub fn copy_tree(src: &Path, dst: &Path, data: FileData) -> Result<(), StoreError> {
-    let src_dir = open_source(CWD, src, OFlags::DIRECTORY).context(format_args!("cannot open {}", src.display()))?;
+    let src_dir =
+        open_source(CWD, src, OFlags::DIRECTORY).context(format_args!("cannot open {}", src.display()))?;
     let st = rfs::statx(&src_dir, c"", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS)
         .context(format_args!("cannot stat {}", src.display()))?;
     // Private until complete: the final mode is set last.
@@ -120,7 +121,13 @@ impl At<'_> {
 }
 
 impl Walker {
-    fn fill_dir(&self, src: &OwnedFd, dst: &OwnedFd, src_path: &Path, dst_path: &Path) -> Result<(), StoreError> {
+    fn fill_dir(
+        &self,
+        src: &OwnedFd,
+        dst: &OwnedFd,
+        src_path: &Path,
+        dst_path: &Path,
+    ) -> Result<(), StoreError> {
         let names = read_dir(src).context(format_args!("cannot read directory {}", src_path.display()))?;
         let src = At { dir: src.as_fd(), path: src_path };
         let dst = At { dir: dst.as_fd(), path: dst_path };
@@ -198,7 +205,8 @@ impl Walker {
         } else {
             // Fifos, sockets, character and block devices.
             let rdev = rfs::makedev(st.stx_rdev_major, st.stx_rdev_minor);
-            rfs::mknodat(dst.dir, name, k, Mode::RUSR | Mode::WUSR, rdev).map_err(dst.err("create node", name))?;
+            rfs::mknodat(dst.dir, name, k, Mode::RUSR | Mode::WUSR, rdev)
+                .map_err(dst.err("create node", name))?;
         }
         // These cannot be opened for metadata calls: go by name, never
         // following a symlink.
@@ -210,19 +218,22 @@ impl Walker {
             // After chown, which clears setuid/setgid.
             rfs::chmodat(dst.dir, name, perms(st), AtFlags::empty()).map_err(dst.err("chmod", name))?;
         }
-        rfs::utimensat(dst.dir, name, &times(st), AtFlags::SYMLINK_NOFOLLOW).map_err(dst.err("set times of", name))
+        rfs::utimensat(dst.dir, name, &times(st), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(dst.err("set times of", name))
     }
 
     fn copy_file(&self, src: At, dst: At, name: &CStr, st: &Statx) -> Result<(), StoreError> {
         let from = open_source(src.dir, name, OFlags::empty()).map_err(src.err("open", name))?;
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let to = rfs::openat(dst.dir, name, flags, Mode::RUSR | Mode::WUSR).map_err(dst.err("create", name))?;
+        let to =
+            rfs::openat(dst.dir, name, flags, Mode::RUSR | Mode::WUSR).map_err(dst.err("create", name))?;
         // An empty file has no data to share or copy.
         if st.stx_size > 0 {
             match self.data {
                 FileData::Clone => clone_data(&from, &to).map_err(|e| ficlone_error(&src.join(name), e))?,
-                FileData::Copy => copy_data(&from, &to, st.stx_size)
-                    .map_err(|e| StoreError::io(format_args!("cannot copy {}", src.join(name).display()), &e))?,
+                FileData::Copy => copy_data(&from, &to, st.stx_size).map_err(|e| {
+                    StoreError::io(format_args!("cannot copy {}", src.join(name).display()), &e)
+                })?,
             }
         }
         copy_fd_meta(&from, &to, st, &dst.join(name))
@@ -297,10 +308,9 @@ fn copy_range(from: &OwnedFd, to: &OwnedFd, start: u64, end: u64) -> Result<(), 
     let (mut off_in, mut off_out) = (start, start);
     while off_in < end {
         let len = usize::try_from(end - off_in).unwrap_or(usize::MAX).min(1 << 30);
-        match rfs::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), len)? {
-            // The source shrank under us: what is there is copied.
-            0 => break,
-            _ => {}
+        // 0: the source shrank under us, and what is there is copied.
+        if rfs::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), len)? == 0 {
+            break;
         }
     }
     Ok(())
@@ -360,7 +370,8 @@ fn copy_path_xattrs(src: &Path, dst: &Path) -> Result<(), StoreError> {
     for attr in names {
         let value = xattr::get(src, &attr).context(format_args!("cannot read xattr of {}", src.display()))?;
         if let Some(value) = value {
-            xattr::set(dst, &attr, &value).context(format_args!("cannot set xattr {attr:?} on {}", dst.display()))?;
+            xattr::set(dst, &attr, &value)
+                .context(format_args!("cannot set xattr {attr:?} on {}", dst.display()))?;
         }
     }
     Ok(())
@@ -369,7 +380,11 @@ fn copy_path_xattrs(src: &Path, dst: &Path) -> Result<(), StoreError> {
 /// Opens a source entry for reading without touching its atime: the
 /// source must stay exactly as it was. O_NOATIME needs ownership or
 /// CAP_FOWNER, so fall back without it.
-fn open_source<P: rustix::path::Arg + Copy>(dir: impl AsFd, path: P, flags: OFlags) -> Result<OwnedFd, Errno> {
+fn open_source<P: rustix::path::Arg + Copy>(
+    dir: impl AsFd,
+    path: P,
+    flags: OFlags,
+) -> Result<OwnedFd, Errno> {
     let flags = flags | OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     match rfs::openat(dir.as_fd(), path, flags | OFlags::NOATIME, Mode::empty()) {
         Err(Errno::PERM) => rfs::openat(dir.as_fd(), path, flags, Mode::empty()),
