@@ -1,9 +1,12 @@
-//! snapstore backend: plain directories, copied with `rsync`.
+//! snapstore backend: plain directories, copied with `rsync` or natively.
 //!
 //! Works on any filesystem. A key `ns/name` is the directory `ROOT/ns/name`.
-//! Clones are full copies (`rsync -aHAX --numeric-ids`); commits are a
-//! `rename` (no-replace), so a committed key is always complete. In the
-//! `hardlink` modes a commit first re-copies the tree with `--link-dest`
+//! Clones are full copies: with `copy = "native"` by the shared parallel
+//! tree copy ([`store_api::util::copy`], `copy_file_range` per data range,
+//! so holes stay holes and the kernel may share extents), with
+//! `copy = "rsync"` by `rsync -aHAX --numeric-ids`. Commits are a `rename`
+//! (no-replace), so a committed key is always complete. In the `hardlink`
+//! modes a commit first re-copies the tree with rsync's `--link-dest`
 //! against its parent, so that unchanged files share storage with it.
 
 use std::ffi::OsStr;
@@ -14,6 +17,7 @@ use std::process::Command;
 
 use nix::fcntl::{renameat2, RenameFlags};
 use serde::Deserialize;
+use store_api::util::copy::{copy_tree, default_threads, worker_pool, FileData};
 use store_api::util::{mounts, remove_tree, trash, unique_name, DirLayout, FileLock, LockMode};
 use store_api::{
     export_backend, parse_options, IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError,
@@ -34,28 +38,52 @@ pub enum Mode {
     HardlinkUnsafe,
 }
 
+/// What makes the copy of a tree (a clone).
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyWith {
+    /// The shared parallel tree copy, in this process.
+    #[default]
+    Native,
+    /// `rsync -aHAX --numeric-ids`, as one process per clone.
+    Rsync,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Options {
     #[serde(default)]
     mode: Mode,
+    #[serde(default)]
+    copy: CopyWith,
+    /// Worker threads of the native copy (default: two per core).
+    threads: Option<usize>,
 }
 
 pub struct Rsync {
     layout: DirLayout,
     mode: Mode,
+    copy: CopyWith,
+    threads: usize,
+    /// Started on first use: most commands never copy a tree.
+    pool: std::sync::OnceLock<rayon::ThreadPool>,
 }
 
 /// Where removed trees wait to be deleted, and where hard-link commits stage.
 const TRASH: &str = "trash";
 
 pub fn open(root: &Path, options: &str) -> Result<Rsync, StoreError> {
-    let Options { mode } = parse_options(options)?;
+    let Options { mode, copy, threads } = parse_options(options)?;
+    let threads = match threads {
+        Some(0) => return Err(StoreError::invalid("[backend]: threads must be at least 1")),
+        Some(n) => n,
+        None => default_threads(),
+    };
     // rsync itself is looked for when first run (and by `check`): spawning
     // it here would cost every command a few milliseconds.
     let layout = DirLayout::new(root);
     layout.create_dirs(&[TRASH])?;
-    Ok(Rsync { layout, mode })
+    Ok(Rsync { layout, mode, copy, threads, pool: std::sync::OnceLock::new() })
 }
 
 fn rsync_version() -> Result<String, StoreError> {
@@ -122,6 +150,24 @@ fn exists(path: &Path) -> bool {
 impl Rsync {
     fn trash(&self) -> PathBuf {
         self.layout.dir(TRASH)
+    }
+
+    fn pool(&self) -> Result<&rayon::ThreadPool, StoreError> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let pool = worker_pool(self.threads, "rsync-copy")?;
+        Ok(self.pool.get_or_init(|| pool))
+    }
+
+    /// The native copy; a partial copy is removed before the error returns.
+    fn copy_natively(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
+        let result = self.pool()?.install(|| copy_tree(from, to, FileData::Copy));
+        if result.is_err() {
+            // If this fails too, the host's recovery removes the tree later.
+            let _ = self.discard(to);
+        }
+        result
     }
 
     /// Commits by copying `tmp` next to its destination with `--link-dest`
@@ -213,7 +259,10 @@ impl SnapshotBackend for Rsync {
                 point.display()
             )));
         }
-        rsync(&from, &to, &[OsStr::new("--one-file-system")])?;
+        match self.copy {
+            CopyWith::Native => self.copy_natively(&from, &to)?,
+            CopyWith::Rsync => rsync(&from, &to, &[OsStr::new("--one-file-system")])?,
+        }
         Ok(to)
     }
 
@@ -261,7 +310,16 @@ impl SnapshotBackend for Rsync {
     }
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
-        let found = vec![rsync_version()?, format!("mode: {:?}", self.mode).to_lowercase()];
+        let copy = match self.copy {
+            CopyWith::Native => format!("copy: native ({} threads)", self.threads),
+            CopyWith::Rsync => "copy: rsync".to_string(),
+        };
+        let mut found = Vec::new();
+        // rsync is needed only where it copies.
+        if self.copy == CopyWith::Rsync || self.mode != Mode::Copy {
+            found.push(rsync_version()?);
+        }
+        found.extend([format!("mode: {:?}", self.mode).to_lowercase(), copy]);
         let probe = self.trash().join(unique_name("probe"));
         fs::write(&probe, b"").context(format_args!(
             "cannot write in {}; run as a user who owns the store root",

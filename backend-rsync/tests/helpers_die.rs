@@ -1,6 +1,7 @@
 //! The rsync processes a backend call starts die with the process that
 //! made the call: a killed snapstore leaves no rsync writing into a tree
-//! that recovery is about to remove.
+//! that recovery is about to remove (with `copy = "rsync"`; the native copy
+//! runs in the calling process itself).
 
 use std::fs;
 use std::path::Path;
@@ -44,7 +45,7 @@ fn rsync_dies_with_the_process_that_started_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("store");
-    let backend = snapstore_rsync::open(&root, "").unwrap();
+    let backend = snapstore_rsync::open(&root, "copy = \"rsync\"").unwrap();
     let tree = backend.create(&key("result-tmp/base"), None).unwrap();
     // Sparse, but rsync (without -S) reads and writes all of it: seconds.
     fs::File::create(tree.join("big")).unwrap().set_len(4 << 30).unwrap();
@@ -82,6 +83,6 @@ fn rsync_dies_with_the_process_that_started_it() {
 #[ignore = "run by the test above, in a child process"]
 fn clone_in_a_child_process() {
     let root = std::env::var_os("SNAPSTORE_TEST_STORE").expect("run by the test above");
-    let backend = snapstore_rsync::open(Path::new(&root), "").unwrap();
+    let backend = snapstore_rsync::open(Path::new(&root), "copy = \"rsync\"").unwrap();
     let _ = backend.clone_tree(&key("result/base"), &key("result-tmp/clone"));
 }

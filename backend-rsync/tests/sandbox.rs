@@ -12,10 +12,13 @@ use snapstore_rsync::Rsync;
 use store_api::{Key, SnapshotBackend};
 use test_support::sandbox::{bind, mounts_below, run_test_as_nobody, Outside, Unmount, NOBODY};
 
-const MODES: [&str; 3] = ["copy", "hardlink", "hardlink_unsafe"];
+/// The commit modes, and both ways of copying a tree.
+const MODES: [&str; 4] = ["copy", "hardlink", "hardlink_unsafe", "copy = \"rsync\""];
 
+/// A store with `mode = MODE`, or with the options given (`key = value`).
 fn open(root: &Path, mode: &str) -> Rsync {
-    snapstore_rsync::open(root, &format!("mode = \"{mode}\"")).unwrap()
+    let options = if mode.contains('=') { mode.to_string() } else { format!("mode = \"{mode}\"") };
+    snapstore_rsync::open(root, &options).unwrap()
 }
 
 fn key(s: &str) -> Key {

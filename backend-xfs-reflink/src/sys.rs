@@ -1,13 +1,10 @@
 //! Thin helpers over the system calls the backend uses.
 
-use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use nix::dir::{Dir, Type};
 use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
@@ -15,19 +12,6 @@ use store_api::{IoContext, StoreError};
 
 // FICLONE = _IOW(0x94, 9, int): share all extents of the source fd.
 nix::ioctl_write_int!(ficlone_ioctl, 0x94, 9);
-// FS_IOC_GETFLAGS / FS_IOC_SETFLAGS (chattr flags), used for btrfs NOCOW.
-nix::ioctl_read!(get_flags_ioctl, b'f', 1, libc::c_long);
-nix::ioctl_write_ptr!(set_flags_ioctl, b'f', 2, libc::c_long);
-const FS_NOCOW_FL: libc::c_long = 0x0080_0000;
-
-/// `dir/name` for messages and path-based calls; names may be any bytes.
-pub fn join(dir: &Path, name: &CStr) -> PathBuf {
-    dir.join(OsStr::from_bytes(name.to_bytes()))
-}
-
-pub fn as_path(name: &CStr) -> &Path {
-    Path::new(OsStr::from_bytes(name.to_bytes()))
-}
 
 /// `openat` returning an owned `File` (closed on drop, also on error paths).
 pub fn open_at(
@@ -41,42 +25,8 @@ pub fn open_at(
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
-/// Opens a source entry for reading without touching its atime: the
-/// source must stay exactly as it was. O_NOATIME needs ownership or
-/// CAP_FOWNER, so fall back without it.
-pub fn open_source(
-    dirfd: Option<RawFd>,
-    path: &(impl nix::NixPath + ?Sized),
-    flags: OFlag,
-) -> nix::Result<File> {
-    let flags = flags | OFlag::O_RDONLY | OFlag::O_NOFOLLOW;
-    match open_at(dirfd, path, flags | OFlag::O_NOATIME, Mode::empty()) {
-        Err(Errno::EPERM) => open_at(dirfd, path, flags, Mode::empty()),
-        other => other,
-    }
-}
-
 pub fn open_dir_at(dirfd: Option<RawFd>, path: &(impl nix::NixPath + ?Sized)) -> nix::Result<File> {
     open_at(dirfd, path, OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW, Mode::empty())
-}
-
-/// The names in an open directory (without `.` and `..`) and whether each
-/// is a directory, when the filesystem says so in `d_type`.
-pub fn read_dir(dir: &File) -> nix::Result<Vec<(CString, Option<bool>)>> {
-    // fdopendir takes ownership of the fd, so hand it a duplicate; it
-    // shares the open file (and its O_NOATIME flag).
-    let mut stream = Dir::from_fd(nix::unistd::dup(dir.as_raw_fd())?)?;
-    let mut names = Vec::new();
-    for entry in stream.iter() {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
-        let is_dir = entry.file_type().map(|t| t == Type::Directory);
-        names.push((name.to_owned(), is_dir));
-    }
-    Ok(names)
 }
 
 /// Makes `dst` share all of `src`'s extents.
@@ -84,23 +34,6 @@ pub fn ficlone(dst: &File, src: &File) -> nix::Result<()> {
     // SAFETY: both fds are open for the duration of the call; FICLONE
     // takes the source fd as its integer argument.
     unsafe { ficlone_ioctl(dst.as_raw_fd(), src.as_raw_fd() as _) }.map(drop)
-}
-
-/// Gives `dst` the NOCOW flag if `src` has it (btrfs refuses to clone
-/// between NOCOW and COW files). Returns whether anything changed.
-pub fn copy_nocow(dst: &File, src: &File) -> nix::Result<bool> {
-    let mut flags: libc::c_long = 0;
-    // SAFETY: the kernel writes at most a long into `flags`.
-    unsafe { get_flags_ioctl(src.as_raw_fd(), &mut flags) }?;
-    if flags & FS_NOCOW_FL == 0 {
-        return Ok(false);
-    }
-    let mut dst_flags: libc::c_long = 0;
-    // SAFETY: as above; SETFLAGS reads the value we pass.
-    unsafe { get_flags_ioctl(dst.as_raw_fd(), &mut dst_flags) }?;
-    dst_flags |= FS_NOCOW_FL;
-    unsafe { set_flags_ioctl(dst.as_raw_fd(), &dst_flags) }?;
-    Ok(true)
 }
 
 /// A short description of an errno, plainer than strerror for EOPNOTSUPP

@@ -52,7 +52,13 @@ fn an_interrupted_stress_cleans_up() {
 
 #[test]
 fn an_interrupted_conformance_cleans_up() {
-    let f = Fixture::rsync();
+    // With the rsync command a run lasts long enough to be interrupted
+    // (the native copy finishes all cases in under 300 ms).
+    require_plugin("rsync");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let text = "[store]\nbackend = \"rsync\"\nroot = \"store\"\n[backend]\ncopy = \"rsync\"\n";
+    let f = Fixture::with_config(dir, &root, text);
     f.ok(&["init"]);
     interrupt(&f, &["conformance"], Signal::SIGINT, Duration::from_millis(300));
 }

@@ -22,6 +22,17 @@ fn contract_copy_mode() {
     run_contract(&rsync_fixture("copy"));
 }
 
+/// `copy = "rsync"`: clones by the rsync command (the default `copy` mode
+/// is the native copy, which the other contract runs use).
+#[test]
+fn contract_copy_mode_with_the_rsync_command() {
+    require_plugin("rsync");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let text = "[store]\nbackend = \"rsync\"\nroot = \"store\"\n[backend]\ncopy = \"rsync\"\n";
+    run_contract(&Fixture::with_config(dir, &root, text));
+}
+
 #[test]
 fn contract_hardlink_mode() {
     run_contract(&rsync_fixture("hardlink"));
@@ -77,7 +88,7 @@ fn config_errors_are_one_line_and_name_the_problem() {
         ("[store]\nroot = \"s\"\nbackend = \"rsync\"\ncolour = \"blue\"\n", "colour"),
         ("[store]\nroot = \"s\"\n[storage]\n", "storage"),
         ("[store]\nroot = \"s\"\n[backend]\nmode = \"fast\"\n", "fast"),
-        ("[store]\nroot = \"s\"\n[backend]\nmood = \"copy\"\n", "`mood`, expected `mode` (line 4)"),
+        ("[store]\nroot = \"s\"\n[backend]\nmood = \"copy\"\n", "`mood`, expected one of `mode`"),
         ("[store]\nbackend = \"rsync\"\n", "root"),
     ]
     .into_iter()

@@ -10,8 +10,10 @@
 //!
 //! Settings, as arguments or as `SNAPSTORE_BENCH_<KEY>` variables:
 //!
-//! * `backends=rsync,btrfs,xfs-reflink,zfs` — what to run (`rsync-xfs` is
-//!   the rsync backend on XFS instead of ext4; `overlayfs`, not run by
+//! * `backends=rsync,rsync-native,btrfs,xfs-reflink,zfs` — what to run
+//!   (`rsync` copies with the rsync command, `rsync-native` with the
+//!   backend's native copy; `rsync-xfs` is the rsync backend on XFS instead
+//!   of ext4; `overlayfs`, not run by
 //!   default, has its own tables: see `overlay.rs`);
 //! * `iters=11` — iterations of the small operations;
 //! * `big=5` — iterations of the 10 000-file clone and cache;
@@ -75,7 +77,7 @@ fn main() {
             continue;
         }
         let (kind, plugin) = match name.as_str() {
-            "rsync" | "rsync-xfs" => (Kind::Rsync, "rsync"),
+            "rsync" | "rsync-xfs" | "rsync-native" => (Kind::Rsync, "rsync"),
             "btrfs" => (Kind::Btrfs, "btrfs"),
             "xfs-reflink" => (Kind::Xfs, "xfs_reflink"),
             "zfs" => (Kind::Zfs, "zfs"),
@@ -107,10 +109,11 @@ fn main() {
         let mut loop_fs = None;
         let mut pool = None;
         let (label, mnt) = match name.as_str() {
-            "rsync" => {
-                let dir = work_path.join("ext4");
+            "rsync" | "rsync-native" => {
+                let dir = work_path.join(format!("ext4-{name}"));
                 fs::create_dir(&dir).expect("mkdir");
-                ("rsync (ext4)".to_string(), dir)
+                let label = if name == "rsync" { "rsync (ext4)" } else { "rsync, native copy (ext4)" };
+                (label.to_string(), dir)
             }
             "rsync-xfs" | "xfs-reflink" => {
                 let fs = loop_fs.insert(loop_fs_in(&work_path, &["mkfs.xfs", "-q", "-m", "reflink=1"]));
@@ -137,7 +140,13 @@ fn main() {
             (mnt.join("store"), mnt.join("ref"), options, format!("{pool_name}/ref"))
         } else {
             fs::create_dir(mnt.join("ref")).expect("mkdir");
-            (mnt.join("store"), mnt.join("ref"), String::new(), String::new())
+            // The rsync backend's two ways to copy a tree, each named.
+            let options = match name.as_str() {
+                "rsync-native" => "[backend]\ncopy = \"native\"\n",
+                "rsync" | "rsync-xfs" => "[backend]\ncopy = \"rsync\"\n",
+                _ => "",
+            };
+            (mnt.join("store"), mnt.join("ref"), options.to_string(), String::new())
         };
         let (cli, api, config) =
             open_store(&bin, &work_path, name, plugin.replace('_', "-").as_str(), &root, &options);

@@ -37,7 +37,7 @@ impl Settings {
                 .collect()
         };
         Settings {
-            backends: list("backends", "rsync,btrfs,xfs-reflink,zfs"),
+            backends: list("backends", "rsync,rsync-native,btrfs,xfs-reflink,zfs"),
             iters: number("iters", "11"),
             big: number("big", "5"),
             zfs_iters: number("zfs_iters", "3"),

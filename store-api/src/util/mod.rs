@@ -15,6 +15,8 @@
 //! * [`trash`]: a trash entry that cannot be deleted is set aside and
 //!   reported once, never blocking the others.
 //! * [`mounts`]: the mounts under a tree.
+//! * [`copy::copy_tree`]: the parallel tree copy (FICLONE or
+//!   `copy_file_range`) that keeps every entry and its metadata.
 //! * Errors: [`crate::StoreError::errno`] and [`crate::IoContext`] on
 //!   `nix` and `rustix` results turn an errno into a classified error.
 
@@ -23,6 +25,7 @@ use std::path::Path;
 
 use crate::{IoContext, StoreError};
 
+pub mod copy;
 mod layout;
 mod lock;
 pub mod mounts;
