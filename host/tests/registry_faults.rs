@@ -10,7 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use oci_spec::image::{Descriptor, DescriptorBuilder, MediaType};
+use oci_spec::image::Descriptor;
 use sha2::{Digest, Sha256};
 use snapstore::oci::registry::{RegistrySettings, RegistryTransport};
 use snapstore::oci::ImageTransport;
@@ -48,16 +48,7 @@ fn blob(dir: &Path, len: usize, seed: u64) -> (Descriptor, PathBuf) {
             state as u8
         })
         .collect();
-    let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
-    let file = dir.join(digest.replace(':', "-"));
-    std::fs::write(&file, &bytes).unwrap();
-    let desc = DescriptorBuilder::default()
-        .media_type(MediaType::from(LAYER_TYPE))
-        .digest(digest.parse::<oci_spec::image::Digest>().unwrap())
-        .size(len as u64)
-        .build()
-        .unwrap();
-    (desc, file)
+    support::blobs::blob_file(dir, LAYER_TYPE, &bytes)
 }
 
 fn read_all(t: &mut RegistryTransport, desc: &Descriptor) -> Result<Vec<u8>, String> {

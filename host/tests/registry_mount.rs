@@ -7,8 +7,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, DescriptorBuilder, MediaType};
-use sha2::{Digest, Sha256};
+use oci_spec::image::Descriptor;
 use snapstore::oci::registry::{RegistrySettings, RegistryTransport};
 use snapstore::oci::ImageTransport;
 use support::*;
@@ -19,16 +18,7 @@ const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
 
 fn blob(dir: &Path, len: usize, seed: u8) -> (Descriptor, PathBuf) {
     let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(37).wrapping_add(seed)).collect();
-    let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
-    let file = dir.join(digest.replace(':', "-"));
-    std::fs::write(&file, &bytes).unwrap();
-    let desc = DescriptorBuilder::default()
-        .media_type(MediaType::from(LAYER_TYPE))
-        .digest(digest.parse::<oci_spec::image::Digest>().unwrap())
-        .size(len as u64)
-        .build()
-        .unwrap();
-    (desc, file)
+    support::blobs::blob_file(dir, LAYER_TYPE, &bytes)
 }
 
 /// Requests that sent a blob's bytes (or opened a session for them) to `repository`.

@@ -5,12 +5,13 @@
 //! outlive a token get a new one; a token the registry refuses is renewed
 //! once; wrong credentials are one line.
 
+mod support;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use oci_spec::image::{Descriptor, DescriptorBuilder, MediaType};
-use sha2::{Digest, Sha256};
+use oci_spec::image::Descriptor;
 use snapstore::oci::registry::{RegistrySettings, RegistryTransport};
 use snapstore::oci::ImageTransport;
 use test_support::{Fault, FaultProxy, Registry};
@@ -37,16 +38,7 @@ fn settings(auth_file: PathBuf) -> RegistrySettings {
 /// A blob file of `len` bytes made from `seed`, and its descriptor.
 fn blob(dir: &Path, len: usize, seed: u8) -> (Descriptor, PathBuf) {
     let bytes: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect();
-    let digest = format!("sha256:{:x}", Sha256::digest(&bytes));
-    let file = dir.join(digest.replace(':', "-"));
-    std::fs::write(&file, &bytes).unwrap();
-    let desc = DescriptorBuilder::default()
-        .media_type(MediaType::from(LAYER_TYPE))
-        .digest(digest.parse::<oci_spec::image::Digest>().unwrap())
-        .size(len as u64)
-        .build()
-        .unwrap();
-    (desc, file)
+    support::blobs::blob_file(dir, LAYER_TYPE, &bytes)
 }
 
 fn manifest(config: &Descriptor, layers: &[&Descriptor]) -> Vec<u8> {

@@ -4,12 +4,14 @@
 //! mid-push and mid-pull; a corrupted blob; images that skopeo pushed and
 //! that skopeo reads.
 
+mod support;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use oci_spec::image::{Descriptor, DescriptorBuilder, MediaType};
+use oci_spec::image::Descriptor;
 use sha2::{Digest, Sha256};
 use snapstore::oci::registry::{RegistrySettings, RegistryTransport};
 use snapstore::oci::ImageTransport;
@@ -34,16 +36,7 @@ fn sha256(bytes: &[u8]) -> String {
 
 /// A blob file holding `bytes`, and its descriptor.
 fn blob(dir: &Path, media_type: &str, bytes: &[u8]) -> (Descriptor, PathBuf) {
-    let digest = sha256(bytes);
-    let file = dir.join(digest.replace(':', "-"));
-    std::fs::write(&file, bytes).unwrap();
-    let desc = DescriptorBuilder::default()
-        .media_type(MediaType::from(media_type))
-        .digest(digest.parse::<oci_spec::image::Digest>().unwrap())
-        .size(bytes.len() as u64)
-        .build()
-        .unwrap();
-    (desc, file)
+    support::blobs::blob_file(dir, media_type, bytes)
 }
 
 /// Pseudo-random bytes (incompressible, distinct per seed).

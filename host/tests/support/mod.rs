@@ -3,6 +3,8 @@
 //! `test-support` crate) for the backends that need one.
 #![allow(dead_code)]
 
+pub mod blobs;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
