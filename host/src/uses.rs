@@ -113,4 +113,39 @@ mod tests {
         assert_eq!(std::fs::metadata(log_path(&record)).unwrap().len(), 0);
         fold(&record, |_| panic!("an empty log applied")).unwrap();
     }
+
+    /// Lookups appending while folds empty the log: every use reaches
+    /// some fold, none is emptied unread.
+    #[test]
+    fn no_use_is_lost_to_a_concurrent_fold() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = dir.path().join("results.sqlite");
+        let applied = std::sync::Mutex::new(std::collections::HashMap::<String, i64>::new());
+        let apply = |uses: &[(String, i64)]| {
+            let mut applied = applied.lock().unwrap();
+            for (id, time) in uses {
+                let latest = applied.entry(id.clone()).or_insert(*time);
+                *latest = (*latest).max(*time);
+            }
+            Ok(())
+        };
+        std::thread::scope(|s| {
+            for writer in 0..4 {
+                let record = &record;
+                s.spawn(move || {
+                    for time in 1..=500 {
+                        note(record, &format!("w{writer}.{time}"), time).unwrap();
+                    }
+                });
+            }
+            s.spawn(|| {
+                for _ in 0..200 {
+                    fold(&record, apply).unwrap();
+                }
+            });
+        });
+        fold(&record, apply).unwrap();
+        let applied = applied.into_inner().unwrap();
+        assert_eq!(applied.len(), 4 * 500, "uses were lost");
+    }
 }
