@@ -17,7 +17,7 @@ use std::process::Command;
 
 use nix::fcntl::{renameat2, RenameFlags};
 use serde::Deserialize;
-use store_api::util::copy::{copy_tree, default_threads, worker_pool, FileData};
+use store_api::util::copy::{copy_tree, FileData, WorkerPool};
 use store_api::util::{mounts, remove_tree, trash, unique_name, DirLayout, FileLock, LockMode};
 use store_api::{
     export_backend, parse_options, IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError,
@@ -64,9 +64,7 @@ pub struct Rsync {
     layout: DirLayout,
     mode: Mode,
     copy: CopyWith,
-    threads: usize,
-    /// Started on first use: most commands never copy a tree.
-    pool: std::sync::OnceLock<rayon::ThreadPool>,
+    pool: WorkerPool,
 }
 
 /// Where removed trees wait to be deleted, and where hard-link commits stage.
@@ -74,16 +72,12 @@ const TRASH: &str = "trash";
 
 pub fn open(root: &Path, options: &str) -> Result<Rsync, StoreError> {
     let Options { mode, copy, threads } = parse_options(options)?;
-    let threads = match threads {
-        Some(0) => return Err(StoreError::invalid("[backend]: threads must be at least 1")),
-        Some(n) => n,
-        None => default_threads(),
-    };
+    let pool = WorkerPool::new(threads, "rsync-copy")?;
     // rsync itself is looked for when first run (and by `check`): spawning
     // it here would cost every command a few milliseconds.
     let layout = DirLayout::new(root);
     layout.create_dirs(&[TRASH])?;
-    Ok(Rsync { layout, mode, copy, threads, pool: std::sync::OnceLock::new() })
+    Ok(Rsync { layout, mode, copy, pool })
 }
 
 fn rsync_version() -> Result<String, StoreError> {
@@ -152,17 +146,9 @@ impl Rsync {
         self.layout.dir(TRASH)
     }
 
-    fn pool(&self) -> Result<&rayon::ThreadPool, StoreError> {
-        if let Some(pool) = self.pool.get() {
-            return Ok(pool);
-        }
-        let pool = worker_pool(self.threads, "rsync-copy")?;
-        Ok(self.pool.get_or_init(|| pool))
-    }
-
     /// The native copy; a partial copy is removed before the error returns.
     fn copy_natively(&self, from: &Path, to: &Path) -> Result<(), StoreError> {
-        let result = self.pool()?.install(|| copy_tree(from, to, FileData::Copy));
+        let result = self.pool.install(|| copy_tree(from, to, FileData::Copy)).and_then(|copied| copied);
         if result.is_err() {
             // If this fails too, the host's recovery removes the tree later.
             let _ = self.discard(to);
@@ -311,7 +297,7 @@ impl SnapshotBackend for Rsync {
 
     fn check(&self) -> Result<Vec<String>, StoreError> {
         let copy = match self.copy {
-            CopyWith::Native => format!("copy: native ({} threads)", self.threads),
+            CopyWith::Native => format!("copy: native ({} threads)", self.pool.threads()),
             CopyWith::Rsync => "copy: rsync".to_string(),
         };
         let mut found = Vec::new();

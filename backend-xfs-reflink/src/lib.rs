@@ -22,6 +22,7 @@ use nix::fcntl::{renameat2, RenameFlags};
 use nix::unistd::{access, AccessFlags, Uid};
 use rayon::prelude::*;
 use serde::Deserialize;
+use store_api::util::copy::WorkerPool;
 use store_api::util::{trash, unique_name, DirLayout};
 use store_api::{IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError};
 
@@ -42,8 +43,7 @@ pub struct XfsReflink {
     root: PathBuf,
     layout: DirLayout,
     /// Started on first use: most commands never clone or delete a tree.
-    pool: std::sync::OnceLock<rayon::ThreadPool>,
-    threads: usize,
+    pool: WorkerPool,
     sync_on_commit: bool,
 }
 
@@ -53,13 +53,7 @@ const TRASH: &str = "trash";
 /// without reflinks.
 pub fn open(root: &Path, options: &str) -> Result<XfsReflink, StoreError> {
     let options: Options = store_api::parse_options(options)?;
-    let threads = match options.threads {
-        Some(0) => return Err(StoreError::invalid("[backend]: threads must be at least 1")),
-        Some(n) => n,
-        // Cloning and deleting are system calls that often wait (inode and
-        // journal locks): more threads than cores keep the cores busy.
-        None => 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
-    };
+    let pool = WorkerPool::new(options.threads, "xfs-reflink")?;
     // The reflink probe (files written, cloned, synced) runs when the store
     // is laid out, not on every command; `check` runs it every time.
     if !root.join(TRASH).is_dir() {
@@ -77,27 +71,12 @@ pub fn open(root: &Path, options: &str) -> Result<XfsReflink, StoreError> {
     Ok(XfsReflink {
         root: root.to_path_buf(),
         layout: DirLayout::new(root),
-        pool: std::sync::OnceLock::new(),
-        threads,
+        pool,
         sync_on_commit: options.sync_on_commit.unwrap_or(true),
     })
 }
 
 impl XfsReflink {
-    fn pool(&self) -> Result<&rayon::ThreadPool, StoreError> {
-        if let Some(pool) = self.pool.get() {
-            return Ok(pool);
-        }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(self.threads)
-            .thread_name(|i| format!("xfs-reflink-{i}"))
-            // The walk recurses once per directory level.
-            .stack_size(16 << 20)
-            .build()
-            .map_err(|e| StoreError::other(format!("cannot start {} worker threads: {e}", self.threads)))?;
-        Ok(self.pool.get_or_init(|| pool))
-    }
-
     fn exists(path: &Path) -> Result<bool, StoreError> {
         match fs::symlink_metadata(path) {
             Ok(_) => Ok(true),
@@ -109,7 +88,7 @@ impl XfsReflink {
     /// Deletes the trash entry at `path` on the worker pool; one that
     /// cannot be deleted is set aside, and the error says so.
     fn delete_trash_entry(&self, path: &Path) -> Result<(), StoreError> {
-        self.pool()?.install(|| trash::remove_or_set_aside(path))
+        self.pool.install(|| trash::remove_or_set_aside(path))?
     }
 }
 
@@ -126,7 +105,7 @@ impl SnapshotBackend for XfsReflink {
         if Self::exists(&to)? {
             return Err(StoreError::already_exists(format!("`{dst}` already exists")));
         }
-        if let Err(e) = self.pool()?.install(|| clone::clone_tree(&from, &to)) {
+        if let Err(e) = self.pool.install(|| clone::clone_tree(&from, &to)).and_then(|cloned| cloned) {
             // Don't leave a half-clone behind; if this fails too, the
             // host's recovery removes it later.
             let _ = self.remove(dst);
@@ -214,14 +193,14 @@ impl SnapshotBackend for XfsReflink {
             .filter(|entry| !trash::is_stuck(&entry.file_name().to_string_lossy()))
             .map(|entry| entry.path())
             .collect();
-        self.pool()?.install(|| {
+        self.pool.install(|| {
             trash::retry_stuck(&trash);
             doomed.par_iter().for_each(|path| {
                 if let Err(e) = trash::remove_or_set_aside(path) {
                     eprintln!("warning: {e}");
                 }
             })
-        });
+        })?;
         Ok(())
     }
 
@@ -256,7 +235,11 @@ impl SnapshotBackend for XfsReflink {
                 Uid::effective()
             ));
         }
-        lines.push(format!("{} worker threads; sync on commit: {}", self.threads, self.sync_on_commit));
+        lines.push(format!(
+            "{} worker threads; sync on commit: {}",
+            self.pool.threads(),
+            self.sync_on_commit
+        ));
         Ok(lines)
     }
 }

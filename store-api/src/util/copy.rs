@@ -19,7 +19,7 @@
 //!
 //! Each directory's entries are handled in parallel on the caller's rayon
 //! pool (run it inside [`rayon::ThreadPool::install`]; see
-//! [`worker_pool`]). A directory gets its owner, xattrs, mode and times
+//! [`WorkerPool`]). A directory gets its owner, xattrs, mode and times
 //! only once all its entries are done, so its times are not disturbed by
 //! the entries created in it and its default ACL is not inherited by them.
 
@@ -71,23 +71,49 @@ pub fn copy_tree(src: &Path, dst: &Path, data: FileData) -> Result<(), StoreErro
     copy_fd_meta(&src_dir, &dst_dir, &st, dst)
 }
 
-/// A rayon pool of `threads` workers named `NAME-N`, with stacks deep
-/// enough for the walk (it recurses once per directory level).
-pub fn worker_pool(threads: usize, name: &str) -> Result<rayon::ThreadPool, StoreError> {
-    let prefix = name.to_string();
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(move |i| format!("{prefix}-{i}"))
-        .stack_size(16 << 20)
-        .build()
-        .map_err(|e| StoreError::other(format!("cannot start {threads} worker threads: {e}")))
+/// The worker threads of a backend's tree walks (copies, clones,
+/// removals), as many as its `threads` option says (two per core by
+/// default: these system calls often wait on inode and journal locks, so
+/// more threads than cores keep the cores busy). Started on first use:
+/// most commands never walk a tree.
+pub struct WorkerPool {
+    threads: usize,
+    name: &'static str,
+    pool: OnceLock<rayon::ThreadPool>,
 }
 
-/// Two threads per core: copying and cloning are system calls that often
-/// wait (inode and journal locks), so more threads than cores keep the
-/// cores busy.
-pub fn default_threads() -> usize {
-    2 * std::thread::available_parallelism().map_or(2, |n| n.get())
+impl WorkerPool {
+    /// `threads` is the backend's option; 0 is refused.
+    pub fn new(threads: Option<usize>, name: &'static str) -> Result<WorkerPool, StoreError> {
+        let threads = match threads {
+            Some(0) => return Err(StoreError::invalid("[backend]: threads must be at least 1")),
+            Some(n) => n,
+            None => 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+        };
+        Ok(WorkerPool { threads, name, pool: OnceLock::new() })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `work` on the pool, starting it if needed.
+    pub fn install<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, StoreError> {
+        if self.pool.get().is_none() {
+            let name = self.name;
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(self.threads)
+                .thread_name(move |i| format!("{name}-{i}"))
+                // The walk recurses once per directory level.
+                .stack_size(16 << 20)
+                .build()
+                .map_err(|e| {
+                    StoreError::other(format!("cannot start {} worker threads: {e}", self.threads))
+                })?;
+            let _ = self.pool.set(pool);
+        }
+        Ok(self.pool.get().expect("set above").install(work))
+    }
 }
 
 /// The first copy of a multiply-linked inode: where it went, or why it failed.
