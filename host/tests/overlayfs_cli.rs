@@ -70,6 +70,46 @@ fn contract_on_xfs() {
     contract_on(&["mkfs.xfs", "-q"]);
 }
 
+/// A build killed in its commit after the overlay was unmounted and its
+/// work directory removed, but before its key went: the backend gives no
+/// path for such a tree (it is half-made), and recovery still removes it.
+#[test]
+fn a_commit_killed_after_the_unmount_is_recovered() {
+    let Some((_fs, f)) = loop_store(&["mkfs.ext4", "-q"], "256M", "overlayfs", "") else {
+        return;
+    };
+    f.ok(&["build", "base", "--", "sh", "-c", "echo base > b"]);
+    let mut build = f.command(&["build", "step", "--base", "base", "--", "sleep", "600"]).spawn().unwrap();
+    let tmp = f.root.join("result-tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let link = loop {
+        if let Some(entry) = std::fs::read_dir(&tmp).unwrap().next() {
+            break entry.unwrap().path();
+        }
+        assert!(std::time::Instant::now() < deadline, "the build never made its tree");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    // Mounted: the command runs in it.
+    let layer = std::fs::canonicalize(&link).unwrap();
+    while !mounts_under(&f.root).contains(&layer.join("tree")) {
+        assert!(std::time::Instant::now() < deadline, "the build's overlay never mounted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    build.kill().unwrap();
+    build.wait().unwrap();
+    // What the commit's first half leaves: no overlay, no work directory.
+    store_api::util::mounts::detach_mounts_under(&layer.join("tree")).unwrap();
+    std::fs::remove_dir_all(layer.join("work")).unwrap();
+
+    f.ok(&["complete-deletes"]);
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "result-tmp holds {left:?}");
+    assert!(!layer.exists(), "the killed build's layer {} is left", layer.display());
+    assert_eq!(f.read_result("base", "b"), "base\n");
+    f.ok(&["build", "step", "--base", "base", "--", "sh", "-c", "cat b > c"]);
+    assert_eq!(f.read_result("step", "c"), "base\n");
+}
+
 /// A store of this backend at `root`, which `init` must refuse with exit
 /// status `code` and a message holding `why`.
 fn refused(root: &std::path::Path, code: i32, why: &str) {

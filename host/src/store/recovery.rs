@@ -100,8 +100,15 @@ impl BlockingStore {
             }
             if let Some(lock) = FileLock::try_acquire(&self.lock_path(LockKind::Tmp, &name), Mode::Exclusive)?
             {
-                // Committed (or removed) between the listing and the lock.
                 let Some(path) = self.backend().path(&tree)? else {
+                    // Committed (or removed) between the listing and the
+                    // lock; or a commit killed half-way, which the backend
+                    // gives no path for but still lists: removed either way
+                    // (removing an absent key does nothing).
+                    if !crate::supervise::end_leftovers(&tree, None)? {
+                        continue;
+                    }
+                    self.backend().remove(&tree)?;
                     lock.release_and_remove();
                     continue;
                 };
