@@ -141,6 +141,21 @@ pub fn classify(err: &OciDistributionError, cx: &Context) -> Failure {
         }
         _ => {}
     }
+    if names_a_lost_blob(err) {
+        // A blob a manifest names was gone when the registry checked: taken
+        // by its garbage collection, or (distribution) a concurrent push of
+        // the same blob rewriting its link as it was read. Transient for the
+        // latter; a push that finds the blob really gone uploads it again.
+        return transient(
+            ErrorKind::OTHER,
+            format!(
+                "registry {r} did not find a blob the manifest names while {} ({ATTEMPTS} tries): \
+                 it was removed meanwhile (garbage collection?); push again",
+                cx.what
+            ),
+            false,
+        );
+    }
     match err {
         E::RequestError(e) if is_tls_failure(err) => fatal(
             ErrorKind::PERMISSION,
@@ -180,6 +195,27 @@ pub fn classify(err: &OciDistributionError, cx: &Context) -> Failure {
             ),
         ),
         _ => fatal(ErrorKind::OTHER, format!("registry {r} failed while {}: {}", cx.what, detail(err))),
+    }
+}
+
+/// Whether the registry refused a manifest for a blob it did not find
+/// (`MANIFEST_BLOB_UNKNOWN`, or distribution's `DIGEST_INVALID` when it read
+/// a blob's link while another push rewrote it).
+fn names_a_lost_blob(err: &OciDistributionError) -> bool {
+    use OciDistributionError as E;
+    let on_manifest = |url: &str| url.contains("/manifests/");
+    match err {
+        E::ServerError { code: 400, url, message } => {
+            on_manifest(url)
+                && ["MANIFEST_BLOB_UNKNOWN", "DIGEST_INVALID"].iter().any(|c| message.contains(c))
+        }
+        E::RegistryError { envelope, url } => {
+            on_manifest(url)
+                && envelope.errors.iter().any(|e| {
+                    matches!(e.code, OciErrorCode::ManifestBlobUnknown | OciErrorCode::DigestInvalid)
+                })
+        }
+        _ => false,
     }
 }
 
@@ -293,5 +329,28 @@ mod tests {
             serde_json::from_str(r#"{"errors":[{"code":"DENIED","message":"no"}]}"#).unwrap();
         let f = classify(&OciDistributionError::RegistryError { envelope, url: "u".into() }, &cx());
         assert!(f.error.message().contains("403") && f.error.message().contains("ci/results"), "{}", f.error);
+    }
+
+    #[test]
+    fn a_manifest_refused_for_a_lost_blob_is_tried_again() {
+        let refused = |url: &str, body: &str| {
+            classify(
+                &OciDistributionError::ServerError { code: 400, url: url.into(), message: body.into() },
+                &cx(),
+            )
+        };
+        let body = r#"{"errors":[{"code":"DIGEST_INVALID"},{"code":"MANIFEST_BLOB_UNKNOWN"}]}"#;
+        let f = refused("http://reg:5000/v2/ci/results/manifests/c3", body);
+        assert!(f.transient, "{}", f.error);
+        assert!(f.error.message().contains("push again"), "{}", f.error);
+        // Not for a blob upload, nor for another 400.
+        assert!(!refused("http://reg:5000/v2/ci/results/blobs/uploads/x", body).transient);
+        assert!(
+            !refused(
+                "http://reg:5000/v2/ci/results/manifests/c3",
+                r#"{"errors":[{"code":"MANIFEST_INVALID"}]}"#
+            )
+            .transient
+        );
     }
 }
