@@ -61,7 +61,15 @@ impl BlockingStore {
         progress: impl FnMut(&str),
     ) -> Result<PruneReport, StoreError> {
         options.validate()?;
-        self.reconcile_records()?;
+        if options.all || options.dry_run {
+            // Whole-store work: the record is brought in line with the
+            // backend first, so that results it lost are candidates too.
+            // A bounded prune skips that walk of every result (its cost
+            // stays flat in a store of any size): a result the record
+            // lacks waits for the next `list`, and a recorded one that is
+            // gone is dropped when met (see `take_one`).
+            self.reconcile_records()?;
+        }
         if options.dry_run {
             dry_run(self, options, progress)
         } else {
@@ -173,28 +181,52 @@ fn in_use(store: &BlockingStore, id: &str) -> bool {
     }
 }
 
+/// Leaves read from the record at a time: a prune almost always deletes
+/// the first, unless builds are using it.
+const PAGE: usize = 32;
+
 /// Deletes the least recently used leaf that no build is using; returns it.
 fn take_one(store: &BlockingStore, cutoff: Option<i64>) -> Result<Option<String>, StoreError> {
     let started = Instant::now();
-    for id in store.records()?.leaves_by_age(cutoff)? {
-        // A base of a running build holds a shared `use` lock; skip it.
-        let Some(using) = FileLock::try_acquire(&store.lock_path(LockKind::Use, &id), Mode::Exclusive)?
-        else {
-            continue;
-        };
-        let Some(lock) = FileLock::try_acquire(&store.lock_path(LockKind::Build, &id), Mode::Exclusive)?
-        else {
-            continue;
-        };
-        // Built on since we listed it? Then it is no longer a leaf.
-        let record = store.records()?.get(&id)?;
-        if record.as_ref().is_some_and(|r| r.children > 0) {
-            continue;
+    let mut after = None;
+    loop {
+        let page = store.records()?.leaves_by_age(cutoff, after.as_ref(), PAGE)?;
+        for leaf in &page {
+            if take(store, &leaf.id)? {
+                tracing::debug!(id = leaf.id, elapsed = ?started.elapsed(), "pruned");
+                return Ok(Some(leaf.id.clone()));
+            }
         }
-        store.remove_result(&id, lock)?;
-        using.release_and_remove();
-        tracing::debug!(id, elapsed = ?started.elapsed(), "pruned");
-        return Ok(Some(id));
+        if page.len() < PAGE {
+            return Ok(None);
+        }
+        after = page.last().cloned();
     }
-    Ok(None)
+}
+
+/// Deletes leaf `id` unless a build uses it or it is no longer a leaf;
+/// whether it did. A record whose result is gone is dropped.
+fn take(store: &BlockingStore, id: &str) -> Result<bool, StoreError> {
+    // A base of a running build holds a shared `use` lock; skip it.
+    let Some(using) = FileLock::try_acquire(&store.lock_path(LockKind::Use, id), Mode::Exclusive)? else {
+        return Ok(false);
+    };
+    let Some(lock) = FileLock::try_acquire(&store.lock_path(LockKind::Build, id), Mode::Exclusive)? else {
+        return Ok(false);
+    };
+    // Built on since we listed it? Then it is no longer a leaf.
+    let record = store.records()?.get(id)?;
+    if record.as_ref().is_some_and(|r| r.children > 0) {
+        return Ok(false);
+    }
+    if !store.result_exists(id)? {
+        // Removed behind the record's back (the record was not reconciled).
+        store.records()?.deleted(id)?;
+        lock.release_and_remove();
+        using.release_and_remove();
+        return Ok(false);
+    }
+    store.remove_result(id, lock)?;
+    using.release_and_remove();
+    Ok(true)
 }

@@ -251,21 +251,41 @@ impl Records {
         Ok(records)
     }
 
-    /// Results nothing is built on, least recently used first, optionally
-    /// only those last used before `used_before` (Unix nanoseconds).
-    pub fn leaves_by_age(&self, used_before: Option<i64>) -> Result<Vec<String>, StoreError> {
+    /// Up to `limit` results nothing is built on, least recently used
+    /// first (ties by id), optionally only those last used before
+    /// `used_before` (Unix nanoseconds), and only those after `after` in
+    /// that order: the next page. Read through the index of last uses, so
+    /// a page costs the same in a store of any size.
+    pub fn leaves_by_age(
+        &self,
+        used_before: Option<i64>,
+        after: Option<&Leaf>,
+        limit: usize,
+    ) -> Result<Vec<Leaf>, StoreError> {
         self.fold_uses()?;
+        let (after_used, after_id) = after.map_or((i64::MIN, ""), |l| (l.last_used, l.id.as_str()));
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT r.id FROM results r
-                 WHERE NOT EXISTS (SELECT 1 FROM results c WHERE c.base = r.id)
-                   AND r.last_used < ?1
-                 ORDER BY r.last_used, r.id",
+            let mut stmt = c.prepare_cached(
+                "SELECT r.last_used, r.id FROM results r INDEXED BY results_last_used
+                 WHERE r.last_used < ?1 AND (r.last_used, r.id) > (?2, ?3)
+                   AND NOT EXISTS (SELECT 1 FROM results c WHERE c.base = r.id)
+                 ORDER BY r.last_used, r.id
+                 LIMIT ?4",
             )?;
-            let rows = stmt.query_map(params![used_before.unwrap_or(i64::MAX)], |r| r.get(0))?;
+            let rows = stmt.query_map(
+                params![used_before.unwrap_or(i64::MAX), after_used, after_id, limit as i64],
+                |r| Ok(Leaf { last_used: r.get(0)?, id: r.get(1)? }),
+            )?;
             rows.collect()
         })
     }
+}
+
+/// A result nothing is built on, as [`Records::leaves_by_age`] gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    pub last_used: i64,
+    pub id: String,
 }
 
 /// Fills in how many of `records` (sorted by id) are built on each.
@@ -300,11 +320,22 @@ mod tests {
         r.committed("c1", Some("b")).unwrap();
         r.committed("c2", Some("b")).unwrap();
         crate::uses::note(&dir.path().join("db"), "c1", now_ns()).unwrap();
-        assert_eq!(r.leaves_by_age(None).unwrap(), ["c2", "c1"]);
+        let ids = |leaves: Vec<Leaf>| leaves.into_iter().map(|l| l.id).collect::<Vec<_>>();
+        assert_eq!(ids(r.leaves_by_age(None, None, 10).unwrap()), ["c2", "c1"]);
+        // Page by page.
+        let first = r.leaves_by_age(None, None, 1).unwrap();
+        assert_eq!(ids(first.clone()), ["c2"]);
+        assert_eq!(ids(r.leaves_by_age(None, first.last(), 1).unwrap()), ["c1"]);
+        assert_eq!(
+            ids(r.leaves_by_age(None, r.leaves_by_age(None, first.last(), 1).unwrap().last(), 1).unwrap()),
+            Vec::<String>::new()
+        );
+        // Only those used before a time.
+        assert_eq!(ids(r.leaves_by_age(Some(first[0].last_used + 1), None, 10).unwrap()), ["c2"]);
         assert_eq!(r.get("b").unwrap().unwrap().children, 2);
         r.deleted("c2").unwrap();
         r.deleted("c1").unwrap();
-        assert_eq!(r.leaves_by_age(None).unwrap(), ["b"]);
+        assert_eq!(ids(r.leaves_by_age(None, None, 10).unwrap()), ["b"]);
     }
 
     #[test]

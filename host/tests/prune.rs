@@ -109,16 +109,32 @@ fn the_record_is_repaired(f: &Fixture) {
     assert_eq!(ids(f), ["a", "b"]);
     // A result that vanished behind the record's back: a ghost.
     f.ok(&["build", "ghost", "--", "true"]);
-    let path = f.result("ghost").unwrap();
+    vanish(&f.result("ghost").unwrap());
+    assert_eq!(ids(f), ["a", "b"]);
+    let out = f.json(&["prune", "--all"]);
+    assert_eq!(out["deleted"].as_array().unwrap().len(), 2, "{out}");
+}
+
+/// A bounded prune does not walk the whole store first: a result removed
+/// behind the record's back is dropped when met, never reported deleted.
+fn a_bounded_prune_steps_over_ghosts(f: &Fixture) {
+    f.ok(&["build", "ghost", "--", "true"]);
+    f.ok(&["build", "real", "--", "true"]);
+    vanish(&f.result("ghost").unwrap());
+    assert_eq!(prune_once(f), ["real"]);
+    let out = f.json(&["prune", "--limit", "1"]);
+    assert_eq!(out["deleted"], serde_json::json!([]), "{out}");
+    assert!(ids(f).is_empty());
+}
+
+/// Removes a result's tree as something other than snapstore would.
+fn vanish(path: &std::path::Path) {
     let gone = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("btrfs property set -ts {0} ro false 2>/dev/null; btrfs subvolume delete {0} >/dev/null 2>&1 || rm -rf {0}", path.display()))
         .status()
         .unwrap();
     assert!(gone.success() && !path.exists());
-    assert_eq!(ids(f), ["a", "b"]);
-    let out = f.json(&["prune", "--all"]);
-    assert_eq!(out["deleted"].as_array().unwrap().len(), 2, "{out}");
 }
 
 /// kill -9 of builds at random moments leaves record and store agreeing.
@@ -153,6 +169,7 @@ fn all_scenarios(f: &Fixture) {
     a_base_in_use_is_kept(f);
     older_than_spares_recent_use(f);
     the_record_is_repaired(f);
+    a_bounded_prune_steps_over_ghosts(f);
     kills_leave_no_ghosts(f);
 }
 

@@ -17,7 +17,7 @@ pub struct ScaleRow {
     pub large: Option<f64>,
 }
 
-/// `result`, `build`, `delete`, `list` and `complete-deletes` through the
+/// `result`, `build`, `delete`, `list`, `complete-deletes` and `prune` through the
 /// CLI in a store of 10 results, then of `n`.
 pub fn scale(t: &Target, bin: &Path, work: &Path, n: usize, iters: usize, rows: &mut Vec<ScaleRow>) {
     let root = t.mnt.join("scale-store");
@@ -28,7 +28,10 @@ pub fn scale(t: &Target, bin: &Path, work: &Path, n: usize, iters: usize, rows: 
     let mut grow = |to: usize| {
         let start = Instant::now();
         while have < to {
-            api.build(None, &format!("s-{have}"), empty).expect("store").expect("build");
+            // s-5, looked up by the runs, is built on s-base: neither is
+            // ever the least recently used leaf that `prune` takes.
+            let base = (have == 5).then_some("s-base");
+            api.build(base, &format!("s-{have}"), empty).expect("store").expect("build");
             have += 1;
         }
         start.elapsed()
@@ -61,6 +64,15 @@ pub fn scale(t: &Target, bin: &Path, work: &Path, n: usize, iters: usize, rows: 
                 });
                 [a, b]
             }),
+            Box::new(|name| {
+                // One more leaf, so that the store keeps its size.
+                cli.run(&["build", name, "--", "true"]);
+                cli.run(&["result", "s-5"]);
+                let a = timed(|| {
+                    cli.run(&["prune", "--limit", "1"]);
+                });
+                [a, Duration::ZERO]
+            }),
         ];
         let m = interleave(&t.mnt, iters, &mut variants);
         [
@@ -69,6 +81,7 @@ pub fn scale(t: &Target, bin: &Path, work: &Path, n: usize, iters: usize, rows: 
             median_ms(&m[1][1]),
             median_ms(&m[2][0]),
             median_ms(&m[2][1]),
+            median_ms(&m[3][0]),
         ]
     };
     grow(10);
@@ -84,7 +97,14 @@ pub fn scale(t: &Target, bin: &Path, work: &Path, n: usize, iters: usize, rows: 
         took.as_secs_f64() * 1000.0 / (n - 10) as f64
     );
     let large = measure_at();
-    let ops = ["`result`", "`build --base` (10 files)", "`delete`", "`list`", "`complete-deletes`"];
+    let ops = [
+        "`result`",
+        "`build --base` (10 files)",
+        "`delete`",
+        "`list`",
+        "`complete-deletes`",
+        "`prune --limit 1`",
+    ];
     for (i, op) in ops.into_iter().enumerate() {
         rows.push(ScaleRow { backend: t.label.clone(), op, small: small[i], large: large[i] });
     }

@@ -29,6 +29,15 @@ impl BlockingStore {
         Ok(path)
     }
 
+    /// Whether result `id` is committed; not a use of it. A stat where the
+    /// backend keeps results in one directory (no mount of a view).
+    pub(crate) fn result_exists(&self, id: &str) -> Result<bool, StoreError> {
+        match self.backend().key_dir(Namespace::Result)? {
+            Some(dir) => Ok(fs::symlink_metadata(dir.join(id)).is_ok_and(|m| m.is_dir())),
+            None => Ok(self.backend().path(&key(Namespace::Result, id)?)?.is_some()),
+        }
+    }
+
     /// The path of result `id` if it is committed, answered without
     /// loading the plugin when an earlier command found that its backend
     /// keeps results in one directory (see [`crate::plugin_verdict`]): a
