@@ -254,8 +254,8 @@ impl Records {
     /// Up to `limit` results nothing is built on, least recently used
     /// first (ties by id), optionally only those last used before
     /// `used_before` (Unix nanoseconds), and only those after `after` in
-    /// that order: the next page. Read through the index of last uses, so
-    /// a page costs the same in a store of any size.
+    /// that order: the next page. Read through the indexes of last uses
+    /// and of bases, so a page costs the same in a store of any size.
     pub fn leaves_by_age(
         &self,
         used_before: Option<i64>,
@@ -266,7 +266,7 @@ impl Records {
         let (after_used, after_id) = after.map_or((i64::MIN, ""), |l| (l.last_used, l.id.as_str()));
         self.with(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT r.last_used, r.id FROM results r INDEXED BY results_last_used
+                "SELECT r.last_used, r.id FROM results r
                  WHERE r.last_used < ?1 AND (r.last_used, r.id) > (?2, ?3)
                    AND NOT EXISTS (SELECT 1 FROM results c WHERE c.base = r.id)
                  ORDER BY r.last_used, r.id
