@@ -25,6 +25,7 @@ fn run_killed_at(f: &Fixture, point: &str, args: &[&str]) -> Output {
 /// is complete, the cache is one published state (a == b), and once
 /// recovered no temporary tree is left but those of held leases.
 fn check_invariants(f: &Fixture, context: &str) {
+    f.wait_until_unlocked();
     let listing = f.json(&["list"]);
     for r in listing["results"].as_array().unwrap() {
         let id = r["id"].as_str().unwrap();

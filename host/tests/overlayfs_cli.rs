@@ -97,6 +97,7 @@ fn a_commit_killed_after_the_unmount_is_recovered() {
     }
     build.kill().unwrap();
     build.wait().unwrap();
+    f.wait_until_unlocked();
     // What the commit's first half leaves: no overlay, no work directory.
     store_api::util::mounts::detach_mounts_under(&layer.join("tree")).unwrap();
     std::fs::remove_dir_all(layer.join("work")).unwrap();

@@ -117,6 +117,39 @@ impl Fixture {
         let path = self.result(id).unwrap_or_else(|| panic!("no result {id}"));
         fs::read_to_string(path.join(file)).unwrap()
     }
+
+    /// After a `kill -9` of snapstore: waits (at most 10 s) until no
+    /// process holds one of the store's locks. A command snapstore was
+    /// forking when it died holds copies of its descriptors until it dies
+    /// too (its parent-death signal, or its own check, a moment later);
+    /// until then recovery rightly takes the tree for a live one.
+    pub fn wait_until_unlocked(&self) {
+        let locks = self.root.join(".snapstore/locks");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Some(held) = held_lock(&locks) {
+            assert!(std::time::Instant::now() < deadline, "{} stays locked 10 s after the kill", held.display());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// A lock file under `dir` that some process holds, if any.
+fn held_lock(dir: &Path) -> Option<PathBuf> {
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Some(held) = held_lock(&path) {
+                return Some(held);
+            }
+            continue;
+        }
+        let Ok(file) = fs::File::open(&path) else { continue };
+        let free = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_ok();
+        if !free {
+            return Some(path);
+        }
+    }
+    None
 }
 
 // Each test binary uses some of these.
