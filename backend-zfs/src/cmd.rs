@@ -67,6 +67,13 @@ pub fn zfs(args: &[&str]) -> Result<String, StoreError> {
     }
 }
 
+/// `zfs args…` once, even if ZFS says busy: for a quick way that has a
+/// careful one to fall back on.
+pub fn zfs_once(args: &[&str]) -> Result<String, StoreError> {
+    let _queued = one_at_a_time();
+    run("zfs", args)
+}
+
 /// `zfs list -H -o COLUMNS ARGS…`: one row of `N` fields per dataset.
 pub fn zfs_list<const N: usize>(columns: [&str; N], args: &[&str]) -> Result<Vec<[String; N]>, StoreError> {
     let columns = columns.join(",");
