@@ -9,7 +9,7 @@ use crate::cmd::{zfs, zfs_list, zfs_once, zfs_rows};
 use crate::destroy::State;
 use crate::mounts::{self, Seen};
 use crate::names::{name_property, Dataset};
-use crate::{ZfsBackend, REMOVED_PROPERTY};
+use crate::{ZfsBackend, LEGACY_SNAP_PROPERTY, REMOVED_PROPERTY};
 
 impl ZfsBackend {
     /// The mountpoint of `dataset`, mounting it if needed (e.g. after the
@@ -52,47 +52,63 @@ impl ZfsBackend {
             .ok_or_else(|| StoreError::other(format!("dataset `{dataset}` vanished after creation")))
     }
 
-    /// The snapshot of the committed `dataset`, or `None` if it does not
-    /// exist or is removed. Its commit took it last, and it only ever
-    /// gains older snapshots (a promotion brings those up to its origin):
-    /// it is its newest snapshot; or, once a removal promoted a clone of it
-    /// (which took the snapshot along), its origin. One `zfs list`.
+    /// The snapshot clones of the committed `dataset` start from, taken
+    /// now if it has none yet, or `None` if it does not exist or is
+    /// removed. It is named after the dataset's guid, which never changes:
+    /// `dataset@<guid>`, or its origin once a removal promoted a clone of
+    /// it (the clone took the snapshot along). A committed tree never
+    /// changes (unmounted before its rename, mounted read-only), so a
+    /// snapshot taken at its first clone holds the committed files; and
+    /// commits need no snapshot. Datasets committed by older versions name
+    /// theirs in `snapstore:snap`. One `zfs list`, and a `zfs snapshot` for
+    /// the first clone.
     fn snapshot_of(&self, dataset: &Dataset) -> Result<Option<String>, StoreError> {
-        let columns = format!("name,origin,{REMOVED_PROPERTY}");
-        let args = [
-            "list",
-            "-H",
-            "-o",
-            &columns,
-            "-t",
-            "filesystem,snapshot",
-            "-s",
-            "createtxg",
-            "-r",
-            "-d",
-            "1",
-            dataset.as_str(),
-        ];
+        // `zfs list` of zfs-fuse prints the guid rounded: `zfs get -p`.
+        let properties = format!("guid,origin,{REMOVED_PROPERTY},{LEGACY_SNAP_PROPERTY}");
+        let args =
+            ["get", "-Hp", "-r", "-d", "1", "-o", "name,property,value", &properties, dataset.as_str()];
         let rows: Vec<[String; 3]> = match zfs_rows(&args) {
             Ok(rows) => rows,
             Err(err) if err.kind() == ErrorKind::NOT_FOUND => return Ok(None),
             Err(err) => return Err(err),
         };
-        let Some([_, origin, removed]) = rows.iter().find(|[name, _, _]| name == dataset.as_str()) else {
-            return Ok(None);
+        let property = |wanted: &str| {
+            rows.iter()
+                .find(|[name, property, _]| name == dataset.as_str() && property == wanted)
+                .map(|[_, _, value]| value.clone())
         };
-        if removed == "yes" {
+        let Some(guid) = property("guid") else { return Ok(None) };
+        let (origin, removed) = (property("origin").unwrap_or_default(), property(REMOVED_PROPERTY));
+        let legacy = property(LEGACY_SNAP_PROPERTY).unwrap_or_default();
+        if removed.as_deref() == Some("yes") {
             return Ok(None);
         }
-        let prefix = dataset.snapshot("");
-        let newest = rows.iter().rev().find(|[name, _, _]| name.starts_with(&prefix));
-        match newest {
-            Some([name, _, _]) => Ok(Some(name.clone())),
-            None if origin.contains('@') => Ok(Some(origin.clone())),
-            None => {
-                Err(StoreError::other(format!("dataset `{dataset}` has no snapshot: it was never committed")))
+        let guid = guid
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| StoreError::other(format!("dataset `{dataset}` has guid `{guid}`")))?;
+        let mut names = vec![format!("{guid:016x}")];
+        if !legacy.is_empty() && legacy != "-" {
+            names.push(legacy.clone());
+        }
+        for name in &names {
+            let own = dataset.snapshot(name);
+            if rows.iter().any(|[name, _, _]| *name == own) {
+                return Ok(Some(own));
+            }
+            if origin.ends_with(&format!("@{name}")) {
+                return Ok(Some(origin.clone()));
             }
         }
+        let snapshot = dataset.snapshot(&names[0]);
+        match zfs(&["snapshot", &snapshot]) {
+            // Another process took it meanwhile.
+            Err(err) if err.kind() == ErrorKind::ALREADY_EXISTS => {}
+            other => {
+                other?;
+            }
+        }
+        Ok(Some(snapshot))
     }
 
     /// Whether `dataset` holds committed trees (results, caches).
@@ -113,7 +129,15 @@ impl ZfsBackend {
     fn path_of_new(&self, key: &Key) -> Result<PathBuf, StoreError> {
         let path = self.key_path(key);
         if self.seen(key)? != Seen::Mounted {
-            let mounted = self.mountpoint_of_new(&self.dataset_of(key))?;
+            // One `zfs mount`, as what the layout says it is.
+            let dataset = self.dataset_of(key);
+            let args: &[&str] =
+                if key.namespace().is_committed() { &["mount", "-o", "ro"] } else { &["mount"] };
+            let _ = zfs(&[args, &[dataset.as_str()]].concat());
+            if self.seen(key)? == Seen::Mounted {
+                return Ok(path);
+            }
+            let mounted = self.mountpoint_of_new(&dataset)?;
             if !crate::checks::same_path(&mounted, &path) {
                 return Err(StoreError::other(format!(
                     "dataset `{}` is mounted at {}, not at {}: run `snapstore check`",
@@ -223,32 +247,24 @@ impl SnapshotBackend for ZfsBackend {
         }
         // A result never holds the mounts a build left in its tree.
         self.detach_left_mounts_at(&tmp_path).context(&what)?;
-        // Sealed before the snapshot, so that the tree and its snapshot
-        // (what clones start from) hold the same files. A syscall, not a
-        // `zfs set readonly=on`: committed datasets are mounted read-only.
-        mounts::seal(&tmp_path).context(&what)?;
         if self.is_hashed(dst) {
             // Recorded before the rename, so the committed dataset is never
             // without its name. Harmless on the tmp dataset until then.
             let property = format!("{}={}", name_property(dst.namespace()), dst.name());
             zfs(&["set", &property, tmp_ds.as_str()]).context(&what)?;
         }
-        // A fresh snapshot even if an earlier attempt left one: it may
-        // predate the last writes. Clones start from the newest snapshot.
-        zfs(&["snapshot", &tmp_ds.snapshot(&self.unique_name())]).context(&what)?;
+        // Unmounted, nothing can change the tree any more (no snapshot is
+        // needed now: see `snapshot_of`), and zfs-fuse can rename it.
+        mounts::unmount(&tmp_path).context(&what)?;
+        mounts::remove_stray(&self.namespace_path(tmp.namespace()), &tmp_path);
         // `zfs` would not mount over a directory left there.
         mounts::remove_stray(&self.namespace_path(dst.namespace()), &self.key_path(dst));
-        // The commit point: the complete, sealed tree appears under its key
-        // (`zfs rename` unmounts it and mounts it at its new path). Tried
-        // once: on failure (the key is taken, the tree is busy) the careful
-        // way finds out why.
         if let Err(err) = zfs_once(&["rename", tmp_ds.as_str(), dst_ds.as_str()]) {
             self.commit_slowly(&tmp_ds, &dst_ds, err).context(&what)?;
         }
-        mounts::remove_stray(&self.namespace_path(tmp.namespace()), &tmp_path);
         self.fix_mountpoint(tmp, dst).context(&what)?;
+        // The commit point: the complete tree appears, read-only, under its key.
         let path = self.path_of_new(dst).context(&what)?;
-        // zfs-fuse mounts read-write whatever the dataset says.
         mounts::seal(&path).context(&what)?;
         Ok(path)
     }
@@ -256,18 +272,18 @@ impl SnapshotBackend for ZfsBackend {
     fn remove(&self, key: &Key) -> Result<(), StoreError> {
         let (dataset, path) = (self.dataset_of(key), self.key_path(key));
         let what = format!("cannot remove `{key}`");
-        let parent = self.namespace_path(key.namespace());
         if self.seen(key)? == Seen::Mounted {
             self.detach_left_mounts_at(&path).context(&what)?;
-            // A dataset no clone depends on goes in one step.
-            if zfs_once(&["destroy", "-r", dataset.as_str()]).is_ok() {
-                mounts::remove_stray(&parent, &path);
-                return Ok(());
-            }
             // The atomic step: unmounted, the key is absent for every reader.
-            self.unmount_key(&dataset, &path).context(&what)?;
+            mounts::unmount(&path).context(&what)?;
         }
-        mounts::remove_stray(&parent, &path);
+        mounts::remove_stray(&self.namespace_path(key.namespace()), &path);
+        // A dataset no clone depends on goes in one command.
+        match zfs_once(&["destroy", "-r", dataset.as_str()]) {
+            Ok(_) => return Ok(()),
+            Err(err) if err.kind() == ErrorKind::NOT_FOUND => return Ok(()),
+            Err(_) => {}
+        }
         // Marked, so that nothing mounts it again, then destroyed if it can be.
         match zfs(&["set", &format!("{REMOVED_PROPERTY}=yes"), dataset.as_str()]) {
             Err(err) if err.kind() == ErrorKind::NOT_FOUND => return Ok(()),

@@ -9,11 +9,12 @@
 //!   with `stat`, no `zfs` command. Every step below keeps that true: a
 //!   dataset is only mounted at its key's path once it is complete, and a
 //!   removal unmounts it (and removes its directory) first;
-//! * commit seals the tmp tree (a read-only remount, so nothing changes it
-//!   any more), takes a snapshot with a unique name and renames the dataset
-//!   to its committed key, which `zfs rename` mounts at the new path: the
-//!   commit point. Two `zfs` commands. Clones are made from the newest
-//!   snapshot of a committed dataset (the one its commit took);
+//! * commit unmounts the tmp tree (a syscall: nothing can change it any
+//!   more, and it must be unmounted for zfs-fuse to rename it), renames
+//!   the dataset to its committed key and mounts it there read-only: the
+//!   commit point. Two `zfs` commands. Clones start from the snapshot
+//!   `DATASET/ns/name@<its guid>`, taken at the first clone (see
+//!   `snapshot_of`);
 //! * remove destroys the dataset in one `zfs destroy` when no clone
 //!   depends on it. Otherwise it unmounts it, sets the user property
 //!   `snapstore:removed=yes`, then destroys it. ZFS refuses to destroy a
@@ -47,7 +48,7 @@
 //! them.
 //!
 //! Modules: `names` (the `Dataset` type and the layout), `backend` (the
-//! primitives), `mounts` (reading the mounts, sealing a tree, the marker),
+//! primitives), `mounts` (reading the mounts, unmounting and sealing a tree, the marker),
 //! `repair` (listing from the mounts, repairing them), `destroy` (removed
 //! datasets: promote, destroy, trash, mounts), `checks` (the store's own
 //! datasets, `check`, free space) and `cmd` (running `zfs` one command at
@@ -68,6 +69,9 @@ use store_api::StoreError;
 
 use names::Dataset;
 
+/// The user property naming a committed dataset's snapshot, set by
+/// versions before the snapshot was named after the dataset's guid.
+const LEGACY_SNAP_PROPERTY: &str = "snapstore:snap";
 /// The user property that marks a removed dataset (value `yes`).
 const REMOVED_PROPERTY: &str = "snapstore:removed";
 

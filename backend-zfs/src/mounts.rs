@@ -91,6 +91,44 @@ pub fn seal(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Unmounts the file system mounted at `path` (a syscall: zfs-fuse sees
+/// it, and removes the directory). Nothing can change the tree any more,
+/// and nobody sees it. Fails `BUSY` while a file in it is open or a
+/// process works in it. Retried a little: a FUSE file system just used
+/// stays busy for a moment.
+pub fn unmount(path: &Path) -> Result<(), StoreError> {
+    let target = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| StoreError::invalid(format!("{} has a NUL byte", path.display())))?;
+    let mut pause = std::time::Duration::from_millis(10);
+    for attempt in 0..8 {
+        // zfs-fuse unmounts in its daemon: queued with the `zfs` commands.
+        let queued = crate::cmd::one_at_a_time();
+        // SAFETY: `target` is a valid C string.
+        let done = unsafe { nix::libc::umount2(target.as_ptr(), 0) } == 0;
+        let err = io::Error::last_os_error();
+        drop(queued);
+        if done {
+            return Ok(());
+        }
+        match err.raw_os_error() {
+            // Not a mount point (any more): nothing to do.
+            Some(nix::libc::EINVAL) | Some(nix::libc::ENOENT) => return Ok(()),
+            Some(nix::libc::EBUSY) if attempt < 7 => {
+                std::thread::sleep(pause);
+                pause *= 2;
+            }
+            Some(nix::libc::EBUSY) => {
+                return Err(StoreError::busy(format!(
+                    "{} is in use (a process works in it or holds a file open): stop it and try again",
+                    path.display()
+                )))
+            }
+            _ => return Err(StoreError::io(format!("cannot unmount {}", path.display()), &err)),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
 /// Whether the file system at `path` is mounted read-only.
 pub fn is_read_only(path: &Path) -> Result<bool, StoreError> {
     let stat = statvfs(path).map_err(|errno| {
