@@ -2,6 +2,7 @@
 //! and waiting for the pool to give their space back.
 
 use std::fs;
+use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -42,9 +43,16 @@ impl ZfsBackend {
     /// renaming or destroying it neither fails busy nor reaches through
     /// them. The data they show is left as it was.
     fn detach_left_mounts(&self, dataset: &Dataset) -> Result<(), StoreError> {
-        let Some(tree) = self.mount_path(dataset) else { return Ok(()) };
-        let what = || format!("cannot detach the mounts left in `{dataset}`");
-        let tree = match fs::canonicalize(&tree) {
+        match self.mount_path(dataset) {
+            Some(tree) => self.detach_left_mounts_at(&tree),
+            None => Ok(()),
+        }
+    }
+
+    /// Like `detach_left_mounts`, for the tree mounted at `tree`.
+    pub(crate) fn detach_left_mounts_at(&self, tree: &Path) -> Result<(), StoreError> {
+        let what = || format!("cannot detach the mounts left in {}", tree.display());
+        let tree = match fs::canonicalize(tree) {
             Ok(tree) => tree,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(err) => return Err(StoreError::io(what(), &err)),
@@ -76,6 +84,23 @@ impl ZfsBackend {
             Err(err) if err.kind() == ErrorKind::NOT_FOUND => Ok(()),
             other => other.map(drop),
         }
+    }
+
+    /// Takes the tree of the live `dataset`, mounted at `path` (its key's),
+    /// from view: unmounted (retried while busy), its directory removed.
+    pub(crate) fn unmount_key(&self, dataset: &Dataset, path: &Path) -> Result<(), StoreError> {
+        self.detach_left_mounts_at(path)?;
+        match zfs(&["umount", dataset.as_str()]) {
+            Err(err) if err.message().contains("not currently mounted") => {}
+            Err(err) if err.kind() == ErrorKind::NOT_FOUND => {}
+            other => {
+                other?;
+            }
+        }
+        if let Some(parent) = path.parent() {
+            crate::mounts::remove_stray(parent, path);
+        }
+        Ok(())
     }
 
     /// `zfs rename`, unmounted first (see `unmount`). The dataset stays
