@@ -253,6 +253,12 @@ impl SnapshotBackend for ZfsBackend {
             let property = format!("{}={}", name_property(dst.namespace()), dst.name());
             zfs(&["set", &property, tmp_ds.as_str()]).context(&what)?;
         }
+        // Read-only as a property, not only as a mount option: a result
+        // stays unchangeable when anyone mounts it again (an admin, a
+        // restarted daemon). Set before the unmount, so that nothing
+        // written after it is in the result. One `zfs` command more than the
+        // mount option alone: what a result promises matters more.
+        zfs(&["set", "readonly=on", tmp_ds.as_str()]).context(&what)?;
         // Unmounted, nothing can change the tree any more (no snapshot is
         // needed now: see `snapshot_of`), and zfs-fuse can rename it.
         mounts::unmount(&tmp_path).context(&what)?;

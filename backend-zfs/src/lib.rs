@@ -58,6 +58,7 @@ mod backend;
 mod checks;
 mod cmd;
 mod destroy;
+mod fuse;
 mod mounts;
 mod names;
 mod repair;

@@ -5,7 +5,8 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -101,8 +102,10 @@ pub fn unmount(path: &Path) -> Result<(), StoreError> {
         .map_err(|_| StoreError::invalid(format!("{} has a NUL byte", path.display())))?;
     let mut pause = std::time::Duration::from_millis(10);
     for attempt in 0..8 {
-        // zfs-fuse unmounts in its daemon: queued with the `zfs` commands.
+        // zfs-fuse unmounts in its daemon: queued with the `zfs` commands,
+        // and only once the kernel handed it every request (see `fuse`).
         let queued = crate::cmd::one_at_a_time();
+        crate::fuse::wait_until_quiet(path)?;
         // SAFETY: `target` is a valid C string.
         let done = unsafe { nix::libc::umount2(target.as_ptr(), 0) } == 0;
         let err = io::Error::last_os_error();
@@ -143,4 +146,41 @@ pub fn remove_stray(parent: &Path, path: &Path) {
     if matches!(seen(parent, path), Ok(Seen::Stray)) {
         let _ = fs::remove_dir(path);
     }
+}
+
+/// Where the file system `source` (a dataset's name, as `zfs` mounts it)
+/// is mounted, as `/proc/self/mountinfo` says.
+pub fn mount_points_of(source: &str) -> Result<Vec<PathBuf>, StoreError> {
+    let table = fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
+    let mut points = Vec::new();
+    for line in table.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        // `ID PARENT DEV ROOT POINT OPTIONS [TAGS…] - TYPE SOURCE OPTIONS`
+        let Some(dash) = fields.iter().position(|f| *f == b"-") else { continue };
+        if fields.len() > dash + 2 && unescape(fields[dash + 2]) == source.as_bytes() && fields.len() > 4 {
+            points.push(PathBuf::from(std::ffi::OsString::from_vec(unescape(fields[4]))));
+        }
+    }
+    Ok(points)
+}
+
+/// A mountinfo field with its `\ooo` escapes (space, tab, newline,
+/// backslash) undone.
+fn unescape(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len());
+    let mut i = 0;
+    while i < field.len() {
+        let octal = field.get(i + 1..i + 4).filter(|d| field[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(field[i]);
+                i += 1;
+            }
+        }
+    }
+    out
 }

@@ -125,21 +125,6 @@ impl ZfsBackend {
         self.namespace_dataset(key.namespace().as_str()).child(&self.component(key))
     }
 
-    /// Where a dataset of the store is mounted when its mountpoint is
-    /// inherited from the store root; `None` in the trash (never mounted),
-    /// outside the store, or for a hashed name (mounted at its key's path,
-    /// see [`Self::key_path`]).
-    pub(crate) fn mount_path(&self, dataset: &Dataset) -> Option<PathBuf> {
-        if self.is_trashed(dataset) {
-            return None;
-        }
-        let relative = dataset.below(&self.dataset)?;
-        if relative.split('/').any(|c| c.starts_with(HASH_PREFIX)) {
-            return None;
-        }
-        Some(self.root.join(relative))
-    }
-
     /// The path of `key`'s tree: `ROOT/<namespace>/<name>`, also for hashed
     /// names (their datasets get that mountpoint explicitly).
     pub(crate) fn key_path(&self, key: &Key) -> PathBuf {
@@ -214,8 +199,6 @@ mod tests {
         let backend = ZfsBackend { dataset: Dataset::listed("tank/store"), root: "/r".into() };
         let short = Key::parse("result/abc").unwrap();
         assert_eq!(backend.dataset_of(&short).as_str(), "tank/store/result/abc");
-        assert_eq!(backend.mount_path(&backend.dataset_of(&short)), Some(PathBuf::from("/r/result/abc")));
-        assert_eq!(backend.mount_path(&Dataset::listed("tank/store/trash/x")), None);
         assert!(backend.name_options(&short).is_empty());
         assert_eq!(backend.key_path(&short), PathBuf::from("/r/result/abc"));
         let long = Key::new(Namespace::CacheTmp, &"x".repeat(255)).unwrap();
@@ -224,7 +207,6 @@ mod tests {
         assert!(dataset.as_str().len() + 1 + MAX_UNIQUE <= MAX_ZFS_NAME);
         // Its tree is still at its key's path, and nothing guesses otherwise.
         assert_eq!(backend.key_path(&long), PathBuf::from(format!("/r/cache-tmp/{}", "x".repeat(255))));
-        assert_eq!(backend.mount_path(&dataset), None);
         assert!(backend.name_options(&long).iter().any(|o| o.starts_with("mountpoint=/r/cache-tmp/x")));
         // The longest name that still fits is kept as it is.
         let room = MAX_ZFS_NAME - "tank/store/result/@".len() - MAX_UNIQUE;

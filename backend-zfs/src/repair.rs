@@ -78,11 +78,16 @@ impl ZfsBackend {
             let path = self.key_path(&key);
             if removed == "yes" {
                 if mounted == "yes" {
-                    self.unmount_key(&dataset, &path)?;
+                    self.unmount(&dataset)?;
                 }
                 continue;
             }
             if *mountpoint != path.to_string_lossy() {
+                // Unmounted by us first: `zfs` would unmount it without
+                // waiting for its FUSE requests (see `fuse`).
+                if mounted == "yes" {
+                    self.unmount(&dataset)?;
+                }
                 if self.is_hashed(&key) {
                     zfs(&["set", &format!("mountpoint={}", path.display()), dataset.as_str()])?;
                 } else {

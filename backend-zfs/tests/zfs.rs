@@ -401,7 +401,7 @@ fn lookups_and_later_opens_run_no_zfs_command() {
 }
 
 #[test]
-fn commits_run_two_zfs_commands_and_lone_removals_one() {
+fn commits_run_three_zfs_commands_and_lone_removals_one() {
     if !usable() {
         return;
     }
@@ -423,7 +423,9 @@ fn commits_run_two_zfs_commands_and_lone_removals_one() {
     let committed = zfs_commands_of(|| {
         b.commit(&key("result-tmp/x"), &key("result/x"), Some(&key("result/base"))).unwrap();
     });
-    assert_eq!(committed.len(), 2, "{committed:?}");
+    // `set readonly=on`, `rename`, `mount`.
+    assert_eq!(committed.len(), 3, "{committed:?}");
+    assert!(committed[0].starts_with("set readonly=on "), "{committed:?}");
     let removed = zfs_commands_of(|| b.remove(&key("result/x")).unwrap());
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert_eq!(b.path(&key("result/x")).unwrap(), None);
@@ -502,4 +504,82 @@ fn the_result_directory_holds_committed_results_only() {
     }
     b.complete_deletes().unwrap();
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+#[test]
+fn results_stay_read_only_when_an_admin_mounts_them_again() {
+    if !usable() {
+        return;
+    }
+    let pool = Pool::new();
+    let b = pool.open();
+    let a = b.create(&key("result-tmp/a"), None).unwrap();
+    fs::write(a.join("f"), "a").unwrap();
+    let path = b.commit(&key("result-tmp/a"), &key("result/a"), None).unwrap();
+    let dataset = format!("{}/result/a", pool.dataset);
+    assert_eq!(zfs(&["get", "-H", "-o", "value", "readonly", &dataset]).trim(), "on");
+
+    // Mounted again the plain way, without `-o ro`.
+    retry(|| run("zfs", &["umount", &dataset]));
+    retry(|| run("zfs", &["mount", &dataset]));
+    assert_eq!(fs::read_to_string(path.join("f")).unwrap(), "a");
+    assert!(fs::write(path.join("f"), "changed").is_err(), "a result is writable");
+    assert!(fs::write(path.join("g"), "new").is_err(), "a result is writable");
+    assert_eq!(fs::read_to_string(path.join("f")).unwrap(), "a");
+    // Its clones are writable.
+    let clone = b.clone_tree(&key("result/a"), &key("result-tmp/c")).unwrap();
+    fs::write(clone.join("g"), "new").unwrap();
+}
+
+/// zfs-fuse hung for good when a tree was unmounted while the kernel still
+/// held requests for it (the `RELEASE` of the files a build just closed),
+/// and the daemon was busy serving another tree: commits right after
+/// writes, while other threads write elsewhere. A hang fails the test
+/// after a while instead of blocking it (and leaves zfs-fuse to restart).
+#[test]
+fn commits_right_after_writes_do_not_hang_zfs_fuse() {
+    if !usable() {
+        return;
+    }
+    let pool = Pool::new();
+    let b = pool.open();
+    let busy = b.create(&key("result-tmp/busy"), None).unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let root = pool.root.clone();
+    let options = pool.options();
+    let worker_stop = stop.clone();
+    std::thread::spawn(move || {
+        let b = open(&root, &options).unwrap();
+        let hammers: Vec<_> = (0..3)
+            .map(|h| {
+                let (busy, stop) = (busy.clone(), worker_stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        for i in 0..50 {
+                            fs::write(busy.join(format!("h{h}-{i}")), "x").unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for n in 0..30 {
+            let (tmp, dst) = (key(&format!("result-tmp/t{n}")), key(&format!("result/r{n}")));
+            let path = b.create(&tmp, None).unwrap();
+            for i in 0..20 {
+                fs::write(path.join(format!("f{i}")), "data").unwrap();
+            }
+            b.commit(&tmp, &dst, None).unwrap();
+        }
+        worker_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for hammer in hammers {
+            hammer.join().unwrap();
+        }
+        done_tx.send(()).unwrap();
+    });
+    let finished = done_rx.recv_timeout(std::time::Duration::from_secs(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(finished.is_ok(), "30 commits took over 5 minutes: zfs-fuse hangs (see backend-zfs/src/fuse.rs)");
+    assert_eq!(b.list(Namespace::Result).unwrap().len(), 30);
+    assert_eq!(fs::read_to_string(pool.root.join("result/r29/f19")).unwrap(), "data");
 }
