@@ -28,7 +28,7 @@ use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use nix::sys::statfs::{statfs, FUSE_SUPER_MAGIC};
+use nix::sys::statfs::{statfs, FsType, FUSE_SUPER_MAGIC};
 use store_api::StoreError;
 
 /// Where the kernel shows the FUSE connections (`fusectl`).
@@ -103,8 +103,8 @@ fn read_count(file: &Path) -> Result<Option<u64>, StoreError> {
 /// Whether `fusectl` is mounted at its usual place.
 fn fusectl_is_mounted() -> bool {
     /// `FUSE_CTL_SUPER_MAGIC` of the kernel.
-    const FUSECTL_MAGIC: i64 = 0x6573_5543;
-    statfs(CONNECTIONS).is_ok_and(|stat| stat.filesystem_type().0 as i64 == FUSECTL_MAGIC)
+    const FUSECTL_MAGIC: FsType = FsType(0x6573_5543);
+    statfs(CONNECTIONS).is_ok_and(|stat| stat.filesystem_type() == FUSECTL_MAGIC)
 }
 
 /// Mounts `fusectl` at its usual place (as systemd does at boot); whether

@@ -9,10 +9,12 @@
 //!   with `stat`, no `zfs` command. Every step below keeps that true: a
 //!   dataset is only mounted at its key's path once it is complete, and a
 //!   removal unmounts it (and removes its directory) first;
-//! * commit unmounts the tmp tree (a syscall: nothing can change it any
-//!   more, and it must be unmounted for zfs-fuse to rename it), renames
-//!   the dataset to its committed key and mounts it there read-only: the
-//!   commit point. Two `zfs` commands. Clones start from the snapshot
+//! * commit sets `readonly=on` on the tmp dataset (a property, so the
+//!   result stays read-only however it is mounted again), unmounts it (a
+//!   syscall: nothing can change it any more, and it must be unmounted for
+//!   zfs-fuse to rename it), renames the dataset to its committed key and
+//!   mounts it there read-only: the commit point. Three `zfs` commands.
+//!   Clones start from the snapshot
 //!   `DATASET/ns/name@<its guid>`, taken at the first clone (see
 //!   `snapshot_of`);
 //! * remove destroys the dataset in one `zfs destroy` when no clone
@@ -49,6 +51,8 @@
 //!
 //! Modules: `names` (the `Dataset` type and the layout), `backend` (the
 //! primitives), `mounts` (reading the mounts, unmounting and sealing a tree, the marker),
+//! `fuse` (waiting until zfs-fuse has every request of a mount before it
+//! is unmounted: otherwise zfs-fuse hangs),
 //! `repair` (listing from the mounts, repairing them), `destroy` (removed
 //! datasets: promote, destroy, trash, mounts), `checks` (the store's own
 //! datasets, `check`, free space) and `cmd` (running `zfs` one command at

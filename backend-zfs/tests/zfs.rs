@@ -581,7 +581,9 @@ fn unmounts_right_after_writes_do_not_hang_zfs_fuse() {
     });
     if done_rx.recv_timeout(std::time::Duration::from_secs(300)).is_err() {
         // Ending the process: the pool's cleanup would hang on the daemon too.
-        eprintln!("80 unmounts took over 5 minutes: zfs-fuse hangs (see backend-zfs/src/fuse.rs); restart it");
+        eprintln!(
+            "80 unmounts took over 5 minutes: zfs-fuse hangs (see backend-zfs/src/fuse.rs); restart it"
+        );
         std::process::exit(101);
     }
     let b = pool.open();

@@ -176,11 +176,12 @@ fn wait_for_fuse_requests() {
     if std::fs::read_dir(connections).is_ok_and(|mut d| d.next().is_none()) {
         let _ = run(Command::new("mount").args(["-t", "fusectl", "fusectl"]).arg(connections));
     }
-    let busy = || {
-        std::fs::read_dir(connections).into_iter().flatten().flatten().any(|conn| {
-            std::fs::read_to_string(conn.path().join("waiting")).is_ok_and(|n| n.trim() != "0")
-        })
-    };
+    let busy =
+        || {
+            std::fs::read_dir(connections).into_iter().flatten().flatten().any(|conn| {
+                std::fs::read_to_string(conn.path().join("waiting")).is_ok_and(|n| n.trim() != "0")
+            })
+        };
     let start = Instant::now();
     while busy() && start.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(5));
