@@ -282,6 +282,10 @@ impl SnapshotBackend for ZfsBackend {
             self.detach_left_mounts_at(&path).context(&what)?;
             // The atomic step: unmounted, the key is absent for every reader.
             mounts::unmount(&path).context(&what)?;
+        } else {
+            // Mounted elsewhere (a crash, an admin): unmounted by us, not by
+            // `zfs destroy` (see `fuse`).
+            self.unmount(&dataset).context(&what)?;
         }
         mounts::remove_stray(&self.namespace_path(key.namespace()), &path);
         // A dataset no clone depends on goes in one command.

@@ -71,8 +71,11 @@ impl ZfsBackend {
     /// the syscall (as `zfs umount` does), after its FUSE requests were
     /// handed over (see `fuse`).
     pub(crate) fn unmount(&self, dataset: &Dataset) -> Result<(), StoreError> {
-        for point in crate::mounts::mount_points_of(dataset.as_str())? {
-            self.unmount_key(&point)?;
+        // Mounted outside the store (by an admin): left to `zfs`.
+        let points = crate::mounts::mount_points_of(dataset.as_str())?;
+        let root = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        for point in points.iter().filter(|point| point.starts_with(&root)) {
+            self.unmount_key(point)?;
         }
         Ok(())
     }
