@@ -16,8 +16,10 @@ use store_api::{IoContext, Namespace, StoreError};
 
 /// The marker of a store whose datasets were checked (and repaired) by a
 /// full open: it lives in the store's dataset, so it is only seen when
-/// that dataset is mounted at the root.
-pub const LAYOUT_MARKER: &str = ".snapstore-zfs-layout";
+/// that dataset is mounted at the root. It is in the host's bookkeeping
+/// directory, which `snapstore destroy` removes: a marker of its own in
+/// the root would make the emptied root look like someone else's files.
+pub const LAYOUT_MARKER: &str = ".snapstore/zfs-layout";
 
 /// What the marker holds: the layout's version and the dataset's name.
 pub fn marker_text(dataset: &str) -> String {
@@ -61,6 +63,9 @@ pub fn layout_is_trusted(root: &Path, dataset: &str) -> bool {
 pub fn write_marker(root: &Path, dataset: &str) -> Result<(), StoreError> {
     let tmp = root.join(format!("{LAYOUT_MARKER}.{}", store_api::util::random_token()));
     let what = || format!("cannot write {}", root.join(LAYOUT_MARKER).display());
+    if let Some(dir) = tmp.parent() {
+        fs::create_dir_all(dir).context(what())?;
+    }
     fs::write(&tmp, marker_text(dataset)).context(what())?;
     fs::rename(&tmp, root.join(LAYOUT_MARKER)).map_err(|err| {
         let _ = fs::remove_file(&tmp);

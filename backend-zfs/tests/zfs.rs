@@ -490,7 +490,7 @@ fn the_result_directory_holds_committed_results_only() {
     fs::write(b2.join("f"), "b").unwrap();
     b.commit(&key("result-tmp/b"), &key("result/b"), None).unwrap();
     retry(|| run("zfs", &["umount", &format!("{d}/result/b")]));
-    fs::remove_file(pool.root.join(".snapstore-zfs-layout")).unwrap();
+    fs::remove_file(pool.root.join(".snapstore/zfs-layout")).unwrap();
     let b = pool.open();
     assert_eq!(fs::read_to_string(dir.join("b/f")).unwrap(), "b");
     assert!(fs::write(dir.join("b/g"), "g").is_err(), "a result is writable");
