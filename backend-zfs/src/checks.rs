@@ -23,7 +23,7 @@ fn parents() -> impl Iterator<Item = &'static str> {
 
 /// Whether two paths name the same directory (the config may spell the
 /// root differently from ZFS, e.g. through a symlink or a trailing `/`).
-fn same_path(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_path(a: &Path, b: &Path) -> bool {
     a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }
 

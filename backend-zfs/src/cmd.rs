@@ -42,7 +42,7 @@ const ZFS_LOCK: &str = "/run/lock/snapstore-zfs.lock";
 /// machines) has hung for good when several commands ran at once, e.g. two
 /// clones of one snapshot; a kernel ZFS serializes changes to a pool
 /// anyway, so running our commands one at a time costs little.
-fn one_at_a_time() -> Option<FileLock> {
+pub fn one_at_a_time() -> Option<FileLock> {
     let _ = std::fs::create_dir_all("/run/lock");
     // If the lock cannot be had (e.g. no /run), the command runs unserialized.
     FileLock::acquire(std::path::Path::new(ZFS_LOCK), LockMode::Exclusive).ok()
@@ -65,6 +65,13 @@ pub fn zfs(args: &[&str]) -> Result<String, StoreError> {
             other => return other,
         }
     }
+}
+
+/// `zfs args…` once, even if ZFS says busy: for a quick way that has a
+/// careful one to fall back on.
+pub fn zfs_once(args: &[&str]) -> Result<String, StoreError> {
+    let _queued = one_at_a_time();
+    run("zfs", args)
 }
 
 /// `zfs list -H -o COLUMNS ARGS…`: one row of `N` fields per dataset.

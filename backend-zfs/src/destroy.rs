@@ -2,6 +2,7 @@
 //! and waiting for the pool to give their space back.
 
 use std::fs;
+use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -37,14 +38,13 @@ impl ZfsBackend {
         }
     }
 
-    /// Detaches the mounts a build or a sandbox left in `dataset`'s tree,
-    /// and only those (not the dataset's own mount), so that unmounting,
-    /// renaming or destroying it neither fails busy nor reaches through
-    /// them. The data they show is left as it was.
-    fn detach_left_mounts(&self, dataset: &Dataset) -> Result<(), StoreError> {
-        let Some(tree) = self.mount_path(dataset) else { return Ok(()) };
-        let what = || format!("cannot detach the mounts left in `{dataset}`");
-        let tree = match fs::canonicalize(&tree) {
+    /// Detaches the mounts a build or a sandbox left in the tree mounted
+    /// at `tree`, and only those (not the tree's own mount), so that
+    /// unmounting, renaming or destroying its dataset neither fails busy nor
+    /// reaches through them. The data they show is left as it was.
+    pub(crate) fn detach_left_mounts_at(&self, tree: &Path) -> Result<(), StoreError> {
+        let what = || format!("cannot detach the mounts left in {}", tree.display());
+        let tree = match fs::canonicalize(tree) {
             Ok(tree) => tree,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(err) => return Err(StoreError::io(what(), &err)),
@@ -63,19 +63,34 @@ impl ZfsBackend {
         Ok(())
     }
 
-    /// Unmounts `dataset` if it is mounted, after detaching the mounts left
-    /// in it. `zfs rename` and `zfs destroy` unmount by themselves, but on
-    /// failure they mount again, and zfs-fuse keeps a just-unmounted dataset
-    /// busy for a moment: letting them unmount makes every retry fail.
-    /// Unmounted first, a retry succeeds.
+    /// Unmounts `dataset` wherever it is mounted, after detaching the
+    /// mounts left in it. `zfs rename` and `zfs destroy` unmount by
+    /// themselves, but on failure they mount again, and zfs-fuse keeps a
+    /// just-unmounted dataset busy for a moment: letting them unmount makes
+    /// every retry fail. Unmounted first, a retry succeeds. Unmounted with
+    /// the syscall (as `zfs umount` does), after its FUSE requests were
+    /// handed over (see `fuse`).
     pub(crate) fn unmount(&self, dataset: &Dataset) -> Result<(), StoreError> {
-        self.detach_left_mounts(dataset)?;
-        match zfs(&["umount", dataset.as_str()]) {
-            Err(err) if err.message().contains("not currently mounted") => Ok(()),
-            // Left to the command that follows to report.
-            Err(err) if err.kind() == ErrorKind::NOT_FOUND => Ok(()),
-            other => other.map(drop),
+        // Mounted outside the store (by an admin): left to `zfs`.
+        let points = crate::mounts::mount_points_of(dataset.as_str())?;
+        let root = fs::canonicalize(&self.root).unwrap_or_else(|_| self.root.clone());
+        for point in points.iter().filter(|point| point.starts_with(&root)) {
+            self.unmount_key(point)?;
         }
+        Ok(())
+    }
+
+    /// Takes the tree mounted at `path` (a key's, or where a dataset of the
+    /// store is mounted) from view: the mounts left in it detached, the
+    /// dataset unmounted (retried a little while busy), its directory
+    /// removed.
+    pub(crate) fn unmount_key(&self, path: &Path) -> Result<(), StoreError> {
+        self.detach_left_mounts_at(path)?;
+        crate::mounts::unmount(path)?;
+        if let Some(parent) = path.parent() {
+            crate::mounts::remove_stray(parent, path);
+        }
+        Ok(())
     }
 
     /// `zfs rename`, unmounted first (see `unmount`). The dataset stays

@@ -125,21 +125,33 @@ impl ZfsBackend {
         self.namespace_dataset(key.namespace().as_str()).child(&self.component(key))
     }
 
-    /// Where one of the store's datasets is mounted, by inheritance from
-    /// the store root; `None` in the trash (never mounted) or outside the
-    /// store.
-    pub(crate) fn mount_path(&self, dataset: &Dataset) -> Option<PathBuf> {
-        if self.is_trashed(dataset) {
-            return None;
-        }
-        dataset.below(&self.dataset).map(|relative| self.root.join(relative))
+    /// The path of `key`'s tree: `ROOT/<namespace>/<name>`, also for hashed
+    /// names (their datasets get that mountpoint explicitly).
+    pub(crate) fn key_path(&self, key: &Key) -> PathBuf {
+        self.namespace_path(key.namespace()).join(key.name())
     }
 
-    /// `zfs create`/`zfs clone` options that record `key`'s real name, if
-    /// its dataset name is a hash. Set at creation, so never missing.
+    /// `ROOT/<namespace>`, the mountpoint of the namespace's dataset.
+    pub(crate) fn namespace_path(&self, namespace: Namespace) -> PathBuf {
+        self.root.join(namespace.as_str())
+    }
+
+    /// Whether `key`'s dataset name is a hash of its name.
+    pub(crate) fn is_hashed(&self, key: &Key) -> bool {
+        self.component(key).starts_with(HASH_PREFIX)
+    }
+
+    /// `zfs create`/`zfs clone` options for `key`'s dataset: if its name is
+    /// a hash, its real name and its mountpoint (its key's path). Set at
+    /// creation, so never missing.
     pub(crate) fn name_options(&self, key: &Key) -> Vec<String> {
-        if self.component(key).starts_with(HASH_PREFIX) {
-            vec!["-o".into(), format!("{}={}", name_property(key.namespace()), key.name())]
+        if self.is_hashed(key) {
+            vec![
+                "-o".into(),
+                format!("{}={}", name_property(key.namespace()), key.name()),
+                "-o".into(),
+                format!("mountpoint={}", self.key_path(key).display()),
+            ]
         } else {
             Vec::new()
         }
@@ -187,13 +199,15 @@ mod tests {
         let backend = ZfsBackend { dataset: Dataset::listed("tank/store"), root: "/r".into() };
         let short = Key::parse("result/abc").unwrap();
         assert_eq!(backend.dataset_of(&short).as_str(), "tank/store/result/abc");
-        assert_eq!(backend.mount_path(&backend.dataset_of(&short)), Some(PathBuf::from("/r/result/abc")));
-        assert_eq!(backend.mount_path(&Dataset::listed("tank/store/trash/x")), None);
         assert!(backend.name_options(&short).is_empty());
+        assert_eq!(backend.key_path(&short), PathBuf::from("/r/result/abc"));
         let long = Key::new(Namespace::CacheTmp, &"x".repeat(255)).unwrap();
         let dataset = backend.dataset_of(&long);
         assert!(dataset.as_str().starts_with("tank/store/cache-tmp/h:"), "{dataset}");
         assert!(dataset.as_str().len() + 1 + MAX_UNIQUE <= MAX_ZFS_NAME);
+        // Its tree is still at its key's path, and nothing guesses otherwise.
+        assert_eq!(backend.key_path(&long), PathBuf::from(format!("/r/cache-tmp/{}", "x".repeat(255))));
+        assert!(backend.name_options(&long).iter().any(|o| o.starts_with("mountpoint=/r/cache-tmp/x")));
         // The longest name that still fits is kept as it is.
         let room = MAX_ZFS_NAME - "tank/store/result/@".len() - MAX_UNIQUE;
         let fits = Key::new(Namespace::Result, &"y".repeat(room)).unwrap();

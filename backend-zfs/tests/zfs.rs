@@ -40,8 +40,6 @@ fn create_clone_commit() {
     assert_eq!(fs::read_to_string(path.join("file")).unwrap(), "base");
 
     // Results are read-only.
-    let readonly = zfs(&["get", "-H", "-o", "value", "readonly", &format!("{}/result/a", pool.dataset)]);
-    assert_eq!(readonly.trim(), "on");
     assert!(fs::write(path.join("new"), "x").is_err());
 
     // A clone has the base's content and is writable.
@@ -203,6 +201,7 @@ fn crash_leftovers_are_never_results_and_are_cleaned() {
     fs::write(x.join("f"), "old").unwrap();
     b.commit(&key("result-tmp/x"), &key("result/x"), None).unwrap();
     b.clone_tree(&key("result/x"), &key("result-tmp/y")).unwrap();
+    retry(|| run("zfs", &["umount", &format!("{d}/result-tmp/y")]));
     zfs(&["set", "snapstore:removed=yes", &format!("{d}/result-tmp/y")]);
     assert!(b.list(Namespace::ResultTmp).unwrap().iter().all(|n| n != "y"));
     b.remove(&key("result/x")).unwrap();
@@ -337,4 +336,258 @@ fn mounts_left_in_trees_are_detached_not_crossed() {
     assert_eq!(binds_under(&pool.root), Vec::<PathBuf>::new());
     assert_eq!(outside.checksum(), before, "data outside the store changed");
     assert_eq!(pool.all().len(), 6, "left behind: {:?}", pool.all());
+}
+
+/// Runs `f` with `zfs` and `zpool` out of reach (an empty `PATH`): any
+/// command it runs fails.
+fn without_zfs<T>(f: impl FnOnce() -> T) -> T {
+    let saved = std::env::var_os("PATH");
+    std::env::set_var("PATH", "/nonexistent");
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    match saved {
+        Some(path) => std::env::set_var("PATH", path),
+        None => std::env::remove_var("PATH"),
+    }
+    out.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Runs `f` with a `zfs` in `PATH` that logs its arguments; returns them.
+fn zfs_commands_of(f: impl FnOnce()) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log");
+    let wrapper = dir.path().join("zfs");
+    let real = run("sh", &["-c", "command -v zfs"]).unwrap();
+    fs::write(
+        &wrapper,
+        format!("#!/bin/sh\necho \"$*\" >> {}\nexec {} \"$@\"\n", log.display(), real.trim()),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let saved = std::env::var_os("PATH").unwrap_or_default();
+    let mut path = std::ffi::OsString::from(dir.path());
+    path.push(":");
+    path.push(&saved);
+    std::env::set_var("PATH", path);
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::env::set_var("PATH", saved);
+    out.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    fs::read_to_string(&log).unwrap_or_default().lines().map(String::from).collect()
+}
+
+#[test]
+fn lookups_and_later_opens_run_no_zfs_command() {
+    if !usable() {
+        return;
+    }
+    let pool = Pool::new();
+    let b = pool.open();
+    let a = b.create(&key("result-tmp/a"), None).unwrap();
+    fs::write(a.join("f"), "a").unwrap();
+    b.commit(&key("result-tmp/a"), &key("result/a"), None).unwrap();
+    b.create(&key("result-tmp/t"), None).unwrap();
+
+    without_zfs(|| {
+        let b = pool.open();
+        assert_eq!(b.path(&key("result/a")).unwrap(), Some(pool.root.join("result/a")));
+        assert_eq!(b.path(&key("result/nope")).unwrap(), None);
+        assert_eq!(b.path(&key("result-tmp/a")).unwrap(), None);
+        assert_eq!(b.list(Namespace::Result).unwrap(), ["a"]);
+        assert_eq!(b.list(Namespace::ResultTmp).unwrap(), ["t"]);
+        assert_eq!(b.key_dir(Namespace::Result).unwrap(), Some(pool.root.join("result")));
+        assert_eq!(b.key_dir(Namespace::ResultTmp).unwrap(), None);
+        // zfs really is out of reach here.
+        assert_eq!(b.check().unwrap_err().kind(), ErrorKind::UNSUPPORTED);
+    });
+}
+
+#[test]
+fn commits_run_three_zfs_commands_and_lone_removals_one() {
+    if !usable() {
+        return;
+    }
+    let pool = Pool::new();
+    let b = pool.open();
+    let base = b.create(&key("result-tmp/base"), None).unwrap();
+    fs::write(base.join("f"), "base").unwrap();
+    b.commit(&key("result-tmp/base"), &key("result/base"), None).unwrap();
+
+    // The first clone of a result takes its snapshot; later ones do not.
+    let first = zfs_commands_of(|| {
+        b.clone_tree(&key("result/base"), &key("result-tmp/first")).unwrap();
+    });
+    assert_eq!(first.len(), 3, "{first:?}");
+    let cloned = zfs_commands_of(|| {
+        b.clone_tree(&key("result/base"), &key("result-tmp/x")).unwrap();
+    });
+    assert_eq!(cloned.len(), 2, "{cloned:?}");
+    let committed = zfs_commands_of(|| {
+        b.commit(&key("result-tmp/x"), &key("result/x"), Some(&key("result/base"))).unwrap();
+    });
+    // `set readonly=on`, `rename`, `mount`.
+    assert_eq!(committed.len(), 3, "{committed:?}");
+    assert!(committed[0].starts_with("set readonly=on "), "{committed:?}");
+    let removed = zfs_commands_of(|| b.remove(&key("result/x")).unwrap());
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(b.path(&key("result/x")).unwrap(), None);
+    assert!(!pool.root.join("result/x").exists());
+}
+
+#[test]
+fn the_result_directory_holds_committed_results_only() {
+    if !usable() {
+        return;
+    }
+    let pool = Pool::new();
+    let b = pool.open();
+    let d = &pool.dataset;
+    let dir = b.key_dir(Namespace::Result).unwrap().unwrap();
+    let is_result = |name: &str| fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.is_dir());
+
+    // Committed: there, read-only, with its files.
+    let a = b.create(&key("result-tmp/a"), None).unwrap();
+    fs::write(a.join("f"), "a").unwrap();
+    let path = b.commit(&key("result-tmp/a"), &key("result/a"), None).unwrap();
+    assert_eq!(path, dir.join("a"));
+    assert_eq!(fs::read_to_string(dir.join("a/f")).unwrap(), "a");
+    assert!(fs::write(dir.join("a/g"), "g").is_err(), "a result is writable");
+
+    // A commit that died after its snapshot, before the rename.
+    let half = b.create(&key("result-tmp/half"), None).unwrap();
+    fs::write(half.join("f"), "half").unwrap();
+    zfs(&["snapshot", &format!("{d}/result-tmp/half@s")]);
+    assert!(!is_result("half"));
+
+    // Removed while a clone lives (so not destroyed at once), and removed
+    // with its clone removed too (so it waits).
+    b.clone_tree(&key("result/a"), &key("result-tmp/c")).unwrap();
+    b.remove(&key("result/a")).unwrap();
+    assert!(!is_result("a"));
+    let e = b.create(&key("result-tmp/e"), None).unwrap();
+    fs::write(e.join("f"), "e").unwrap();
+    b.commit(&key("result-tmp/e"), &key("result/e"), None).unwrap();
+    b.clone_tree(&key("result/e"), &key("result-tmp/e1")).unwrap();
+    b.remove(&key("result-tmp/e1")).unwrap();
+    b.remove(&key("result/e")).unwrap();
+    assert!(!is_result("e"));
+
+    // A name too long for ZFS is still at its key's path.
+    let long = "l".repeat(255);
+    let t = b.create(&key(&format!("result-tmp/{long}")), None).unwrap();
+    fs::write(t.join("f"), "long").unwrap();
+    b.commit(&key(&format!("result-tmp/{long}")), &key(&format!("result/{long}")), None).unwrap();
+    assert_eq!(fs::read_to_string(dir.join(&long).join("f")).unwrap(), "long");
+    assert_eq!(b.list(Namespace::Result).unwrap(), std::slice::from_ref(&long));
+
+    // A directory nobody mounted is no result, and goes.
+    fs::create_dir(dir.join("stray")).unwrap();
+    assert_eq!(b.path(&key("result/stray")).unwrap(), None);
+    assert_eq!(b.list(Namespace::Result).unwrap(), std::slice::from_ref(&long));
+    assert!(!dir.join("stray").exists());
+
+    // A result unmounted behind the store's back (a restarted ZFS daemon)
+    // is mounted again by the next full open.
+    let b2 = b.create(&key("result-tmp/b"), None).unwrap();
+    fs::write(b2.join("f"), "b").unwrap();
+    b.commit(&key("result-tmp/b"), &key("result/b"), None).unwrap();
+    retry(|| run("zfs", &["umount", &format!("{d}/result/b")]));
+    fs::remove_file(pool.root.join(".snapstore/zfs-layout")).unwrap();
+    let b = pool.open();
+    assert_eq!(fs::read_to_string(dir.join("b/f")).unwrap(), "b");
+    assert!(fs::write(dir.join("b/g"), "g").is_err(), "a result is writable");
+    assert_eq!(b.path(&key("result/b")).unwrap(), Some(dir.join("b")));
+
+    for name in b.list(Namespace::Result).unwrap() {
+        b.remove(&Key::new(Namespace::Result, &name).unwrap()).unwrap();
+    }
+    for name in b.list(Namespace::ResultTmp).unwrap() {
+        b.remove(&Key::new(Namespace::ResultTmp, &name).unwrap()).unwrap();
+    }
+    b.complete_deletes().unwrap();
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+}
+
+#[test]
+fn results_stay_read_only_when_an_admin_mounts_them_again() {
+    if !usable() {
+        return;
+    }
+    let pool = Pool::new();
+    let b = pool.open();
+    let a = b.create(&key("result-tmp/a"), None).unwrap();
+    fs::write(a.join("f"), "a").unwrap();
+    let path = b.commit(&key("result-tmp/a"), &key("result/a"), None).unwrap();
+    let dataset = format!("{}/result/a", pool.dataset);
+    assert_eq!(zfs(&["get", "-H", "-o", "value", "readonly", &dataset]).trim(), "on");
+
+    // Mounted again the plain way, without `-o ro`.
+    retry(|| run("zfs", &["umount", &dataset]));
+    retry(|| run("zfs", &["mount", &dataset]));
+    assert_eq!(fs::read_to_string(path.join("f")).unwrap(), "a");
+    assert!(fs::write(path.join("f"), "changed").is_err(), "a result is writable");
+    assert!(fs::write(path.join("g"), "new").is_err(), "a result is writable");
+    assert_eq!(fs::read_to_string(path.join("f")).unwrap(), "a");
+    // Its clones are writable.
+    let clone = b.clone_tree(&key("result/a"), &key("result-tmp/c")).unwrap();
+    fs::write(clone.join("g"), "new").unwrap();
+}
+
+/// zfs-fuse hung for good when a tree was unmounted while the kernel still
+/// held requests for it (the `RELEASE` of the files a build just closed)
+/// and the daemon was busy serving other trees: its unmount handler then
+/// loops for ever, holding the lock of every FUSE request. Here: four
+/// threads each remove and commit trees right after writing them, then
+/// remove results right after reading them. A hang
+/// fails the test after a while instead of blocking it (zfs-fuse must then
+/// be restarted).
+#[test]
+fn unmounts_right_after_writes_do_not_hang_zfs_fuse() {
+    if !usable() {
+        return;
+    }
+    let pool = Pool::new();
+    let (root, options) = (pool.root.clone(), pool.options());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let b = open(&root, &options).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let b = &b;
+                s.spawn(move || {
+                    for n in 0..8 {
+                        for (tmp, dst) in [("failed", None), ("t", Some(format!("result/r{t}-{n}")))] {
+                            let tmp = key(&format!("result-tmp/{tmp}{t}-{n}"));
+                            let path = b.create(&tmp, None).unwrap();
+                            for i in 0..20 {
+                                fs::write(path.join(format!("f{i}")), "data").unwrap();
+                            }
+                            match dst {
+                                Some(dst) => drop(b.commit(&tmp, &key(&dst), None).unwrap()),
+                                // A failed build: its tree goes right after its last write.
+                                None => b.remove(&tmp).unwrap(),
+                            }
+                        }
+                    }
+                    // Results removed right after they were read.
+                    for n in 0..4 {
+                        let result = key(&format!("result/r{t}-{n}"));
+                        let path = b.path(&result).unwrap().unwrap();
+                        assert_eq!(fs::read_to_string(path.join("f19")).unwrap(), "data");
+                        b.remove(&result).unwrap();
+                    }
+                });
+            }
+        });
+        done_tx.send(()).unwrap();
+    });
+    if done_rx.recv_timeout(std::time::Duration::from_secs(300)).is_err() {
+        // Ending the process: the pool's cleanup would hang on the daemon too.
+        eprintln!(
+            "80 unmounts took over 5 minutes: zfs-fuse hangs (see backend-zfs/src/fuse.rs); restart it"
+        );
+        std::process::exit(101);
+    }
+    let b = pool.open();
+    assert_eq!(b.list(Namespace::Result).unwrap().len(), 16);
+    assert_eq!(b.list(Namespace::ResultTmp).unwrap(), Vec::<String>::new());
+    assert_eq!(fs::read_to_string(pool.root.join("result/r3-7/f19")).unwrap(), "data");
 }

@@ -127,6 +127,9 @@ fn start_daemon(work: &Path) -> Result<PathBuf, String> {
 
 impl Drop for ZfsPool {
     fn drop(&mut self) {
+        // zfs-fuse hangs for good if a mount goes while the kernel still
+        // holds requests for it (the last closes of the test): wait.
+        wait_for_fuse_requests();
         // Unmount deepest first, then destroy; zfs-fuse often reports a
         // dataset or pool busy for a moment after use, so retry (~30 s).
         if let Ok(tree) = run(Command::new("zfs").args(["list", "-H", "-o", "name", "-r", &self.name])) {
@@ -161,5 +164,26 @@ impl Drop for ZfsPool {
             let _ =
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
+    }
+}
+
+/// Waits (at most 10 s) until no FUSE connection has a request the daemon
+/// has not answered: unmounting one that has makes zfs-fuse hang (see the
+/// zfs backend's `fuse` module). Mounts `fusectl`, which shows them, if
+/// needed.
+fn wait_for_fuse_requests() {
+    let connections = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(connections).is_ok_and(|mut d| d.next().is_none()) {
+        let _ = run(Command::new("mount").args(["-t", "fusectl", "fusectl"]).arg(connections));
+    }
+    let busy =
+        || {
+            std::fs::read_dir(connections).into_iter().flatten().flatten().any(|conn| {
+                std::fs::read_to_string(conn.path().join("waiting")).is_ok_and(|n| n.trim() != "0")
+            })
+        };
+    let start = Instant::now();
+    while busy() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
