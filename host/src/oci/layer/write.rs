@@ -88,7 +88,8 @@ pub fn write_layer(
         // A failed compression stopped the producer (its pipe broke):
         // the compression's error is the one to tell.
         drop(rx);
-        let produced = producer.join().unwrap_or_else(|_| Err(StoreError::other("the layer writer panicked")));
+        let produced =
+            producer.join().unwrap_or_else(|_| Err(StoreError::other("the layer writer panicked")));
         Ok::<_, StoreError>((produced?, compressed?))
     })?;
     Ok(LayerBlob {
