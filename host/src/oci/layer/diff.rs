@@ -131,8 +131,9 @@ fn open_noatime(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path).or_else(|_| File::open(path))
 }
 
-/// Bytes compared at a time.
-const COMPARE_CHUNK: usize = 1 << 20;
+/// Bytes compared at a time: the two buffers stay in the core's cache
+/// (with 1 MiB ones, copying the reads out of the kernel took twice as long).
+const COMPARE_CHUNK: usize = 128 << 10;
 
 thread_local! {
     /// Each walker thread's two buffers, kept: a fresh zeroed pair per file
