@@ -118,7 +118,7 @@ fn same_entry(tpath: &Path, t: &Metadata, bpath: &Path, b: &Metadata) -> Result<
         return Ok(false);
     }
     if t.is_file() {
-        return same_content(tpath, bpath, t.size()).context(format_args!(
+        return same_content(tpath, bpath).context(format_args!(
             "cannot compare {} with {}",
             tpath.display(),
             bpath.display()
@@ -131,43 +131,30 @@ fn open_noatime(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).custom_flags(libc::O_NOATIME).open(path).or_else(|_| File::open(path))
 }
 
-/// Bytes compared at a time: the two buffers stay in the core's cache
-/// (with 1 MiB ones, copying the reads out of the kernel took twice as long).
-const COMPARE_CHUNK: usize = 128 << 10;
-
-thread_local! {
-    /// Each walker thread's two buffers, kept: a fresh zeroed pair per file
-    /// cost more than the comparison of most files.
-    static COMPARE_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
+    let (mut fa, mut fb) = (open_noatime(a)?, open_noatime(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 17], vec![0u8; 1 << 17]);
+    loop {
+        let na = read_full(&mut fa, &mut ba)?;
+        let nb = read_full(&mut fb, &mut bb)?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
 }
 
-/// Whether two files of `size` bytes (both) hold the same bytes. Results
-/// do not change, so `size` bytes are read from each and no more.
-fn same_content(a: &Path, b: &Path, size: u64) -> io::Result<bool> {
-    if size == 0 {
-        return Ok(true);
+fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
     }
-    let (mut fa, mut fb) = (open_noatime(a)?, open_noatime(b)?);
-    COMPARE_BUFFERS.with(|buffers| {
-        let (ba, bb) = &mut *buffers.borrow_mut();
-        let want = (size as usize).min(COMPARE_CHUNK);
-        if ba.len() < want {
-            ba.resize(want, 0);
-            bb.resize(want, 0);
-        }
-        let mut left = size;
-        while left > 0 {
-            let n = (left as usize).min(COMPARE_CHUNK);
-            fa.read_exact(&mut ba[..n])?;
-            fb.read_exact(&mut bb[..n])?;
-            if ba[..n] != bb[..n] {
-                return Ok(false);
-            }
-            left -= n as u64;
-        }
-        Ok(true)
-    })
+    Ok(n)
 }
 
 /// Every entry below `rel` in `tree` (not `rel` itself), with its
