@@ -119,27 +119,51 @@ pub fn export(
                     .tempfile_in(&tmp_dir)
                     .context(format_args!("cannot write into {}", tmp_dir.display()))?;
                 // The backend's own list when it can tell (API 1.2); else write_layer walks.
-                let changes = match base {
+                let mut changes = match base {
                     Some(b) => store.result_changes(step, &b.0)?.map(layer_changes),
                     None => None,
                 };
-                let blob = {
+                // Made into a file and, where the transport can, sent as it
+                // is made; the file is what is sent again if that failed.
+                let mut made = None;
+                let streamed = transport.put_blob_while_made(&mut |upload| {
                     let mut out = Counting {
-                        inner: BufWriter::with_capacity(1 << 20, tmp.as_file()),
+                        inner: Tee {
+                            file: BufWriter::with_capacity(1 << 20, tmp.as_file()),
+                            copy: Some(upload),
+                        },
                         transfer: &mut transfer,
                     };
-                    let blob =
-                        write_layer(tree, base.map(|b| b.1.as_path()), changes, compression, &mut out)?;
+                    let blob = write_layer(
+                        tree,
+                        base.map(|b| b.1.as_path()),
+                        changes.take(),
+                        compression,
+                        &mut out,
+                    )?;
                     out.flush().context("cannot write a layer")?;
-                    blob
-                };
+                    made = Some(blob);
+                    Ok(())
+                })?;
+                let blob = made.ok_or_else(|| StoreError::other("the layer was not made"))?;
                 let layer = LayerDesc {
                     digest: blob.digest,
                     size: blob.size,
                     diff_id: blob.diff_id,
                     media_type: blob.media_type,
                 };
-                if transport.has_blob(&layer.digest)? {
+                let sent = match streamed {
+                    Some((digest, size)) if digest == layer.digest && size == layer.size => true,
+                    Some((digest, _)) => {
+                        warn!(digest, layer = layer.digest, "the blob sent as it was made is not the layer");
+                        false
+                    }
+                    None => false,
+                };
+                if sent {
+                    report.layers_written += 1;
+                    report.bytes_written += layer.size;
+                } else if transport.has_blob(&layer.digest)? {
                     report.layers_skipped += 1;
                 } else {
                     let desc = super::image::descriptor(&layer.media_type, layer.size, &layer.digest)?;
@@ -176,6 +200,30 @@ pub fn export(
     transport.finish()?;
     report.digest = sha256_digest(&manifest);
     Ok(report)
+}
+
+/// Writes to a file, and to a copy for as long as the copy takes it (an
+/// upload that stopped is done again from the file).
+struct Tee<'a, F: Write> {
+    file: F,
+    copy: Option<&'a mut dyn Write>,
+}
+
+impl<F: Write> Write for Tee<'_, F> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(bytes)?;
+        if let Some(copy) = &mut self.copy {
+            if copy.write_all(&bytes[..n]).is_err() {
+                self.copy = None;
+            }
+        }
+        Ok(n)
+    }
+
+    /// The file only: the copy sends what it holds when it is complete.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// The chain of `id`: (step id, tree, creation time), first base first.
@@ -230,6 +278,34 @@ fn remove_stale_temporaries(dir: &Path) {
             let _ = fs::remove_file(entry.path());
         }
     }
+}
+
+/// Remembers that `layer` is step `step`'s layer on `base` (an import
+/// applied it), so that exporting a child of an imported step does not
+/// make the step's layer again: the blob it was built from is the layer,
+/// and the registry it came from holds it. Layers of other media types
+/// (plain tar, Docker's) are not remembered.
+pub(super) fn remember_layer(store: &BlockingStore, step: &str, base: Option<&str>, layer: LayerDesc) {
+    let Some(compression) =
+        [Compression::Zstd, Compression::Gzip].into_iter().find(|c| c.media_type() == layer.media_type)
+    else {
+        return;
+    };
+    let created_ns = match store.records().and_then(|r| r.get(step)) {
+        Ok(Some(record)) => record.created,
+        _ => return,
+    };
+    let dir = store.root().join(META_DIR).join("oci").join("layers");
+    if fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let cached = CachedLayer {
+        created_ns,
+        base: base.map(str::to_string),
+        compression: compression_name(compression).to_string(),
+        layer,
+    };
+    write_cache(&dir.join(format!("{step}.json")), &cached);
 }
 
 fn read_cache(path: &Path) -> Option<CachedLayer> {

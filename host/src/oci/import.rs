@@ -138,6 +138,17 @@ fn apply_missing(
         crate::fault::point(&format!("import:applied-{}", i + 1));
         build.commit()?;
         made.push(step.clone());
+        super::export::remember_layer(
+            store,
+            step,
+            base,
+            super::image::LayerDesc {
+                digest: layer.desc.digest().to_string(),
+                size: layer.desc.size(),
+                diff_id: layer.diff_id.clone(),
+                media_type: layer.media_type.clone(),
+            },
+        );
         debug!(step, "layer applied");
         report.layers_applied += 1;
         report.bytes_read += layer.desc.size();

@@ -1,7 +1,7 @@
 //! The image transport trait, shared by the local transports (`oci:`,
 //! `oci-archive:`) and the registry (`docker://`).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use oci_spec::image::Descriptor;
@@ -25,6 +25,19 @@ pub trait ImageTransport {
     /// Reads the manifest (or index) a tag or a digest (`sha256:…`) names, with its
     /// media type; Ok(None) when there is none.
     fn get_manifest(&mut self, reference: &str) -> Result<Option<(String, Vec<u8>)>, StoreError>;
+    /// Runs `make`, which writes a new blob to the writer it is given, and
+    /// stores what it writes as it writes it, where the transport can (the
+    /// blob's digest is known only at the end). Returns the digest and size
+    /// stored, or None when the transport does not store blobs this way or
+    /// could not (then the caller stores the blob with [`Self::put_blob`]).
+    /// An error of `make` is returned as it is, and nothing is stored.
+    fn put_blob_while_made(
+        &mut self,
+        make: &mut dyn FnMut(&mut dyn Write) -> Result<(), StoreError>,
+    ) -> Result<Option<(String, u64)>, StoreError> {
+        make(&mut std::io::sink())?;
+        Ok(None)
+    }
     /// Makes what was written durable and visible (oci-archive writes its file here).
     fn finish(&mut self) -> Result<(), StoreError> {
         Ok(())

@@ -12,12 +12,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 use store_api::{IoContext, StoreError};
 
 use super::compress::{decoder, Hashing};
+use super::pipe;
 use super::tarread::{read_error, RawEntry, TarReader};
 
 /// Applies one layer (a blob of `media_type`: OCI or Docker v2 tar,
@@ -46,7 +48,53 @@ pub fn apply_layer(
         })?;
     let root = rustix::fs::open(tree, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
         .context(format_args!("cannot open {}", tree.display()))?;
-    let mut tar = TarReader::new(Hashing::new(decoder(media_type, blob)?));
+    let mut stream = Hashing::new(decoder(media_type, blob)?);
+    // Two threads: this one downloads, checks, decompresses and hashes the
+    // stream; the other creates the entries (system calls, mostly).
+    let (tx, rx) = pipe::pipe();
+    std::thread::scope(|scope| {
+        let applier = scope.spawn(|| apply_tar(root, rx));
+        feed(&mut stream, tx);
+        applier.join().unwrap_or_else(|_| Err(StoreError::other("the layer applier panicked")))
+    })?;
+    let actual = stream.digest();
+    if actual.strip_prefix("sha256:") != Some(expected) {
+        return Err(StoreError::invalid(format!(
+            "layer content does not match its diff_id: expected {diff_id}, got {actual}; the layer is corrupt"
+        )));
+    }
+    Ok(())
+}
+
+/// The whole uncompressed stream into the pipe, to its end (the diff_id
+/// covers the padding after the tar's end marker too); a read error goes
+/// to the applier, which reports it. Stops early only when the applier did.
+fn feed(stream: &mut impl Read, mut tx: pipe::ChunkWriter) {
+    loop {
+        let mut chunk = vec![0u8; pipe::CHUNK];
+        let mut n = 0;
+        while n < chunk.len() {
+            match stream.read(&mut chunk[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return tx.fail(e),
+            }
+        }
+        if n == 0 {
+            return;
+        }
+        chunk.truncate(n);
+        if tx.send(chunk).is_err() {
+            return;
+        }
+    }
+}
+
+/// Applies the tar read from `rx` beneath `root`, then reads the stream to
+/// its end (so that the feeder hashes all of it).
+fn apply_tar(root: OwnedFd, rx: pipe::ChunkReader) -> Result<(), StoreError> {
+    let mut tar = TarReader::new(rx);
     let mut applier = Applier {
         root,
         written: HashSet::new(),
@@ -57,17 +105,9 @@ pub fn apply_layer(
     while let Some(entry) = tar.next_entry()? {
         applier.entry(entry, &mut tar.data())?;
     }
-    // The diff_id covers the whole stream, padding after the end marker too.
-    let mut tar = tar.into_inner();
-    io::copy(&mut tar, &mut io::sink()).map_err(read_error)?;
-    applier.set_dir_times()?;
-    let actual = tar.digest();
-    if actual.strip_prefix("sha256:") != Some(expected) {
-        return Err(StoreError::invalid(format!(
-            "layer content does not match its diff_id: expected {diff_id}, got {actual}; the layer is corrupt"
-        )));
-    }
-    Ok(())
+    let mut rest = tar.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(read_error)?;
+    applier.set_dir_times()
 }
 
 fn invalid(path: &[u8], what: &str) -> StoreError {
@@ -100,7 +140,7 @@ struct Applier {
     /// Directories and their mtimes, set at the end (their content changes them).
     dir_times: Vec<(Comps, Time)>,
     /// The last parent directory resolved, kept while nothing is removed.
-    parent: Option<(Comps, OwnedFd)>,
+    parent: Option<(Comps, Arc<OwnedFd>)>,
     /// For file data: fewer, larger writes than `io::copy`'s 8 KiB.
     buf: Vec<u8>,
 }
@@ -211,14 +251,17 @@ impl Applier {
         match kind {
             b'0' | b'\0' | b'7' | b'S' => {
                 let parent_fd = self.parent_dir(parent, &path)?;
-                self.clear_slot(&parent_fd, parent, name, false)?;
-                let fd = rustix::fs::openat(
-                    &parent_fd,
-                    name.as_slice(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(0o600),
-                )
-                .context(format_args!("cannot create {}", rel_path(&comps).display()))?;
+                let create = || {
+                    rustix::fs::openat(
+                        &parent_fd,
+                        name.as_slice(),
+                        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(0o600),
+                    )
+                };
+                let fd = self
+                    .making_room(&parent_fd, parent, name, create)?
+                    .context(format_args!("cannot create {}", rel_path(&comps).display()))?;
                 let file = File::from(fd);
                 let declared = e.size;
                 if let Some(real_size) = sparse {
@@ -259,17 +302,19 @@ impl Applier {
                     Err(_) => return Err(invalid(&path, "hard link target does not exist")),
                 }
                 let parent_fd = self.parent_dir(parent, &path)?;
-                self.clear_slot(&parent_fd, parent, name, false)?;
                 // The target may have been removed with the slot (a link
                 // replacing its own parent): then linkat fails, nothing escapes.
-                rustix::fs::linkat(
-                    &tparent_fd,
-                    tname.as_slice(),
-                    &parent_fd,
-                    name.as_slice(),
-                    AtFlags::empty(),
-                )
-                .context(format_args!("cannot link {}", rel_path(&comps).display()))?;
+                let link = || {
+                    rustix::fs::linkat(
+                        &tparent_fd,
+                        tname.as_slice(),
+                        &parent_fd,
+                        name.as_slice(),
+                        AtFlags::empty(),
+                    )
+                };
+                self.making_room(&parent_fd, parent, name, link)?
+                    .context(format_args!("cannot link {}", rel_path(&comps).display()))?;
             }
             b'2' => {
                 let target = link;
@@ -280,8 +325,8 @@ impl Applier {
                     return Err(invalid(&path, "NUL byte in the symlink target"));
                 }
                 let parent_fd = self.parent_dir(parent, &path)?;
-                self.clear_slot(&parent_fd, parent, name, false)?;
-                rustix::fs::symlinkat(target.as_slice(), &parent_fd, name.as_slice())
+                let symlink = || rustix::fs::symlinkat(target.as_slice(), &parent_fd, name.as_slice());
+                self.making_room(&parent_fd, parent, name, symlink)?
                     .context(format_args!("cannot create the symlink {}", rel_path(&comps).display()))?;
                 self.set_meta_at(&parent_fd, name, &meta, false, &comps)?;
             }
@@ -291,21 +336,31 @@ impl Applier {
                     b'4' => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                let parent_fd = self.parent_dir(parent, &path)?;
-                self.clear_slot(&parent_fd, parent, name, false)?;
                 let (major, minor) = match (u32::try_from(dev.0), u32::try_from(dev.1)) {
                     (Ok(major), Ok(minor)) => (major, minor),
                     _ => return Err(invalid(&path, "device number out of range")),
                 };
+                let parent_fd = self.parent_dir(parent, &path)?;
                 let rdev = rustix::fs::makedev(major, minor);
-                rustix::fs::mknodat(&parent_fd, name.as_slice(), ftype, Mode::from_raw_mode(0o600), rdev)
+                let node = || {
+                    rustix::fs::mknodat(&parent_fd, name.as_slice(), ftype, Mode::from_raw_mode(0o600), rdev)
+                };
+                self.making_room(&parent_fd, parent, name, node)?
                     .context(format_args!("cannot create the node {}", rel_path(&comps).display()))?;
                 self.set_meta_at(&parent_fd, name, &meta, true, &comps)?;
             }
             b'5' => {
                 let parent_fd = self.parent_dir(parent, &path)?;
-                self.clear_slot(&parent_fd, parent, name, true)?;
-                match rustix::fs::mkdirat(&parent_fd, name.as_slice(), Mode::from_raw_mode(0o700)) {
+                let mkdir = || rustix::fs::mkdirat(&parent_fd, name.as_slice(), Mode::from_raw_mode(0o700));
+                let made = match mkdir() {
+                    // A directory stays (its content with it); anything else goes.
+                    Err(Errno::EXIST) => {
+                        self.clear_slot(&parent_fd, parent, name, true)?;
+                        mkdir()
+                    }
+                    made => made,
+                };
+                match made {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(err) => {
                         return Err(err).context(format_args!(
@@ -404,10 +459,10 @@ impl Applier {
 
     /// The parent directory of an entry, with missing ones created (0755,
     /// root-owned, as other tools do).
-    fn parent_dir(&mut self, comps: &[Vec<u8>], path: &[u8]) -> Result<OwnedFd, StoreError> {
+    fn parent_dir(&mut self, comps: &[Vec<u8>], path: &[u8]) -> Result<Arc<OwnedFd>, StoreError> {
         if let Some((cached, fd)) = &self.parent {
             if cached == comps {
-                return fd.try_clone().context("cannot duplicate a descriptor");
+                return Ok(fd.clone());
             }
         }
         let fd = match self.beneath(comps, ResolveFlags::empty()) {
@@ -441,8 +496,30 @@ impl Applier {
             }
             Err(err) => return Err(resolve_error(err, path)),
         };
-        self.parent = Some((comps.to_vec(), fd.try_clone().context("cannot duplicate a descriptor")?));
+        let fd = Arc::new(fd);
+        self.parent = Some((comps.to_vec(), fd.clone()));
         Ok(fd)
+    }
+
+    /// Runs `create` (an `*at` call that makes `name` in `parent_fd`, and
+    /// fails with EEXIST when the name is taken); when the name is taken,
+    /// makes room with [`Self::clear_slot`] and runs it again. Trying first
+    /// spares a stat per entry of a fresh tree. The outer error is the
+    /// clearing's, the inner one `create`'s.
+    fn making_room<T>(
+        &mut self,
+        parent_fd: &OwnedFd,
+        parent: &[Vec<u8>],
+        name: &[u8],
+        create: impl Fn() -> Result<T, Errno>,
+    ) -> Result<Result<T, Errno>, StoreError> {
+        match create() {
+            Err(Errno::EXIST) => {
+                self.clear_slot(parent_fd, parent, name, false)?;
+                Ok(create())
+            }
+            made => Ok(made),
+        }
     }
 
     /// Makes room for a new entry `name`: an existing non-directory is

@@ -9,7 +9,7 @@ use store_api::StoreError;
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compression {
-    /// `application/vnd.oci.image.layer.v1.tar+zstd`: level 3, one worker
+    /// `application/vnd.oci.image.layer.v1.tar+zstd`: level 1, one worker
     /// per core. The default.
     #[default]
     Zstd,
@@ -27,6 +27,9 @@ impl Compression {
     }
 }
 
+/// zstd's level for layers (see [`Compression::Zstd`]).
+const ZSTD_LEVEL: i32 = 1;
+
 /// A compressing writer that must be finished.
 pub(super) enum Encoder<W: Write> {
     Zstd(zstd::stream::write::Encoder<'static, W>),
@@ -37,7 +40,10 @@ impl<W: Write> Encoder<W> {
     pub(super) fn new(compression: Compression, out: W) -> io::Result<Self> {
         Ok(match compression {
             Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(out, 3)?;
+                // Level 1: twice as fast as the default 3 for a blob about
+                // 15% larger (a rootfs: 85 MB against 74 MB from 207 MB):
+                // making the layer, not sending it, is what a push waits for.
+                let mut encoder = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL)?;
                 // Always at least one worker: zstd's output is then the same
                 // for any number of workers, so the digest does not depend
                 // on the machine.
@@ -175,7 +181,7 @@ mod tests {
             })
             .collect();
         let compress = |workers: u32| {
-            let mut e = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+            let mut e = zstd::stream::write::Encoder::new(Vec::new(), ZSTD_LEVEL).unwrap();
             e.multithread(workers).unwrap();
             e.write_all(&data).unwrap();
             e.finish().unwrap()

@@ -29,6 +29,7 @@ mod apply;
 mod compress;
 mod diff;
 mod meta;
+mod pipe;
 mod tarball;
 mod tarread;
 mod write;

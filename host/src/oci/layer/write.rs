@@ -14,6 +14,7 @@ use store_api::{IoContext, StoreError};
 use super::compress::{Compression, Encoder, Hashing};
 use super::diff::{diff_trees, walk_tree};
 use super::meta::{self, join};
+use super::pipe;
 use super::tarball::{kind, Header, TarWriter, BLOCK};
 use super::{Change, ChangeKind, LayerBlob};
 
@@ -78,26 +79,57 @@ pub fn write_layer(
         }
     };
 
-    let write_err = |e: io::Error| StoreError::io("cannot write the layer", &e);
-    let blob = Hashing::new(out);
-    let encoder = Encoder::new(compression, blob).map_err(write_err)?;
-    // Headers are 512 bytes: batch them for the hasher and the compressor.
-    let mut tar = TarWriter::new(io::BufWriter::with_capacity(1 << 20, Hashing::new(encoder)));
-    let mut first_names: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    // One buffer for all file data.
-    let mut buf = vec![0u8; 1 << 20];
-    for (key, action) in &plan {
-        write_entry(&mut tar, tree, key, *action, &mut first_names, &mut buf)?;
-    }
-    let diff = tar.finish().map_err(write_err)?.into_inner().map_err(|e| write_err(e.into_error()))?;
-    let diff_id = diff.digest();
-    let blob = diff.inner.finish().map_err(write_err)?;
+    // Two threads: this one compresses (zstd's workers besides) and hashes
+    // the blob; the other walks the plan, reads the files and hashes the tar.
+    let (tx, mut rx) = pipe::pipe();
+    let (diff_id, blob) = std::thread::scope(|scope| {
+        let producer = scope.spawn(|| write_tar(tree, &plan, tx));
+        let compressed = compress(compression, &mut rx, out);
+        // A failed compression stopped the producer (its pipe broke):
+        // the compression's error is the one to tell.
+        drop(rx);
+        let produced =
+            producer.join().unwrap_or_else(|_| Err(StoreError::other("the layer writer panicked")));
+        Ok::<_, StoreError>((produced?, compressed?))
+    })?;
     Ok(LayerBlob {
         digest: blob.digest(),
         size: blob.count,
         diff_id,
         media_type: compression.media_type().to_string(),
     })
+}
+
+/// The tar of `plan`, into the pipe; returns its diff_id (the tar's sha256).
+fn write_tar(tree: &Path, plan: &BTreeMap<Key, Action>, tx: pipe::ChunkWriter) -> Result<String, StoreError> {
+    let write_err = |e: io::Error| StoreError::io("cannot write the layer", &e);
+    let mut tar = TarWriter::new(Hashing::new(tx));
+    let mut first_names: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    // One buffer for all file data.
+    let mut buf = vec![0u8; 1 << 20];
+    for (key, action) in plan {
+        write_entry(&mut tar, tree, key, *action, &mut first_names, &mut buf)?;
+    }
+    let diff = tar.finish().map_err(write_err)?;
+    let diff_id = diff.digest();
+    diff.inner.finish().map_err(write_err)?;
+    Ok(diff_id)
+}
+
+/// Compresses the chunks of `rx` into `out`; returns the blob's digest and size.
+fn compress<'o>(
+    compression: Compression,
+    rx: &mut pipe::ChunkReader,
+    out: &'o mut dyn Write,
+) -> Result<Hashing<&'o mut dyn Write>, StoreError> {
+    let write_err = |e: io::Error| StoreError::io("cannot write the layer", &e);
+    let mut encoder = Encoder::new(compression, Hashing::new(out)).map_err(write_err)?;
+    while let Some(chunk) = rx.next_chunk() {
+        // The producer's own error is told by the producer.
+        let Ok(chunk) = chunk else { break };
+        encoder.write_all(&chunk).map_err(write_err)?;
+    }
+    encoder.finish().map_err(write_err)
 }
 
 fn plan_from_changes(tree: &Path, changes: Vec<Change>) -> Result<BTreeMap<Key, Action>, StoreError> {

@@ -23,8 +23,9 @@ pub mod credentials;
 mod errors;
 mod reader;
 mod token;
+mod upload;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -470,6 +471,48 @@ impl ImageTransport for RegistryTransport {
             t.runtime.block_on(t.client.push_blob_stream(&reference, stream, &digest, Some(desc.size())))
         })?;
         Ok(())
+    }
+
+    /// Uploads as the blob is made (a chunked upload on a thread of its
+    /// own, on the transport's runtime, which nothing else drives
+    /// meanwhile). Not when other repositories may hold the blob: mounting
+    /// it from one of them, once its digest is known, beats sending it. A
+    /// failed upload is only logged: the caller then sends the blob from
+    /// its file, with retries.
+    fn put_blob_while_made(
+        &mut self,
+        make: &mut dyn FnMut(&mut dyn Write) -> Result<(), StoreError>,
+    ) -> Result<Option<(String, u64)>, StoreError> {
+        if !self.mount_from.is_empty() {
+            make(&mut std::io::sink())?;
+            return Ok(None);
+        }
+        let this: &Self = self;
+        let reference = this.reference("latest");
+        let (mut writer, rx) = upload::channel();
+        let (made, uploaded) = std::thread::scope(|scope| {
+            let uploader = scope.spawn(|| {
+                let body = upload::stream(rx);
+                this.runtime.block_on(this.client.push_blob_stream_chunked(&reference, body))
+            });
+            let made = make(&mut writer);
+            if made.is_ok() {
+                // An upload that stopped is told by its own error below.
+                let _ = writer.complete();
+            } else {
+                drop(writer);
+            }
+            (made, uploader.join())
+        });
+        made?;
+        match uploaded {
+            Ok(Ok(pushed)) => Ok(Some((pushed.blob_digest, pushed.size))),
+            Ok(Err(e)) => {
+                tracing::debug!("registry {}: uploading a blob as it was made: {e}", self.registry);
+                Ok(None)
+            }
+            Err(_) => Ok(None),
+        }
     }
 
     fn get_blob(&mut self, desc: &Descriptor) -> Result<Box<dyn Read + '_>, StoreError> {
