@@ -14,11 +14,7 @@ use support::*;
 
 #[test]
 fn create_clone_commit() {
-    if !usable() {
-        return;
-    }
-    let pool = Pool::new();
-    let b = pool.open();
+    let Some((pool, b)) = Pool::with_store() else { return };
 
     let tmp = b.create(&key("result-tmp/a"), Some(Owner { uid: 1234, gid: 5678 })).unwrap();
     assert_eq!(tmp, pool.root.join("result-tmp/a"));
@@ -76,11 +72,7 @@ fn create_clone_commit() {
 
 #[test]
 fn deferred_deletes_leave_nothing_behind() {
-    if !usable() {
-        return;
-    }
-    let pool = Pool::new();
-    let b = pool.open();
+    let Some((pool, b)) = Pool::with_store() else { return };
 
     // a <- b <- (live clone c); remove the bases while their clones live.
     let a = b.create(&key("result-tmp/a"), None).unwrap();
@@ -170,11 +162,7 @@ fn deferred_deletes_leave_nothing_behind() {
 
 #[test]
 fn crash_leftovers_are_never_results_and_are_cleaned() {
-    if !usable() {
-        return;
-    }
-    let pool = Pool::new();
-    let b = pool.open();
+    let Some((pool, b)) = Pool::with_store() else { return };
     let d = &pool.dataset;
 
     // A build that died before its snapshot, and one that died after the
@@ -260,11 +248,7 @@ fn check_and_open_refuse_bad_setups() {
 
 #[test]
 fn parallel_builds_on_different_keys() {
-    if !usable() {
-        return;
-    }
-    let pool = Pool::new();
-    let b = pool.open();
+    let Some((pool, b)) = Pool::with_store() else { return };
     let base = b.create(&key("result-tmp/base"), None).unwrap();
     fs::write(base.join("f"), "base").unwrap();
     b.commit(&key("result-tmp/base"), &key("result/base"), None).unwrap();
@@ -376,11 +360,7 @@ fn zfs_commands_of(f: impl FnOnce()) -> Vec<String> {
 
 #[test]
 fn lookups_and_later_opens_run_no_zfs_command() {
-    if !usable() {
-        return;
-    }
-    let pool = Pool::new();
-    let b = pool.open();
+    let Some((pool, b)) = Pool::with_store() else { return };
     let a = b.create(&key("result-tmp/a"), None).unwrap();
     fs::write(a.join("f"), "a").unwrap();
     b.commit(&key("result-tmp/a"), &key("result/a"), None).unwrap();
@@ -402,11 +382,7 @@ fn lookups_and_later_opens_run_no_zfs_command() {
 
 #[test]
 fn commits_run_three_zfs_commands_and_lone_removals_one() {
-    if !usable() {
-        return;
-    }
-    let pool = Pool::new();
-    let b = pool.open();
+    let Some((pool, b)) = Pool::with_store() else { return };
     let base = b.create(&key("result-tmp/base"), None).unwrap();
     fs::write(base.join("f"), "base").unwrap();
     b.commit(&key("result-tmp/base"), &key("result/base"), None).unwrap();
@@ -434,11 +410,7 @@ fn commits_run_three_zfs_commands_and_lone_removals_one() {
 
 #[test]
 fn the_result_directory_holds_committed_results_only() {
-    if !usable() {
-        return;
-    }
-    let pool = Pool::new();
-    let b = pool.open();
+    let Some((pool, b)) = Pool::with_store() else { return };
     let d = &pool.dataset;
     let dir = b.key_dir(Namespace::Result).unwrap().unwrap();
     let is_result = |name: &str| fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.is_dir());
@@ -508,11 +480,7 @@ fn the_result_directory_holds_committed_results_only() {
 
 #[test]
 fn results_stay_read_only_when_an_admin_mounts_them_again() {
-    if !usable() {
-        return;
-    }
-    let pool = Pool::new();
-    let b = pool.open();
+    let Some((pool, b)) = Pool::with_store() else { return };
     let a = b.create(&key("result-tmp/a"), None).unwrap();
     fs::write(a.join("f"), "a").unwrap();
     let path = b.commit(&key("result-tmp/a"), &key("result/a"), None).unwrap();

@@ -66,6 +66,17 @@ impl Pool {
         format!("dataset = \"{}\"", self.dataset)
     }
 
+    /// A fresh pool and a store opened on it; None (after a loud skip)
+    /// where zfs cannot run.
+    pub fn with_store() -> Option<(Pool, ZfsBackend)> {
+        if !usable() {
+            return None;
+        }
+        let pool = Pool::new();
+        let store = pool.open();
+        Some((pool, store))
+    }
+
     pub fn open(&self) -> ZfsBackend {
         open(&self.root, &self.options()).expect("open")
     }

@@ -6,6 +6,7 @@ pub mod image;
 pub mod import;
 pub mod layer;
 pub mod layout;
+mod pipe;
 pub mod reference;
 pub mod registry;
 pub mod tags;

@@ -127,7 +127,11 @@ impl Fixture {
         let locks = self.root.join(".snapstore/locks");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while let Some(held) = held_lock(&locks) {
-            assert!(std::time::Instant::now() < deadline, "{} stays locked 10 s after the kill", held.display());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} stays locked 10 s after the kill",
+                held.display()
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }

@@ -19,8 +19,8 @@ use rustix::io::Errno;
 use store_api::{IoContext, StoreError};
 
 use super::compress::{decoder, Hashing};
-use super::pipe;
 use super::tarread::{read_error, RawEntry, TarReader};
+use crate::oci::pipe;
 
 /// Applies one layer (a blob of `media_type`: OCI or Docker v2 tar,
 /// tar+gzip or tar+zstd) onto `tree`, a writable build tree, and checks the
@@ -70,6 +70,7 @@ pub fn apply_layer(
 /// covers the padding after the tar's end marker too); a read error goes
 /// to the applier, which reports it. Stops early only when the applier did.
 fn feed(stream: &mut impl Read, mut tx: pipe::ChunkWriter) {
+    // (A stop without `finish` is a cut stream to the applier.)
     loop {
         let mut chunk = vec![0u8; pipe::CHUNK];
         let mut n = 0;
@@ -82,6 +83,7 @@ fn feed(stream: &mut impl Read, mut tx: pipe::ChunkWriter) {
             }
         }
         if n == 0 {
+            let _ = tx.finish();
             return;
         }
         chunk.truncate(n);

@@ -29,7 +29,6 @@ mod apply;
 mod compress;
 mod diff;
 mod meta;
-mod pipe;
 mod tarball;
 mod tarread;
 mod write;

@@ -14,9 +14,9 @@ use store_api::{IoContext, StoreError};
 use super::compress::{Compression, Encoder, Hashing};
 use super::diff::{diff_trees, walk_tree};
 use super::meta::{self, join};
-use super::pipe;
 use super::tarball::{kind, Header, TarWriter, BLOCK};
 use super::{Change, ChangeKind, LayerBlob};
+use crate::oci::pipe;
 
 /// What the layer says about one path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

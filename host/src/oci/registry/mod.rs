@@ -498,7 +498,7 @@ impl ImageTransport for RegistryTransport {
             let made = make(&mut writer);
             if made.is_ok() {
                 // An upload that stopped is told by its own error below.
-                let _ = writer.complete();
+                let _ = writer.finish();
             } else {
                 drop(writer);
             }
