@@ -1,15 +1,34 @@
 //! A ZFS pool on an image file, through zfs-fuse (or a ZFS kernel module).
 
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::{installed, is_root, run, skip};
 
 /// One pool at a time: zfs-fuse wedged (all its mounts hung) when tests
 /// created and destroyed pools in parallel.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The same across processes (two test binaries, or a test and a bench, on
+/// one daemon wedged it too): an exclusive `flock` on a file every process
+/// of the machine finds, held with the pool.
+fn machine_wide_turn() -> Result<Flock<File>, String> {
+    let dir = if Path::new("/run/lock").is_dir() { Path::new("/run/lock") } else { Path::new("/tmp") };
+    let path = dir.join("snapstore-test-zfs-pools.lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("cannot lock {}: {e}", path.display()))
+}
 
 /// A pool named `name`, mounted at `mount`; destroyed on drop, with the
 /// zfs-fuse daemon if [`stop_daemon_on_drop`](Self::stop_daemon_on_drop)
@@ -23,6 +42,7 @@ pub struct ZfsPool {
     /// Holds the image; kept if the pool cannot be destroyed.
     work: Option<tempfile::TempDir>,
     _serial: MutexGuard<'static, ()>,
+    _machine_wide: Flock<File>,
 }
 
 /// Whether ZFS answers (a daemon or a kernel module); a stuck zfs-fuse
@@ -67,6 +87,7 @@ impl ZfsPool {
     /// under `parent` (e.g. on a disk rather than a tmpfs).
     pub fn create_in(parent: &Path, prefix: &str, size: &str) -> Result<ZfsPool, String> {
         let serial = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+        let machine_wide = machine_wide_turn()?;
         let work = tempfile::Builder::new()
             .prefix("snapstore-zfs-")
             .tempdir_in(parent)
@@ -92,6 +113,7 @@ impl ZfsPool {
                         stop_daemon: false,
                         work: Some(work),
                         _serial: serial,
+                        _machine_wide: machine_wide,
                     })
                 }
                 Err(e) => last = e,
