@@ -128,6 +128,11 @@ pub fn validate(root: &Path) -> Result<(), StoreError> {
             LAYOUT.iter().any(|l| name == *l) && is_empty_dir(&path)
         };
         if !laid_out {
+            // Made a store meanwhile by another process's first use (which
+            // writes the marker, then builds): what we listed is its work.
+            if is_store(&resolved) {
+                return Ok(());
+            }
             return Err(refuse(format!(
                 "store root {shown} is not empty and is not a snapstore store (it holds {:?}); \
                  set root to a new or empty directory",
