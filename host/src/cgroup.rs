@@ -68,8 +68,16 @@ impl TreeCgroup {
         dir.is_dir().then_some(TreeCgroup { dir })
     }
 
-    /// `cgroup.procs`, opened to move a process in: a forked child writes
-    /// `0` to it (moving itself) before it runs the command.
+    /// The cgroup's directory, opened for `clone3`'s `CLONE_INTO_CGROUP`.
+    pub fn open_dir(&self) -> io::Result<std::os::fd::OwnedFd> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = fs::OpenOptions::new().read(true).custom_flags(nix::libc::O_DIRECTORY).open(&self.dir)?;
+        Ok(dir.into())
+    }
+
+    /// `cgroup.procs`, opened to move a process in where `clone3` cannot
+    /// start it there: the forked child writes `0` to it (moving itself)
+    /// before it runs the command.
     pub fn procs_file(&self) -> io::Result<fs::File> {
         fs::OpenOptions::new().write(true).open(self.dir.join("cgroup.procs"))
     }

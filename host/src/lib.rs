@@ -30,6 +30,7 @@ mod records;
 pub mod remote;
 mod root;
 mod sizes;
+mod spawn;
 mod store;
 mod stress;
 mod supervise;

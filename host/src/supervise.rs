@@ -2,7 +2,8 @@
 //! process it started is gone.
 //!
 //! The command runs in its own process group and, where the machine
-//! allows, its own cgroup (see [`crate::cgroup`]); snapstore is a child
+//! allows, its own cgroup (see [`crate::cgroup`]; [`crate::spawn`] starts
+//! it there); snapstore is a child
 //! subreaper, so descendants that double-fork or `setsid` away are
 //! reparented to it. When the command exits, whatever it left is killed
 //! and reaped: only then is the tree committed, once the mounts it made
@@ -12,10 +13,7 @@
 //! ([`end_leftovers`]).
 
 use std::fs;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::sys::signal::{kill, killpg, SaFlags, SigAction, SigHandler, SigSet, Signal};
@@ -26,6 +24,7 @@ use store_api::{Key, StoreError};
 use tracing::{debug, info, warn};
 
 use crate::cgroup::TreeCgroup;
+use crate::spawn::spawn;
 
 /// Runs `command` in `dir` (a tree whose key is `tree`) and returns the
 /// exit status to report: the command's own, 128+N if signal N killed it,
@@ -40,56 +39,22 @@ pub fn run(command: &[String], dir: &Path, tree: &Key) -> Result<u8, StoreError>
         warn!("cannot become a child subreaper ({e}): descendants that detach may outlive the command");
     }
     let cgroup = TreeCgroup::create(tree);
-    let procs = cgroup.as_ref().and_then(|c| c.procs_file().ok());
-    let mut cmd = Command::new(&command[0]);
-    cmd.args(&command[1..]).current_dir(dir).env("SNAPSTORE_DIR", dir).process_group(0);
-    let parent = getpid();
-    let procs_fd = procs.as_ref().map(|f| f.as_raw_fd());
     let terminal = in_terminal_foreground();
-    // SAFETY: only async-signal-safe calls (prctl, getppid, kill, write,
-    // sigprocmask, tcsetpgrp) run between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // If snapstore dies, its tree will never be committed: take the
-            // command down with it rather than let it write on.
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-            if nix::unistd::getppid() != parent {
-                // The parent died before the line above took effect.
-                nix::sys::signal::raise(Signal::SIGKILL)?;
-            }
-            if let Some(fd) = procs_fd {
-                // Moves this process into the cgroup; without it, the run
-                // goes on with the process group and the subreaper only.
-                let _ = nix::libc::write(fd, b"0".as_ptr().cast(), 1);
-            }
-            if terminal {
-                // The command's group takes the terminal, as a shell's job
-                // does: it can read it, and Ctrl-C reaches it directly.
-                let mut ttou = SigSet::empty();
-                ttou.add(Signal::SIGTTOU);
-                let _ = ttou.thread_block();
-                let _ = nix::libc::tcsetpgrp(0, nix::libc::getpid());
-                let _ = ttou.thread_unblock();
-            }
-            Ok(())
-        });
-    }
     let forwarding = ForwardSignals::install();
-    let status = match cmd.spawn() {
-        Ok(mut child) => {
-            let group = Pid::from_raw(child.id() as i32);
+    let status = match spawn(command, dir, cgroup.as_ref(), terminal) {
+        Ok(group) => {
             COMMAND_GROUP.store(group.as_raw(), Ordering::SeqCst);
-            let waited = child.wait();
+            let waited = wait_for(group);
             COMMAND_GROUP.store(0, Ordering::SeqCst);
             end_all(group, cgroup);
             if terminal {
                 take_terminal_back();
             }
-            let status = waited.map_err(|e| StoreError::io("cannot wait for the command", &e))?;
-            use std::os::unix::process::ExitStatusExt;
-            match (status.code(), status.signal()) {
-                (Some(code), _) => code.clamp(0, 255) as u8,
-                (None, Some(signal)) => (128 + signal).clamp(0, 255) as u8,
+            match waited
+                .map_err(|e| StoreError::io("cannot wait for the command", &std::io::Error::from(e)))?
+            {
+                WaitStatus::Exited(_, code) => code.clamp(0, 255) as u8,
+                WaitStatus::Signaled(_, signal, _) => (128 + signal as i32).clamp(0, 255) as u8,
                 _ => 1,
             }
         }
@@ -107,6 +72,17 @@ pub fn run(command: &[String], dir: &Path, tree: &Key) -> Result<u8, StoreError>
     };
     drop(forwarding);
     Ok(status)
+}
+
+/// Waits until the command's first process ends.
+fn wait_for(pid: Pid) -> nix::Result<WaitStatus> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return Ok(status),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Kills what is left of a command whose direct child has exited: its

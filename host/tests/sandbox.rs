@@ -126,6 +126,44 @@ fn cgroups_usable() -> bool {
     is_root() && table.lines().any(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("cgroup2 ")))
 }
 
+/// The command starts as a fresh program would: in its tree, with
+/// `SNAPSTORE_DIR` naming it, no signal blocked, SIGPIPE not ignored
+/// (snapstore ignores it), and, where cgroups can be used, already in the tree's
+/// cgroup (it is created there, not moved).
+#[test]
+fn the_command_starts_in_its_tree_and_its_cgroup() {
+    let f = Fixture::rsync();
+    let script = "cat /proc/self/cgroup > cgroup; echo \"$SNAPSTORE_DIR\" > dir; pwd -P > pwd; \
+                  grep -E '^Sig(Blk|Ign):' /proc/self/status > signals";
+    f.ok(&["build", "probe", "--", "sh", "-c", script]);
+    let result = f.result("probe").unwrap();
+    let read = |name: &str| fs::read_to_string(result.join(name)).unwrap();
+    let tree = read("pwd");
+    assert!(
+        tree.starts_with(&format!("{}/result-tmp/", fs::canonicalize(&f.root).unwrap().display())),
+        "{tree}"
+    );
+    assert_eq!(read("dir"), tree, "SNAPSTORE_DIR is not the tree");
+    let signals = read("signals");
+    let mask = |name: &str| {
+        let line = signals.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "the command starts with signals blocked: {signals}");
+    let sigpipe = 1 << (nix::libc::SIGPIPE - 1);
+    assert_eq!(mask("SigIgn:") & sigpipe, 0, "the command starts with SIGPIPE ignored: {signals}");
+    if !cgroups_usable() {
+        skip("the command's cgroup needs a writable cgroup2 mount (root)");
+        return;
+    }
+    let tree_name = tree.trim().rsplit('/').next().unwrap().to_string();
+    assert!(
+        read("cgroup").lines().any(|l| l.starts_with("0::/snapstore/result-tmp.") && l.ends_with(&tree_name)),
+        "not in the tree's cgroup: {}",
+        read("cgroup")
+    );
+}
+
 /// A writer that outlives a snapstore killed with SIGKILL is killed by
 /// the recovery that removes its tree (through the build's cgroup).
 #[test]
