@@ -24,6 +24,12 @@ pub struct ResultRecord {
     pub last_used: i64,
     /// How many recorded results are built on this one.
     pub children: u64,
+    /// When its tree, a clone of `base`, was handed to the build: files
+    /// whose status changed well before were left as the clone made them
+    /// (see `diff_trees_after_clone`). `None` for results not built on a
+    /// clone, adopted, or recorded by older versions.
+    #[serde(skip)]
+    pub cloned: Option<i64>,
 }
 
 pub struct Records {
@@ -37,7 +43,7 @@ fn db_error(e: rusqlite::Error) -> StoreError {
 }
 
 /// The schema's version, kept in the record's `user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
@@ -83,10 +89,10 @@ impl Records {
         Ok(Records { conn: Mutex::new(conn), path: path.to_path_buf() })
     }
 
-    /// Creates the schema, or brings an older record to it. Version 2 keeps
-    /// the rows in id order (WITHOUT ROWID), so reading the whole record
-    /// (`list` of 100 000) needs no sort; version 1 and older had a rowid
-    /// table, copied over once.
+    /// Creates the schema, or brings an older record to it, copied over
+    /// once. Version 2 keeps the rows in id order (WITHOUT ROWID), so
+    /// reading the whole record (`list` of 100 000) needs no sort; version
+    /// 3 adds when each tree was cloned.
     fn make_schema(conn: &mut Connection) -> rusqlite::Result<()> {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         // Another process may have done it while this one waited.
@@ -98,21 +104,23 @@ impl Records {
                 r.get(0)
             })?;
         tx.execute_batch(
-            "CREATE TABLE results_v2 (
+            "CREATE TABLE results_v3 (
                  id TEXT PRIMARY KEY,
                  base TEXT,
                  created INTEGER NOT NULL,
-                 last_used INTEGER NOT NULL
+                 last_used INTEGER NOT NULL,
+                 cloned INTEGER
              ) WITHOUT ROWID;",
         )?;
         if older {
             tx.execute_batch(
-                "INSERT INTO results_v2 SELECT id, base, created, last_used FROM results;
+                "INSERT INTO results_v3 (id, base, created, last_used)
+                     SELECT id, base, created, last_used FROM results;
                  DROP TABLE results;",
             )?;
         }
         tx.execute_batch(
-            "ALTER TABLE results_v2 RENAME TO results;
+            "ALTER TABLE results_v3 RENAME TO results;
              CREATE INDEX results_base ON results(base);
              CREATE INDEX results_last_used ON results(last_used);",
         )?;
@@ -126,15 +134,16 @@ impl Records {
     }
 
     /// Records a new result, and the use of its base, in one write.
-    pub fn committed(&self, id: &str, base: Option<&str>) -> Result<(), StoreError> {
+    /// `cloned`: when its tree, a clone of `base`, was handed to the build.
+    pub fn committed(&self, id: &str, base: Option<&str>, cloned: Option<i64>) -> Result<(), StoreError> {
         let now = now_ns();
         self.with(|c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             tx.execute(
-                "INSERT INTO results (id, base, created, last_used) VALUES (?1, ?2, ?3, ?3)
+                "INSERT INTO results (id, base, created, last_used, cloned) VALUES (?1, ?2, ?3, ?3, ?4)
                  ON CONFLICT(id) DO UPDATE SET base = excluded.base, created = excluded.created,
-                     last_used = excluded.last_used",
-                params![id, base, now],
+                     last_used = excluded.last_used, cloned = excluded.cloned",
+                params![id, base, now, cloned],
             )?;
             if let Some(base) = base {
                 tx.execute("UPDATE results SET last_used = ?2 WHERE id = ?1", params![base, now])?;
@@ -213,7 +222,8 @@ impl Records {
         self.with(|c| {
             c.query_row(
                 "SELECT r.id, r.base, r.created, r.last_used,
-                     (SELECT COUNT(*) FROM results c WHERE c.base = r.id) FROM results r WHERE r.id = ?1",
+                     (SELECT COUNT(*) FROM results c WHERE c.base = r.id), r.cloned
+                 FROM results r WHERE r.id = ?1",
                 params![id],
                 |r| {
                     Ok(ResultRecord {
@@ -222,6 +232,7 @@ impl Records {
                         created: r.get(2)?,
                         last_used: r.get(3)?,
                         children: r.get::<_, i64>(4)? as u64,
+                        cloned: r.get(5)?,
                     })
                 },
             )
@@ -235,7 +246,7 @@ impl Records {
         self.fold_uses()?;
         let mut records = self.with(|c| {
             // The table is kept in id order (schema version 2).
-            let mut stmt = c.prepare("SELECT id, base, created, last_used FROM results")?;
+            let mut stmt = c.prepare("SELECT id, base, created, last_used, cloned FROM results")?;
             let rows = stmt.query_map([], |r| {
                 Ok(ResultRecord {
                     id: r.get(0)?,
@@ -243,6 +254,7 @@ impl Records {
                     created: r.get(2)?,
                     last_used: r.get(3)?,
                     children: 0,
+                    cloned: r.get(4)?,
                 })
             })?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -316,9 +328,9 @@ mod tests {
     fn leaves_come_least_recently_used_first() {
         let dir = tempfile::tempdir().unwrap();
         let r = Records::open(&dir.path().join("db")).unwrap();
-        r.committed("b", None).unwrap();
-        r.committed("c1", Some("b")).unwrap();
-        r.committed("c2", Some("b")).unwrap();
+        r.committed("b", None, None).unwrap();
+        r.committed("c1", Some("b"), None).unwrap();
+        r.committed("c2", Some("b"), None).unwrap();
         crate::uses::note(&dir.path().join("db"), "c1", now_ns()).unwrap();
         let ids = |leaves: Vec<Leaf>| leaves.into_iter().map(|l| l.id).collect::<Vec<_>>();
         assert_eq!(ids(r.leaves_by_age(None, None, 10).unwrap()), ["c2", "c1"]);
@@ -355,18 +367,42 @@ mod tests {
         let ids: Vec<_> =
             r.all().unwrap().into_iter().map(|r| (r.id, r.base, r.last_used, r.children)).collect();
         assert_eq!(ids, [("a".into(), Some("z".into()), 3, 0), ("z".into(), None, 5, 1)]);
+        assert_eq!(r.get("a").unwrap().unwrap().cloned, None);
+        r.committed("b", Some("a"), Some(7)).unwrap();
         drop(r);
         // Opening it again finds the current version and changes nothing.
-        assert_eq!(Records::open(&path).unwrap().all().unwrap().len(), 2);
+        let again = Records::open(&path).unwrap();
+        assert_eq!(again.all().unwrap().len(), 3);
+        assert_eq!(again.get("b").unwrap().unwrap().cloned, Some(7));
+    }
+
+    #[test]
+    fn a_version_2_record_gains_the_clone_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE results (id TEXT PRIMARY KEY, base TEXT, created INTEGER NOT NULL,
+                 last_used INTEGER NOT NULL) WITHOUT ROWID;
+             INSERT INTO results VALUES ('a', NULL, 1, 5);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        drop(old);
+        let r = Records::open(&path).unwrap();
+        let a = r.get("a").unwrap().unwrap();
+        assert_eq!((a.created, a.last_used, a.cloned), (1, 5, None));
+        r.committed("b", Some("a"), Some(9)).unwrap();
+        assert_eq!(r.all().unwrap().iter().map(|x| x.cloned).collect::<Vec<_>>(), [None, Some(9)]);
     }
 
     #[test]
     fn reconcile_adopts_and_drops() {
         let dir = tempfile::tempdir().unwrap();
         let r = Records::open(&dir.path().join("db")).unwrap();
-        r.committed("ghost", None).unwrap();
-        r.committed("kept", None).unwrap();
-        r.committed("child", Some("kept")).unwrap();
+        r.committed("ghost", None, None).unwrap();
+        r.committed("kept", None, None).unwrap();
+        r.committed("child", Some("kept"), None).unwrap();
         let present = ["kept".into(), "old".into(), "child".into()];
         let reconciled = r.reconcile(&present).unwrap();
         assert_eq!((reconciled.adopted, reconciled.dropped), (1, 1));

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use snapstore::oci::layer::{
-    apply_layer, diff_trees, write_layer, Change, ChangeKind, Compression, LayerBlob,
+    apply_layer, diff_trees, diff_trees_after_clone, write_layer, Change, ChangeKind, Compression, LayerBlob,
 };
 use snapstore::ErrorKind;
 use test_support::fidelity::{assert_same, build_fidelity_tree, manifest, set_times, without_atimes};
@@ -147,6 +147,41 @@ fn diff_finds_every_kind_of_change() {
     let copy = tmp.path().join("copy");
     cp_a(&base, &copy);
     assert_eq!(diff_trees(&copy, &base).unwrap(), vec![]);
+}
+
+/// A tree cloned from its base, then changed: the walk that trusts the
+/// clone still finds a change whose size and mtime were put back, and does
+/// not read the files untouched since the clone.
+#[test]
+fn a_diff_after_a_clone_reads_only_files_changed_since() {
+    let Some((tmp, base)) = base_scene() else { return };
+    let tree = tmp.path().join("clone");
+    cp_a(&base, &tree);
+    // Different content, same size and times, before the clone was handed
+    // over: only a walk that reads it can tell. (A real clone does not do
+    // this; here it shows which files are read.)
+    let f5 = fs::read(base.join("many/f5")).unwrap();
+    fs::write(tree.join("many/f5"), vec![b'Z'; f5.len()]).unwrap();
+    sh(&format!("touch -r {} {}", base.join("many/f5").display(), tree.join("many/f5").display()));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let cloned = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    // The build: a change with size and mtime put back, at once.
+    let f2 = fs::read(base.join("many/f2")).unwrap();
+    fs::write(tree.join("many/f2"), vec![b'X'; f2.len()]).unwrap();
+    sh(&format!("touch -r {} {}", base.join("many/f2").display(), tree.join("many/f2").display()));
+    let modified = |changes: &[Change]| {
+        let mut paths: Vec<_> = changes
+            .iter()
+            .filter(|c| c.kind == ChangeKind::Modified)
+            .map(|c| c.path.display().to_string())
+            .collect();
+        paths.sort();
+        paths
+    };
+    let trusting = diff_trees_after_clone(&tree, &base, cloned).unwrap();
+    assert_eq!(modified(&trusting), ["many/f2"], "{trusting:?}");
+    let reading = diff_trees(&tree, &base).unwrap();
+    assert_eq!(modified(&reading), ["many/f2", "many/f5"], "{reading:?}");
 }
 
 #[test]

@@ -16,7 +16,7 @@ use store_api::{IoContext, StoreError};
 use tracing::{debug, warn};
 
 use super::image::{config_json, manifest_json, LayerDesc, Step, OCI_MANIFEST};
-use super::layer::{write_layer, Compression};
+use super::layer::{diff_trees_after_clone, write_layer, Compression};
 use super::layout::parse_digest;
 use super::reference::ImageRef;
 use super::tags::tag_for_id;
@@ -90,11 +90,12 @@ pub fn export(
     };
     let mut transfer = Transfer::new(format!("exporting `{id}` to {image}"), chain.len());
     let mut steps = Vec::with_capacity(chain.len());
-    for (i, (step, tree, created_ns)) in chain.iter().enumerate() {
+    for (i, link) in chain.iter().enumerate() {
+        let (step, tree, created_ns) = (&link.step, &link.tree, &link.created);
         let base = i.checked_sub(1).map(|b| &chain[b]);
         let wanted = CachedLayer {
             created_ns: *created_ns,
-            base: base.map(|b| b.0.clone()),
+            base: base.map(|b| b.step.clone()),
             compression: compression_name(compression).to_string(),
             layer: LayerDesc {
                 digest: String::new(),
@@ -118,9 +119,18 @@ pub fn export(
                     .prefix("layer-")
                     .tempfile_in(&tmp_dir)
                     .context(format_args!("cannot write into {}", tmp_dir.display()))?;
-                // The backend's own list when it can tell (API 1.2); else write_layer walks.
+                // The backend's own list when it can tell (API 1.2); else a
+                // walk of both trees, which trusts the files the build did
+                // not touch when the step was cloned from this very base
+                // (not from an earlier result of the same id).
                 let mut changes = match base {
-                    Some(b) => store.result_changes(step, &b.0)?.map(layer_changes),
+                    Some(b) => match store.result_changes(step, &b.step)? {
+                        Some(changes) => Some(layer_changes(changes)),
+                        None => match link.cloned.filter(|cloned| b.created < *cloned) {
+                            Some(cloned) => Some(diff_trees_after_clone(tree, &b.tree, cloned)?),
+                            None => None,
+                        },
+                    },
                     None => None,
                 };
                 // Made into a file and, where the transport can, sent as it
@@ -136,7 +146,7 @@ pub fn export(
                     };
                     let blob = write_layer(
                         tree,
-                        base.map(|b| b.1.as_path()),
+                        base.map(|b| b.tree.as_path()),
                         changes.take(),
                         compression,
                         &mut out,
@@ -226,8 +236,18 @@ impl<F: Write> Write for Tee<'_, F> {
     }
 }
 
-/// The chain of `id`: (step id, tree, creation time), first base first.
-fn chain(store: &BlockingStore, id: &str) -> Result<Vec<(String, PathBuf, i64)>, StoreError> {
+/// One step of a chain, as its record has it.
+struct Link {
+    step: String,
+    tree: PathBuf,
+    /// When it was committed (Unix nanoseconds; 0 if unrecorded).
+    created: i64,
+    /// When its tree, a clone of its base, was handed to the build.
+    cloned: Option<i64>,
+}
+
+/// The chain of `id`, first base first.
+fn chain(store: &BlockingStore, id: &str) -> Result<Vec<Link>, StoreError> {
     let Some(tree) = store.result(id)? else {
         return Err(StoreError::not_found(format!("no result `{id}` to export")));
     };
@@ -236,7 +256,7 @@ fn chain(store: &BlockingStore, id: &str) -> Result<Vec<(String, PathBuf, i64)>,
     let mut next = Some((id.to_string(), tree));
     while let Some((step, tree)) = next.take() {
         let record = records.get(&step)?;
-        let created = record.as_ref().map_or(0, |r| r.created);
+        let (created, cloned) = record.as_ref().map_or((0, None), |r| (r.created, r.cloned));
         // A base deleted since: the chain starts at this step, a whole-tree layer.
         if let Some(base) = record.and_then(|r| r.base) {
             if chain.len() < MAX_CHAIN {
@@ -245,7 +265,7 @@ fn chain(store: &BlockingStore, id: &str) -> Result<Vec<(String, PathBuf, i64)>,
                 }
             }
         }
-        chain.push((step, tree, created));
+        chain.push(Link { step, tree, created, cloned });
     }
     chain.reverse();
     Ok(chain)

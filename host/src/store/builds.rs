@@ -134,6 +134,8 @@ impl BlockingStore {
             store: self.clone(),
             id: id.to_string(),
             base: base.map(str::to_string),
+            // From here on, whatever changes a file changes its ctime.
+            cloned: base.map(|_| now_ns()),
             tmp,
             path,
             locks: Some((id_lock, tmp_lock)),
@@ -224,6 +226,8 @@ pub struct Build {
     store: BlockingStore,
     id: String,
     base: Option<String>,
+    /// When the clone of `base` was handed over (Unix nanoseconds).
+    cloned: Option<i64>,
     tmp: Key,
     path: PathBuf,
     locks: Option<(FileLock, FileLock)>,
@@ -261,7 +265,7 @@ impl Build {
         match committed {
             Ok(path) => {
                 fault::point("build:committed");
-                if let Err(e) = store.records().and_then(|r| r.committed(&self.id, self.base.as_deref())) {
+                if let Err(e) = store.records().and_then(|r| r.committed(&self.id, self.base.as_deref(), self.cloned)) {
                     warn!(id = self.id, "cannot record the new result: {e}");
                 }
                 if let Some((_id_lock, tmp_lock)) = self.locks.take() {

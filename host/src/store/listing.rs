@@ -64,7 +64,7 @@ impl BlockingStore {
         // backend keeps results in one directory, their paths follow.
         let dir = self.backend().key_dir(Namespace::Result)?;
         let mut results = Vec::new();
-        for ResultRecord { id, base, created, last_used, children } in self.reconcile_records()? {
+        for ResultRecord { id, base, created, last_used, children, .. } in self.reconcile_records()? {
             let path = match &dir {
                 Some(dir) => Some(dir.join(&id)),
                 // Skips a result deleted since the reconciliation.

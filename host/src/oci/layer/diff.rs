@@ -23,13 +23,32 @@ use super::{Change, ChangeKind};
 /// equal is compared byte by byte (a `touch -r` may have put size and mtime
 /// back after a change).
 pub fn diff_trees(tree: &Path, base: &Path) -> Result<Vec<Change>, StoreError> {
+    diff(tree, base, None)
+}
+
+/// [`diff_trees`] of a tree that was a clone of `base` by `cloned` (Unix
+/// nanoseconds) and was only changed after: a regular file whose status
+/// (ctime) last changed before then, by more than the kernel clock's
+/// coarseness, is the clone's copy, so equal metadata mean equal content
+/// and it is not read. Nothing can set a ctime back: only a clock stepped
+/// back during the build could hide a change from this shortcut.
+pub fn diff_trees_after_clone(tree: &Path, base: &Path, cloned: i64) -> Result<Vec<Change>, StoreError> {
+    diff(tree, base, Some(cloned - CLOCK_SLACK_NS))
+}
+
+/// More than the kernel's coarse clock, which stamps ctimes, can lag the
+/// time read when the clone was handed over (a tick: 1–10 ms).
+const CLOCK_SLACK_NS: i64 = 100_000_000;
+
+fn diff(tree: &Path, base: &Path, untouched_before: Option<i64>) -> Result<Vec<Change>, StoreError> {
     for dir in [tree, base] {
         let m = fs::symlink_metadata(dir).context(format_args!("cannot diff {}", dir.display()))?;
         if !m.is_dir() {
             return Err(StoreError::invalid(format!("cannot diff {}: not a directory", dir.display())));
         }
     }
-    let mut out = diff_entry(tree, base, Path::new(""))?;
+    let walk = Walk { tree, base, untouched_before };
+    let mut out = walk.entry(Path::new(""))?;
     out.sort();
     Ok(out)
 }
@@ -44,38 +63,84 @@ pub(super) fn names(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     Ok(names)
 }
 
-fn diff_entry(tree: &Path, base: &Path, rel: &Path) -> Result<Vec<Change>, StoreError> {
-    let (tpath, bpath) = (join(tree, rel), join(base, rel));
-    let t = lstat(&tpath).context(format_args!("cannot stat {}", tpath.display()))?;
-    let b = lstat(&bpath).context(format_args!("cannot stat {}", bpath.display()))?;
-    let change = |kind| Change { kind, path: rel.to_path_buf() };
-    Ok(match (t, b) {
-        (None, None) => Vec::new(),
-        (None, Some(_)) => vec![change(ChangeKind::Deleted)],
-        (Some(t), None) => added(tree, rel, &t, vec![change(ChangeKind::Added)])?,
-        (Some(t), Some(b)) if type_bits(&t) != type_bits(&b) => {
-            added(tree, rel, &t, vec![change(ChangeKind::Deleted), change(ChangeKind::Added)])?
+/// One diff: the two trees, and the time before which the tree's files
+/// are the clone's (see [`diff_trees_after_clone`]).
+struct Walk<'a> {
+    tree: &'a Path,
+    base: &'a Path,
+    untouched_before: Option<i64>,
+}
+
+impl Walk<'_> {
+    fn entry(&self, rel: &Path) -> Result<Vec<Change>, StoreError> {
+        let (tree, base) = (self.tree, self.base);
+        let (tpath, bpath) = (join(tree, rel), join(base, rel));
+        let t = lstat(&tpath).context(format_args!("cannot stat {}", tpath.display()))?;
+        let b = lstat(&bpath).context(format_args!("cannot stat {}", bpath.display()))?;
+        let change = |kind| Change { kind, path: rel.to_path_buf() };
+        Ok(match (t, b) {
+            (None, None) => Vec::new(),
+            (None, Some(_)) => vec![change(ChangeKind::Deleted)],
+            (Some(t), None) => added(tree, rel, &t, vec![change(ChangeKind::Added)])?,
+            (Some(t), Some(b)) if type_bits(&t) != type_bits(&b) => {
+                added(tree, rel, &t, vec![change(ChangeKind::Deleted), change(ChangeKind::Added)])?
+            }
+            (Some(t), Some(b)) => {
+                if same_inode(&t, &b) {
+                    return Ok(Vec::new());
+                }
+                let mut out = Vec::new();
+                if !self.same_entry(&tpath, &t, &bpath, &b)? {
+                    out.push(change(ChangeKind::Modified));
+                }
+                if t.is_dir() {
+                    let mut all = names(&tpath)?;
+                    all.extend(names(&bpath)?);
+                    all.sort();
+                    all.dedup();
+                    let below: Result<Vec<Vec<Change>>, StoreError> =
+                        all.par_iter().map(|name| self.entry(&rel.join(name))).collect();
+                    out.extend(below?.into_iter().flatten());
+                }
+                out
+            }
+        })
+    }
+
+    fn same_entry(&self, tpath: &Path, t: &Metadata, bpath: &Path, b: &Metadata) -> Result<bool, StoreError> {
+        let is_dir = t.is_dir();
+        let same = t.mode() == b.mode()
+            && t.uid() == b.uid()
+            && t.gid() == b.gid()
+            && t.mtime() == b.mtime()
+            && t.mtime_nsec() == b.mtime_nsec()
+            && t.rdev() == b.rdev()
+            && (is_dir || (t.size() == b.size() && t.nlink() == b.nlink()));
+        if !same {
+            return Ok(false);
         }
-        (Some(t), Some(b)) => {
-            if same_inode(&t, &b) {
-                return Ok(Vec::new());
+        if t.is_symlink() {
+            let tl = fs::read_link(tpath).context(format_args!("cannot read {}", tpath.display()))?;
+            let bl = fs::read_link(bpath).context(format_args!("cannot read {}", bpath.display()))?;
+            if tl != bl {
+                return Ok(false);
             }
-            let mut out = Vec::new();
-            if !same_entry(&tpath, &t, &bpath, &b)? {
-                out.push(change(ChangeKind::Modified));
-            }
-            if t.is_dir() {
-                let mut all = names(&tpath)?;
-                all.extend(names(&bpath)?);
-                all.sort();
-                all.dedup();
-                let below: Result<Vec<Vec<Change>>, StoreError> =
-                    all.par_iter().map(|name| diff_entry(tree, base, &rel.join(name))).collect();
-                out.extend(below?.into_iter().flatten());
-            }
-            out
         }
-    })
+        let tx = meta::xattrs(tpath).context(format_args!("cannot read the xattrs of {}", tpath.display()))?;
+        let bx = meta::xattrs(bpath).context(format_args!("cannot read the xattrs of {}", bpath.display()))?;
+        if tx != bx {
+            return Ok(false);
+        }
+        let ctime = t.ctime().saturating_mul(1_000_000_000).saturating_add(t.ctime_nsec());
+        if t.is_file() && !self.untouched_before.is_some_and(|before| ctime < before) {
+            return same_content(tpath, bpath).context(format_args!(
+                "cannot compare {} with {}",
+                tpath.display(),
+                bpath.display()
+            ));
+        }
+        Ok(true)
+    }
 }
 
 /// The same inode, untouched since: a snapshot's or a hard-linked copy's.
@@ -91,40 +156,6 @@ fn added(tree: &Path, rel: &Path, t: &Metadata, mut changes: Vec<Change>) -> Res
 
 fn same_inode(t: &Metadata, b: &Metadata) -> bool {
     t.dev() == b.dev() && t.ino() == b.ino() && t.ctime() == b.ctime() && t.ctime_nsec() == b.ctime_nsec()
-}
-
-fn same_entry(tpath: &Path, t: &Metadata, bpath: &Path, b: &Metadata) -> Result<bool, StoreError> {
-    let is_dir = t.is_dir();
-    let same = t.mode() == b.mode()
-        && t.uid() == b.uid()
-        && t.gid() == b.gid()
-        && t.mtime() == b.mtime()
-        && t.mtime_nsec() == b.mtime_nsec()
-        && t.rdev() == b.rdev()
-        && (is_dir || (t.size() == b.size() && t.nlink() == b.nlink()));
-    if !same {
-        return Ok(false);
-    }
-    if t.is_symlink() {
-        let tl = fs::read_link(tpath).context(format_args!("cannot read {}", tpath.display()))?;
-        let bl = fs::read_link(bpath).context(format_args!("cannot read {}", bpath.display()))?;
-        if tl != bl {
-            return Ok(false);
-        }
-    }
-    let tx = meta::xattrs(tpath).context(format_args!("cannot read the xattrs of {}", tpath.display()))?;
-    let bx = meta::xattrs(bpath).context(format_args!("cannot read the xattrs of {}", bpath.display()))?;
-    if tx != bx {
-        return Ok(false);
-    }
-    if t.is_file() {
-        return same_content(tpath, bpath).context(format_args!(
-            "cannot compare {} with {}",
-            tpath.display(),
-            bpath.display()
-        ));
-    }
-    Ok(true)
 }
 
 fn open_noatime(path: &Path) -> io::Result<File> {

@@ -35,7 +35,7 @@ mod write;
 
 pub use apply::apply_layer;
 pub use compress::Compression;
-pub use diff::diff_trees;
+pub use diff::{diff_trees, diff_trees_after_clone};
 /// The changes a layer is written from (store-api 1.2).
 pub use store_api::{Change, ChangeKind};
 pub use write::write_layer;
