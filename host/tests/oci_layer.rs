@@ -164,11 +164,14 @@ fn a_diff_after_a_clone_reads_only_files_changed_since() {
     fs::write(tree.join("many/f5"), vec![b'Z'; f5.len()]).unwrap();
     sh(&format!("touch -r {} {}", base.join("many/f5").display(), tree.join("many/f5").display()));
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let cloned = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let cloned =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
     // The build: a change with size and mtime put back, at once.
     let f2 = fs::read(base.join("many/f2")).unwrap();
     fs::write(tree.join("many/f2"), vec![b'X'; f2.len()]).unwrap();
     sh(&format!("touch -r {} {}", base.join("many/f2").display(), tree.join("many/f2").display()));
+    // And an xattr only.
+    xattr::set(tree.join("many/f7"), "user.color", b"red").unwrap();
     let modified = |changes: &[Change]| {
         let mut paths: Vec<_> = changes
             .iter()
@@ -179,9 +182,9 @@ fn a_diff_after_a_clone_reads_only_files_changed_since() {
         paths
     };
     let trusting = diff_trees_after_clone(&tree, &base, cloned).unwrap();
-    assert_eq!(modified(&trusting), ["many/f2"], "{trusting:?}");
+    assert_eq!(modified(&trusting), ["many/f2", "many/f7"], "{trusting:?}");
     let reading = diff_trees(&tree, &base).unwrap();
-    assert_eq!(modified(&reading), ["many/f2", "many/f5"], "{reading:?}");
+    assert_eq!(modified(&reading), ["many/f2", "many/f5", "many/f7"], "{reading:?}");
 }
 
 #[test]

@@ -265,7 +265,9 @@ impl Build {
         match committed {
             Ok(path) => {
                 fault::point("build:committed");
-                if let Err(e) = store.records().and_then(|r| r.committed(&self.id, self.base.as_deref(), self.cloned)) {
+                if let Err(e) =
+                    store.records().and_then(|r| r.committed(&self.id, self.base.as_deref(), self.cloned))
+                {
                     warn!(id = self.id, "cannot record the new result: {e}");
                 }
                 if let Some((_id_lock, tmp_lock)) = self.locks.take() {

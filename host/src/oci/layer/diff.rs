@@ -27,11 +27,12 @@ pub fn diff_trees(tree: &Path, base: &Path) -> Result<Vec<Change>, StoreError> {
 }
 
 /// [`diff_trees`] of a tree that was a clone of `base` by `cloned` (Unix
-/// nanoseconds) and was only changed after: a regular file whose status
-/// (ctime) last changed before then, by more than the kernel clock's
-/// coarseness, is the clone's copy, so equal metadata mean equal content
-/// and it is not read. Nothing can set a ctime back: only a clock stepped
-/// back during the build could hide a change from this shortcut.
+/// nanoseconds) and was only changed after: an entry whose status (ctime)
+/// last changed before then, by more than the kernel clock's coarseness,
+/// is the clone's copy of the base's, so its content and xattrs are not
+/// read (a directory's entries still are). Every change to an inode sets
+/// its ctime, and nothing can set one back: only a clock stepped back
+/// during the build could hide a change from this shortcut.
 pub fn diff_trees_after_clone(tree: &Path, base: &Path, cloned: i64) -> Result<Vec<Change>, StoreError> {
     diff(tree, base, Some(cloned - CLOCK_SLACK_NS))
 }
@@ -119,6 +120,11 @@ impl Walk<'_> {
         if !same {
             return Ok(false);
         }
+        let ctime = t.ctime().saturating_mul(1_000_000_000).saturating_add(t.ctime_nsec());
+        if self.untouched_before.is_some_and(|before| ctime < before) {
+            // The clone's copy of the base's entry, untouched since.
+            return Ok(true);
+        }
         if t.is_symlink() {
             let tl = fs::read_link(tpath).context(format_args!("cannot read {}", tpath.display()))?;
             let bl = fs::read_link(bpath).context(format_args!("cannot read {}", bpath.display()))?;
@@ -126,13 +132,14 @@ impl Walk<'_> {
                 return Ok(false);
             }
         }
-        let tx = meta::xattrs(tpath).context(format_args!("cannot read the xattrs of {}", tpath.display()))?;
-        let bx = meta::xattrs(bpath).context(format_args!("cannot read the xattrs of {}", bpath.display()))?;
+        let tx =
+            meta::xattrs(tpath).context(format_args!("cannot read the xattrs of {}", tpath.display()))?;
+        let bx =
+            meta::xattrs(bpath).context(format_args!("cannot read the xattrs of {}", bpath.display()))?;
         if tx != bx {
             return Ok(false);
         }
-        let ctime = t.ctime().saturating_mul(1_000_000_000).saturating_add(t.ctime_nsec());
-        if t.is_file() && !self.untouched_before.is_some_and(|before| ctime < before) {
+        if t.is_file() {
             return same_content(tpath, bpath).context(format_args!(
                 "cannot compare {} with {}",
                 tpath.display(),
