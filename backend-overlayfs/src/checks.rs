@@ -66,12 +66,17 @@ pub fn probe(root: &Path) -> Result<Vec<String>, StoreError> {
     };
     let mut lines = vec![format!("root {shown} is on {fs_name}; running as root")];
     let trash = root.join(TRASH);
+    let trash_made = !trash.exists();
     fs::create_dir_all(&trash).context(format!("cannot create {}", trash.display()))?;
     let dir = trash.join(unique_name("probe"));
     fs::create_dir(&dir).context(format!("cannot create {}", dir.display()))?;
     let result = probe_in(&dir, &fs_name, &mut lines);
     let _ = detach_mounts_under(&dir);
     let _ = remove_tree(&dir);
+    if result.is_err() && trash_made {
+        // A refused root is left as it was found (empty, or absent).
+        let _ = fs::remove_dir(&trash);
+    }
     result.map(|()| lines)
 }
 
@@ -86,8 +91,9 @@ fn probe_in(dir: &Path, fs_name: &str, lines: &mut Vec<String>) -> Result<(), St
     let unknown = types.by_ref().flatten().any(|e| e.file_type() == FileType::Unknown);
     if unknown {
         return Err(StoreError::unsupported(format!(
-            "{} is on {fs_name} without file types in directories (XFS made with ftype=0), \
-             which overlayfs cannot use; make it with `mkfs.xfs -n ftype=1`",
+            "{} is on {fs_name} without file types in directories (d_type), which overlayfs \
+             needs; use a filesystem made with them (`mkfs.xfs -n ftype=1`, or ext4's default \
+             `filetype` feature)",
             dir.display()
         )));
     }
