@@ -415,6 +415,30 @@ fn a_panicking_plugin_gives_an_error_and_the_store_stays_consistent() {
     assert!(f.ok(&["conformance"]).ends_with("0 failed"));
 }
 
+/// A plugin that reports a failed commit after it published the tree (a
+/// sync that failed after its rename): the build, and the cache release,
+/// count as done, with a warning, rather than lost while they are there.
+#[test]
+fn a_commit_reported_failed_after_publishing_counts_as_done() {
+    let f = store_on(wrap_plugin());
+    let failing_after = |args: &[&str]| {
+        let out = f.command(args).env("SNAPSTORE_FIXTURE_FAIL_AFTER", "commit").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "snapstore {args:?}: {stderr}");
+        assert!(stderr.contains("reported a failed commit"), "no warning: {stderr}");
+    };
+    failing_after(&["build", "x", "--", "sh", "-c", "echo 1 > out"]);
+    assert_eq!(f.read_result("x", "out"), "1\n");
+    let copy = f.json(&["cache", "acquire", "c"]);
+    fs::write(Path::new(copy["path"].as_str().unwrap()).join("data"), "kept").unwrap();
+    failing_after(&["cache", "release", copy["lease"].as_str().unwrap()]);
+    f.ok(&["cache", "run", "c", "--", "grep", "-q", "kept", "data"]);
+    assert_eq!(state(&f), (vec!["x".to_string()], vec!["c".to_string()], 0));
+    // Recorded: the record knows it (its base is nothing, it was used).
+    let listed = f.json(&["list"]);
+    assert_eq!(listed["results"][0]["id"], "x");
+}
+
 #[test]
 fn a_plugin_built_against_store_api_1_0_still_works() {
     let old = store_on(wrap_1_0_plugin());

@@ -209,6 +209,29 @@ impl BlockingStore {
         Ok(())
     }
 
+    /// Commits tree `tmp` as `dst`, a key nothing held before. A backend
+    /// that fails after its commit point (a sync or a cleanup after the
+    /// rename) has published `dst` all the same, against the contract: the
+    /// tree is then taken as committed, with a warning, rather than
+    /// reported lost while it is there (and its id refused as taken).
+    pub(crate) fn commit_tree(
+        &self,
+        tmp: &Key,
+        dst: &Key,
+        parent: Option<&Key>,
+    ) -> Result<PathBuf, StoreError> {
+        match self.backend().commit(tmp, dst, parent) {
+            Ok(path) => Ok(path),
+            Err(err) => match self.backend().path(dst) {
+                Ok(Some(path)) => {
+                    warn!(%dst, "the backend reported a failed commit, but the tree is committed: {err}");
+                    Ok(path)
+                }
+                _ => Err(err),
+            },
+        }
+    }
+
     /// Brings the result record in line with what the backend holds.
     pub(crate) fn reconcile_records(&self) -> Result<Vec<ResultRecord>, StoreError> {
         let present = self.backend().list(Namespace::Result)?;
@@ -258,9 +281,9 @@ impl Build {
                 let using = store.use_base(base).ok();
                 let parent = key(Namespace::Result, base)?;
                 let parent = using.as_ref().map(|_| &parent);
-                store.backend().commit(&self.tmp, &result, parent)
+                store.commit_tree(&self.tmp, &result, parent)
             }
-            None => store.backend().commit(&self.tmp, &result, None),
+            None => store.commit_tree(&self.tmp, &result, None),
         };
         match committed {
             Ok(path) => {

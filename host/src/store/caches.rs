@@ -112,8 +112,7 @@ impl BlockingStore {
         let tmp = key(Namespace::CacheTmp, &token)?;
         let generation = self.next_generation()?;
         let snapshot = CacheSnapshot::new(escaped, generation).key()?;
-        let made =
-            self.backend().create(&tmp, owner).and_then(|_| self.backend().commit(&tmp, &snapshot, None));
+        let made = self.backend().create(&tmp, owner).and_then(|_| self.commit_tree(&tmp, &snapshot, None));
         if made.is_err() {
             let _ = self.backend().remove(&tmp);
         }
@@ -146,7 +145,7 @@ impl BlockingStore {
             mode == ReleaseMode::PublishIfCurrent && latest == Some(record.generation) && copy_path.is_some();
         let released = if publish {
             let snapshot = CacheSnapshot::new(&escaped, self.next_generation()?).key()?;
-            if let Err(err) = self.backend().commit(&copy, &snapshot, None) {
+            if let Err(err) = self.commit_tree(&copy, &snapshot, None) {
                 // The copy could not be published (e.g. disk full): it is
                 // discarded, and the cache keeps its previous snapshot.
                 let _ = self.backend().remove(&copy);

@@ -73,6 +73,8 @@ impl Fixture {
         };
         cmd.arg("--config").arg(&self.config).args(args);
         cmd.env_remove("SNAPSTORE_PLUGIN_PATH").env_remove("SNAPSTORE_CONFIG");
+        // The default log level: tests that check for (no) warnings see them.
+        cmd.env_remove("SNAPSTORE_LOG").env_remove("RUST_LOG");
         cmd
     }
 
