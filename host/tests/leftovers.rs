@@ -114,7 +114,16 @@ fn lock_files_of_killed_processes_are_removed() {
         assert!(!out.status.success());
     }
     let meta = f.root.join(".snapstore");
-    fs::write(meta.join("generation.tmp-0123456789abcdef"), "7\n").unwrap();
+    // Staged files of atomic writes (`.NAME.tmp-XXXXXX`): a killed writer's
+    // (hours old) goes; one being written (fresh) stays.
+    let staged = |path: std::path::PathBuf, hours_old: u64| {
+        fs::write(&path, "7\n").unwrap();
+        let then = std::time::SystemTime::now() - Duration::from_secs(hours_old * 3600);
+        fs::File::options().write(true).open(&path).unwrap().set_modified(then).unwrap();
+    };
+    staged(meta.join(".generation.tmp-a1B2c3"), 2);
+    staged(meta.join("leases/.0123.json.tmp-a1B2c3"), 2);
+    staged(meta.join(".generation.tmp-d4E5f6"), 0);
     assert!(meta.join("locks/build/x").exists() && meta.join("locks/use/base").exists());
     // A held lock stays: a build is running while recovery runs.
     let go = f.dir.path().join("go");
@@ -137,7 +146,9 @@ fn lock_files_of_killed_processes_are_removed() {
     };
     assert_eq!(left("locks/build"), ["slow"]);
     assert!(left("locks/use").is_empty() && left("locks/tmp").len() == 1, "{:?}", left("locks/tmp"));
-    assert!(!left(".").iter().any(|n| n.starts_with("generation.tmp-")), "{:?}", left("."));
+    let staged_left: Vec<String> = left(".").into_iter().filter(|n| n.contains(".tmp-")).collect();
+    assert_eq!(staged_left, [".generation.tmp-d4E5f6"]);
+    assert!(!left("leases").iter().any(|n| n.contains(".tmp-")), "{:?}", left("leases"));
     fs::write(&go, "").unwrap();
     assert!(running.wait().unwrap().success());
     assert!(f.result("slow").is_some() && f.result("base").is_some());

@@ -70,18 +70,23 @@ struct Marker {
     format: u32,
 }
 
-/// A file beside `path`, written and synced, ready to be moved into place.
+/// A file beside `path`, written and synced, ready to be moved into place:
+/// `.NAME.tmp-XXXXXX` (see [`crate::leftovers`] for a killed writer's).
 /// Created as `File::create` would (0666 less the umask).
 fn staged(path: &Path, contents: &[u8]) -> std::io::Result<tempfile::NamedTempFile> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
     let mut file = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(&format!(".{name}{STAGED_MARK}"))
         .permissions(Permissions::from_mode(0o666))
         .tempfile_in(dir)?;
     file.write_all(contents)?;
     file.as_file().sync_all()?;
     Ok(file)
 }
+
+/// What names a staged file: `.NAME.tmp-XXXXXX`.
+pub(crate) const STAGED_MARK: &str = ".tmp-";
 
 /// Writes `contents` to `path` atomically: readers see the old file or the
 /// new one, never a part.
@@ -227,5 +232,9 @@ mod tests {
         write_atomic(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        // What a writer killed before the rename leaves, as recovery knows it.
+        let left = staged(&path, b"three").unwrap().into_temp_path().keep().unwrap();
+        let name = left.file_name().unwrap().to_str().unwrap();
+        assert!(name.starts_with(&format!(".f{STAGED_MARK}")), "{name}");
     }
 }
