@@ -308,7 +308,7 @@ fn hostile_images_are_refused_with_one_line_and_leave_nothing() {
                 bytes[middle] ^= 0xff;
                 fs::write(&blob, bytes).unwrap();
             },
-            "",
+            "its descriptor declares: the image is corrupt",
         ),
         (
             "truncated blob",
@@ -317,7 +317,7 @@ fn hostile_images_are_refused_with_one_line_and_leave_nothing() {
                 let bytes = fs::read(&blob).unwrap();
                 fs::write(&blob, &bytes[..bytes.len() / 2]).unwrap();
             },
-            "",
+            "is truncated",
         ),
         (
             "huge config",
@@ -337,7 +337,7 @@ fn hostile_images_are_refused_with_one_line_and_leave_nothing() {
         (
             "bad digest string",
             |d| edit_manifest(d, "step", |m| m["layers"][0]["digest"] = "sha256:../../../etc".into()),
-            "",
+            "not valid JSON of an image manifest",
         ),
         (
             "bad JSON",
@@ -352,7 +352,7 @@ fn hostile_images_are_refused_with_one_line_and_leave_nothing() {
                 v["manifests"][0]["size"] = garbage.len().into();
                 fs::write(&index_path, v.to_string()).unwrap();
             },
-            "",
+            "not valid JSON of an image manifest",
         ),
         (
             "manifest of the wrong size",
@@ -363,7 +363,7 @@ fn hostile_images_are_refused_with_one_line_and_leave_nothing() {
                 v["manifests"][0]["size"] = 10.into();
                 fs::write(&index_path, v.to_string()).unwrap();
             },
-            "",
+            "is longer than the 10 bytes",
         ),
     ];
     for (what, spoil, needle) in cases {
