@@ -55,8 +55,8 @@ fn check_invariants(f: &Fixture, context: &str) {
 fn crash_at_every_point(f: &Fixture) {
     f.ok(&["build", "base", "--", "sh", "-c", "echo ok > output; seq 1 500 > numbers"]);
     f.ok(&["cache", "run", "c", "--", "sh", "-c", "echo v0 > a; echo v0 > b"]);
-    let mut deaths = 0;
     for (n, point) in POINTS.iter().enumerate() {
+        let mut deaths = 0;
         let id = format!("x{n}");
         let context = format!("killed at {point}");
         // A build.
@@ -90,8 +90,8 @@ fn crash_at_every_point(f: &Fixture) {
             deaths += killed(&out) as usize;
         }
         check_invariants(f, &context);
+        assert!(deaths > 0, "no operation was killed at {point}");
     }
-    assert!(deaths >= POINTS.len(), "only {deaths} crashes were injected");
 }
 
 /// Kills at random moments, inside the backend's work too.
@@ -313,8 +313,8 @@ fn mounts_survive_crashes(f: &Fixture) {
     f.ok(&["build", "base", "--", "sh", "-c", "echo ok > output"]);
     let _guard = DetachOnDrop(f.root.clone());
     let mount = format!("mkdir -p mnt && mount --bind {out_dir} mnt");
-    let mut deaths = 0;
     for (n, point) in POINTS.iter().enumerate() {
+        let mut deaths = 0;
         let id = format!("m{n}");
         let build = format!("{mount} && cat output > copy");
         let out = run_killed_at(f, point, &["build", &id, "--base", "base", "--", "sh", "-c", &build]);
@@ -328,8 +328,8 @@ fn mounts_survive_crashes(f: &Fixture) {
         }
         f.ok(&["complete-deletes"]);
         outside.assert_intact(&format!("killed at {point}"));
+        assert!(deaths > 0, "no operation was killed at {point}");
     }
-    assert!(deaths >= POINTS.len(), "only {deaths} crashes were injected");
     // Killed while the command runs, its mount in place and a writer behind.
     for (n, args) in [&["build", "running"][..], &["cache", "run", "c"][..]].iter().enumerate() {
         let script = format!(
