@@ -83,22 +83,27 @@ fn hostile_names_through_the_cli_stay_inside_the_store() {
         let out = f.run(&["--json", "cache", "acquire", name]);
         assert!(out.status.success(), "{name:?}: {}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let path = Path::new(v["path"].as_str().unwrap());
-        assert!(
-            path.starts_with(&f.root)
-                && !escapes(
-                    path.strip_prefix(&f.root).unwrap().to_str().unwrap().split('/').next_back().unwrap()
-                )
-        );
+        // The name becomes one plain file name, wherever it is used.
+        let escaped = escape_cache_name(name);
+        assert!(!escapes(&escaped) && !escaped.starts_with('.'), "{name:?} escapes as {escaped:?}");
         f.ok(&["cache", "release", v["lease"].as_str().unwrap()]);
         let out = f.run(&["build", name, "--", "true"]);
         assert!(!out.status.success() || check_id(name).is_ok());
     }
     let after: Vec<_> = fs::read_dir(f.dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
     assert_eq!(outside, after, "something was created outside the store");
-    // Each name has its own cache.
+    // Each name has its own cache, in the store's cache directory.
     let listing = f.json(&["list"]);
-    assert_eq!(listing["caches"].as_array().unwrap().len(), names.len());
+    let caches = listing["caches"].as_array().unwrap();
+    assert_eq!(caches.len(), names.len());
+    for cache in caches {
+        let path = Path::new(cache["path"].as_str().unwrap());
+        let name = cache["name"].as_str().unwrap();
+        assert_eq!(path.parent(), Some(f.root.join("cache").as_path()), "{name:?}: {}", path.display());
+        let file = path.file_name().unwrap().to_str().unwrap();
+        assert!(file.starts_with(&escape_cache_name(name)), "{name:?}: {file}");
+    }
+    assert!(!Path::new("/tmp/x").exists() && !Path::new("/b").exists(), "a name reached outside");
 }
 
 #[test]
