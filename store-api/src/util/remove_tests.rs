@@ -71,6 +71,44 @@ fn removes_locked_up_trees_and_never_follows_symlinks() {
     fs::remove_dir_all(&outside).unwrap();
 }
 
+/// A locked-up tree (a directory of mode 000 in one of mode 555) is
+/// removed by its owner when that is not root, for whom modes count: the
+/// removal makes each directory writable before it empties it. (For root,
+/// the test above, modes change nothing.) The removal runs in this test
+/// binary run again as `nobody`.
+#[test]
+fn removes_a_locked_up_tree_as_its_owner() {
+    if let Ok(tree) = std::env::var("SNAPSTORE_TEST_LOCKED_TREE") {
+        remove_tree(Path::new(&tree)).unwrap();
+        return;
+    }
+    if !is_root("removes_a_locked_up_tree_as_its_owner") {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let tree = temp_dir("locked");
+    fs::create_dir_all(tree.join("a/b/c")).unwrap();
+    fs::write(tree.join("a/b/c/f"), b"x").unwrap();
+    for path in ["", "a", "a/b", "a/b/c", "a/b/c/f"] {
+        std::os::unix::fs::lchown(tree.join(path), Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    fs::set_permissions(tree.join("a/b/c"), fs::Permissions::from_mode(0o000)).unwrap();
+    fs::set_permissions(tree.join("a/b"), fs::Permissions::from_mode(0o555)).unwrap();
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "util::remove::tests::removes_a_locked_up_tree_as_its_owner", "--nocapture"])
+        .env("SNAPSTORE_TEST_LOCKED_TREE", &tree)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "the removal as nobody failed: {stdout}{stderr}");
+    assert!(stdout.contains("1 passed"), "the run as nobody did not run the test: {stdout}");
+    assert!(fs::symlink_metadata(&tree).is_err(), "the locked-up tree is left");
+}
+
 #[test]
 fn bind_mounts_inside_are_detached_and_their_data_kept() {
     if !is_root("bind_mounts_inside_are_detached_and_their_data_kept") {
