@@ -423,11 +423,18 @@ fn the_result_directory_holds_committed_results_only() {
     assert_eq!(fs::read_to_string(dir.join("a/f")).unwrap(), "a");
     assert!(fs::write(dir.join("a/g"), "g").is_err(), "a result is writable");
 
-    // A commit that died after its snapshot, before the rename.
+    // A commit that died after sealing its tree (`readonly=on`, its first
+    // step), before the rename: not a result, and the removal recovery
+    // makes of the tree takes it away.
     let half = b.create(&key("result-tmp/half"), None).unwrap();
     fs::write(half.join("f"), "half").unwrap();
-    zfs(&["snapshot", &format!("{d}/result-tmp/half@s")]);
+    zfs(&["set", "readonly=on", &format!("{d}/result-tmp/half")]);
     assert!(!is_result("half"));
+    assert!(!b.list(Namespace::Result).unwrap().contains(&"half".to_string()));
+    assert!(b.list(Namespace::ResultTmp).unwrap().contains(&"half".to_string()));
+    b.remove(&key("result-tmp/half")).unwrap();
+    assert_eq!(b.path(&key("result-tmp/half")).unwrap(), None);
+    assert!(!b.list(Namespace::ResultTmp).unwrap().contains(&"half".to_string()));
 
     // Removed while a clone lives (so not destroyed at once), and removed
     // with its clone removed too (so it waits).
