@@ -350,19 +350,23 @@ mod tests {
         assert_eq!(ids(r.leaves_by_age(None, None, 10).unwrap()), ["b"]);
     }
 
+    /// A record in `dir` as an older version left it: `sql` made it.
+    fn older_record(dir: &tempfile::TempDir, sql: &str) -> PathBuf {
+        let path = dir.path().join("db");
+        Connection::open(&path).unwrap().execute_batch(sql).unwrap();
+        path
+    }
+
     #[test]
     fn an_older_record_is_brought_to_the_current_schema() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let old = Connection::open(&path).unwrap();
-        old.execute_batch(
+        let path = older_record(
+            &dir,
             "CREATE TABLE results (id TEXT PRIMARY KEY, base TEXT, created INTEGER NOT NULL,
                  last_used INTEGER NOT NULL);
              INSERT INTO results VALUES ('z', NULL, 1, 5), ('a', 'z', 2, 3);
              PRAGMA user_version = 1;",
-        )
-        .unwrap();
-        drop(old);
+        );
         let r = Records::open(&path).unwrap();
         let ids: Vec<_> =
             r.all().unwrap().into_iter().map(|r| (r.id, r.base, r.last_used, r.children)).collect();
@@ -379,16 +383,13 @@ mod tests {
     #[test]
     fn a_version_2_record_gains_the_clone_times() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let old = Connection::open(&path).unwrap();
-        old.execute_batch(
+        let path = older_record(
+            &dir,
             "CREATE TABLE results (id TEXT PRIMARY KEY, base TEXT, created INTEGER NOT NULL,
                  last_used INTEGER NOT NULL) WITHOUT ROWID;
              INSERT INTO results VALUES ('a', NULL, 1, 5);
              PRAGMA user_version = 2;",
-        )
-        .unwrap();
-        drop(old);
+        );
         let r = Records::open(&path).unwrap();
         let a = r.get("a").unwrap().unwrap();
         assert_eq!((a.created, a.last_used, a.cloned), (1, 5, None));
