@@ -187,6 +187,39 @@ fn a_diff_after_a_clone_reads_only_files_changed_since() {
     assert_eq!(modified(&reading), ["many/f2", "many/f5", "many/f7"], "{reading:?}");
 }
 
+/// Where timestamps keep whole seconds (ext4 with 128-byte inodes, like
+/// zfs-fuse), a ctime can read up to a second before the change it records:
+/// a change made just after the clone was handed over is still found.
+#[test]
+fn a_diff_after_a_clone_on_whole_second_timestamps_finds_changes() {
+    if !root_or_skip() {
+        return;
+    }
+    let fs = match test_support::LoopFs::create(&["mkfs.ext4", "-q", "-I", "128"], "64M", "") {
+        Ok(fs) => fs,
+        Err(why) => return test_support::skip(&format!("cannot make an ext4 with 128-byte inodes: {why}")),
+    };
+    let (base, tree) = (fs.root().join("base"), fs.root().join("tree"));
+    fs::create_dir_all(&base).unwrap();
+    fs::write(base.join("f"), b"1").unwrap();
+    cp_a(&base, &tree);
+    // Well into a second, so that the change's ctime, cut to the second,
+    // reads half a second or more before the clone was handed over.
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    while now().subsec_millis() < 500 || now().subsec_millis() > 800 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let cloned = now().as_nanos() as i64;
+    fs::write(tree.join("f"), b"2").unwrap();
+    sh(&format!("touch -r {} {}", base.join("f").display(), tree.join("f").display()));
+    assert_eq!(fs::symlink_metadata(tree.join("f")).unwrap().ctime_nsec(), 0, "not whole seconds");
+    let changes = diff_trees_after_clone(&tree, &base, cloned).unwrap();
+    assert!(
+        changes.iter().any(|c| c.kind == ChangeKind::Modified && c.path == Path::new("f")),
+        "{changes:?}"
+    );
+}
+
 #[test]
 fn layer_round_trip_against_base() {
     let Some((tmp, base, tree)) = changed_scene() else { return };

@@ -28,27 +28,30 @@ pub fn diff_trees(tree: &Path, base: &Path) -> Result<Vec<Change>, StoreError> {
 
 /// [`diff_trees`] of a tree that was a clone of `base` by `cloned` (Unix
 /// nanoseconds) and was only changed after: an entry whose status (ctime)
-/// last changed before then, by more than the kernel clock's coarseness,
-/// is the clone's copy of the base's, so its content and xattrs are not
+/// last changed before then, by more than the timestamps' coarseness, is
+/// the clone's copy of the base's, so its content and xattrs are not
 /// read (a directory's entries still are). Every change to an inode sets
 /// its ctime, and nothing can set one back: only a clock stepped back
 /// during the build could hide a change from this shortcut.
 pub fn diff_trees_after_clone(tree: &Path, base: &Path, cloned: i64) -> Result<Vec<Change>, StoreError> {
-    diff(tree, base, Some(cloned - CLOCK_SLACK_NS))
+    diff(tree, base, Some(cloned))
 }
 
-/// More than the kernel's coarse clock, which stamps ctimes, can lag the
-/// time read when the clone was handed over (a tick: 1–10 ms).
-const CLOCK_SLACK_NS: i64 = 100_000_000;
+/// How much earlier than the change it records a ctime can be: the kernel's
+/// coarse clock, which stamps it, lags by a tick (1–10 ms)...
+const TICK_SLACK_NS: i64 = 100_000_000;
+/// ...and file systems that keep whole seconds (zfs-fuse, ext4 with small
+/// inodes; their ctimes have no nanoseconds) cut up to a second off.
+const SECONDS_SLACK_NS: i64 = 3_000_000_000;
 
-fn diff(tree: &Path, base: &Path, untouched_before: Option<i64>) -> Result<Vec<Change>, StoreError> {
+fn diff(tree: &Path, base: &Path, cloned: Option<i64>) -> Result<Vec<Change>, StoreError> {
     for dir in [tree, base] {
         let m = fs::symlink_metadata(dir).context(format_args!("cannot diff {}", dir.display()))?;
         if !m.is_dir() {
             return Err(StoreError::invalid(format!("cannot diff {}: not a directory", dir.display())));
         }
     }
-    let walk = Walk { tree, base, untouched_before };
+    let walk = Walk { tree, base, cloned };
     let mut out = walk.entry(Path::new(""))?;
     out.sort();
     Ok(out)
@@ -64,12 +67,12 @@ pub(super) fn names(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     Ok(names)
 }
 
-/// One diff: the two trees, and the time before which the tree's files
-/// are the clone's (see [`diff_trees_after_clone`]).
+/// One diff: the two trees, and when the tree, a clone of the base, was
+/// handed over (see [`diff_trees_after_clone`]).
 struct Walk<'a> {
     tree: &'a Path,
     base: &'a Path,
-    untouched_before: Option<i64>,
+    cloned: Option<i64>,
 }
 
 impl Walk<'_> {
@@ -108,6 +111,15 @@ impl Walk<'_> {
         })
     }
 
+    /// Whether the tree's entry `t` last changed well before the clone was
+    /// handed over, by more than its ctime can be off.
+    fn untouched_since_clone(&self, t: &Metadata) -> bool {
+        let Some(cloned) = self.cloned else { return false };
+        let slack = if t.ctime_nsec() == 0 { SECONDS_SLACK_NS } else { TICK_SLACK_NS };
+        let ctime = t.ctime().saturating_mul(1_000_000_000).saturating_add(t.ctime_nsec());
+        ctime < cloned.saturating_sub(slack)
+    }
+
     fn same_entry(&self, tpath: &Path, t: &Metadata, bpath: &Path, b: &Metadata) -> Result<bool, StoreError> {
         let is_dir = t.is_dir();
         let same = t.mode() == b.mode()
@@ -120,9 +132,8 @@ impl Walk<'_> {
         if !same {
             return Ok(false);
         }
-        let ctime = t.ctime().saturating_mul(1_000_000_000).saturating_add(t.ctime_nsec());
-        if self.untouched_before.is_some_and(|before| ctime < before) {
-            // The clone's copy of the base's entry, untouched since.
+        if self.untouched_since_clone(t) {
+            // The clone's copy of the base's entry.
             return Ok(true);
         }
         if t.is_symlink() {
