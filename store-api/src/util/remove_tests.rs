@@ -86,10 +86,13 @@ fn removes_a_locked_up_tree_as_its_owner() {
         return;
     }
     const NOBODY: u32 = 65534;
-    let tree = temp_dir("locked");
+    // In a directory of nobody's own, who must be able to unlink the tree
+    // ($TMPDIR may be root's, mode 755).
+    let parent = temp_dir("locked");
+    let tree = parent.join("tree");
     fs::create_dir_all(tree.join("a/b/c")).unwrap();
     fs::write(tree.join("a/b/c/f"), b"x").unwrap();
-    for path in ["", "a", "a/b", "a/b/c", "a/b/c/f"] {
+    for path in ["..", "", "a", "a/b", "a/b/c", "a/b/c/f"] {
         std::os::unix::fs::lchown(tree.join(path), Some(NOBODY), Some(NOBODY)).unwrap();
     }
     fs::set_permissions(tree.join("a/b/c"), fs::Permissions::from_mode(0o000)).unwrap();
@@ -107,6 +110,7 @@ fn removes_a_locked_up_tree_as_its_owner() {
     assert!(out.status.success(), "the removal as nobody failed: {stdout}{stderr}");
     assert!(stdout.contains("1 passed"), "the run as nobody did not run the test: {stdout}");
     assert!(fs::symlink_metadata(&tree).is_err(), "the locked-up tree is left");
+    fs::remove_dir(&parent).unwrap();
 }
 
 #[test]
