@@ -33,7 +33,7 @@ pub(crate) fn remove_stale_lock_files(meta: &Path) -> Result<(), StoreError> {
     // An atomic write (`layout::write_atomic`) stages its file beside the
     // target, `.NAME.tmp-XXXXXX`, for the milliseconds it takes: one an
     // hour old is a killed writer's.
-    for dir in [meta.to_path_buf(), meta.join("leases"), meta.join("cache-names")] {
+    for dir in [meta.to_path_buf(), meta.join("leases"), meta.join("cache-names"), meta.join("oci/layers")] {
         let Ok(entries) = fs::read_dir(&dir) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name();

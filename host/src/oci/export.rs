@@ -337,7 +337,7 @@ fn read_cache(path: &Path) -> Option<CachedLayer> {
 fn write_cache(path: &Path, cached: &CachedLayer) {
     let written = serde_json::to_vec(cached)
         .map_err(|e| StoreError::other(e.to_string()))
-        .and_then(|bytes| super::layout::write_atomically(path, &bytes));
+        .and_then(|bytes| crate::store::write_atomic(path, &bytes));
     if let Err(e) = written {
         warn!("cannot remember a layer in {}: {e}", path.display());
     }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -17,6 +17,7 @@ use store_api::{IoContext, StoreError};
 
 use super::transport::ImageTransport;
 use super::verify::{read_small, sha256_digest, sha256_of, MAX_JSON_BLOB};
+use crate::store::write_atomic;
 
 /// The annotation an image layout's index names a tag with.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -71,7 +72,7 @@ impl Layout {
                     dir.display()
                 )));
             }
-            write_atomically(&dir.join(LAYOUT_FILE), LAYOUT_CONTENT.as_bytes())?;
+            write_atomic(&dir.join(LAYOUT_FILE), LAYOUT_CONTENT.as_bytes())?;
         }
         let layout = Layout { dir: dir.to_path_buf(), name, tar: None };
         if !layout.dir.join("index.json").exists() {
@@ -190,7 +191,7 @@ impl Layout {
     fn write_index(&self, index: &ImageIndex) -> Result<(), StoreError> {
         let bytes =
             serde_json::to_vec(index).map_err(|e| StoreError::other(format!("cannot encode index: {e}")))?;
-        write_atomically(&self.dir.join("index.json"), &bytes)
+        write_atomic(&self.dir.join("index.json"), &bytes)
     }
 
     /// The tags the index names.
@@ -210,21 +211,6 @@ fn empty_index() -> Result<ImageIndex, StoreError> {
 
 fn ref_name(desc: &Descriptor) -> Option<&str> {
     desc.annotations().as_ref()?.get(REF_NAME).map(String::as_str)
-}
-
-/// Writes `path` through a temporary file in its directory, synced, then renamed.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(dir)
-        .context(format_args!("cannot write into {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .context(format_args!("cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| StoreError::io(format_args!("cannot write {}", path.display()), &e.error))?;
-    Ok(())
 }
 
 /// Copies `from` to `path` through a temporary file in its directory.
@@ -286,7 +272,7 @@ impl ImageTransport for Layout {
         if !path.is_file() {
             fs::create_dir_all(path.parent().expect("a blob has a directory"))
                 .context(format_args!("{}: cannot create blobs/sha256", self.name))?;
-            write_atomically(&path, bytes)?;
+            write_atomic(&path, bytes)?;
         }
         let mut desc =
             Descriptor::new(MediaType::from(media_type), bytes.len() as u64, parse_digest(&digest)?);

@@ -38,7 +38,7 @@ pub(crate) use caches::CacheSnapshot;
 pub use destroy::Destroyed;
 pub(crate) use layout::LockKind;
 pub use layout::{explain_unwritable, STATE_DIR};
-pub(crate) use layout::{META_DIR, STAGED_MARK};
+pub(crate) use layout::{write_atomic, META_DIR, STAGED_MARK};
 pub use leases::{Lease, LeaseKind, LeaseRecord, ReleaseMode, Released};
 pub use listing::{CacheInfo, LeaseInfo, Listing, ResultInfo};
 pub use recovery::Recovered;
