@@ -97,9 +97,9 @@ fn read_report(pipe: &OwnedFd) -> Option<i32> {
 /// Everything exec needs, made before the fork: the child must not
 /// allocate (another thread may hold the allocator's lock).
 struct Prepared {
-    program: CString,
+    /// The program (looked up in `PATH` if it has no slash), then its arguments.
+    args: Vec<CString>,
     dir: CString,
-    _args: Vec<CString>,
     _env: Vec<CString>,
     argv: Vec<*const libc::c_char>,
     envp: Vec<*const libc::c_char>,
@@ -113,7 +113,9 @@ impl Prepared {
         };
         let args =
             command.iter().map(|a| c_string(a.clone().into_bytes())).collect::<io::Result<Vec<_>>>()?;
-        let program = args.first().cloned().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if args.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "no command"));
+        }
         let mut env = Vec::new();
         for (key, value) in std::env::vars_os().filter(|(k, _)| k != "SNAPSTORE_DIR") {
             env.push(c_string(join_env(key, value))?);
@@ -121,14 +123,7 @@ impl Prepared {
         env.push(c_string(join_env("SNAPSTORE_DIR".into(), dir.as_os_str().to_owned()))?);
         let argv = args.iter().map(|a| a.as_ptr()).chain([ptr::null()]).collect();
         let envp = env.iter().map(|e| e.as_ptr()).chain([ptr::null()]).collect();
-        Ok(Prepared {
-            program,
-            dir: c_string(dir.as_os_str().as_bytes().to_vec())?,
-            _args: args,
-            _env: env,
-            argv,
-            envp,
-        })
+        Ok(Prepared { dir: c_string(dir.as_os_str().as_bytes().to_vec())?, args, _env: env, argv, envp })
     }
 
     /// In the child: sets the process up and execs, or reports its errno
@@ -175,7 +170,7 @@ impl Prepared {
             libc::tcsetpgrp(0, libc::getpid());
             libc::pthread_sigmask(libc::SIG_SETMASK, &none, ptr::null_mut());
         }
-        libc::execvpe(self.program.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
+        libc::execvpe(self.args[0].as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
         fail()
     }
 }

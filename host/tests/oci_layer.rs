@@ -220,6 +220,29 @@ fn a_diff_after_a_clone_on_whole_second_timestamps_finds_changes() {
     );
 }
 
+/// A layer that cannot be written (a full disk) says so, not that the
+/// tar's producer lost its reader.
+#[test]
+fn a_layer_that_cannot_be_written_names_why() {
+    if !root_or_skip() {
+        return;
+    }
+    // More than the pipe between the tar's producer and the compression holds.
+    let tree = tempfile::tempdir().unwrap();
+    sh(&format!("head -c 20000000 /dev/urandom > {}/big", tree.path().display()));
+    struct Full;
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let err = write_layer(tree.path(), None, None, Compression::Zstd, &mut Full).unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+}
+
 #[test]
 fn layer_round_trip_against_base() {
     let Some((tmp, base, tree)) = changed_scene() else { return };

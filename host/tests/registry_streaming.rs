@@ -24,16 +24,23 @@ fn sha(bytes: &[u8]) -> String {
     format!("sha256:{:x}", Sha256::digest(bytes))
 }
 
-fn transport(proxy: &FaultProxy) -> RegistryTransport {
+fn transport(proxy: &FaultProxy, repository: &str) -> RegistryTransport {
     let settings = RegistrySettings { insecure: true, ..Default::default() };
-    RegistryTransport::connect(&proxy.host, "ci/stream", &settings).unwrap()
+    RegistryTransport::connect(&proxy.host, repository, &settings).unwrap()
+}
+
+/// A registry behind the fault proxy, and a transport to `ci/stream` through
+/// it (the registry lives as long as what is returned).
+fn streaming() -> Option<(Registry, FaultProxy, RegistryTransport)> {
+    let registry = Registry::plain()?;
+    let proxy = FaultProxy::start(&registry.host);
+    let t = transport(&proxy, "ci/stream");
+    Some((registry, proxy, t))
 }
 
 #[test]
 fn a_blob_is_stored_as_it_is_made() {
-    let Some(registry) = Registry::plain() else { return };
-    let proxy = FaultProxy::start(&registry.host);
-    let mut t = transport(&proxy);
+    let Some((_registry, _proxy, mut t)) = streaming() else { return };
     // Over two of oci-client's 4 MiB chunks, written in small pieces.
     let data = bytes(9 << 20);
     let stored = t
@@ -54,9 +61,7 @@ fn a_blob_is_stored_as_it_is_made() {
 
 #[test]
 fn a_blob_whose_making_fails_is_not_stored() {
-    let Some(registry) = Registry::plain() else { return };
-    let proxy = FaultProxy::start(&registry.host);
-    let mut t = transport(&proxy);
+    let Some((_registry, proxy, mut t)) = streaming() else { return };
     let data = bytes(6 << 20);
     let err = t
         .put_blob_while_made(&mut |w| {
@@ -76,9 +81,7 @@ fn a_blob_whose_making_fails_is_not_stored() {
 
 #[test]
 fn an_upload_that_fails_is_left_to_put_blob() {
-    let Some(registry) = Registry::plain() else { return };
-    let proxy = FaultProxy::start(&registry.host);
-    let mut t = transport(&proxy);
+    let Some((_registry, proxy, mut t)) = streaming() else { return };
     proxy.inject("PATCH /v2/ci/stream/blobs/uploads/", Fault::Unavailable, 100);
     let data = bytes(5 << 20);
     let stored = t
@@ -143,9 +146,7 @@ fn a_pulled_chain_pushed_back_uploads_none_of_its_layers() {
 
 /// The layer digests of `repo:tag`'s manifest, as the registry holds it.
 fn layer_digests(proxy: &FaultProxy, repo: &str, tag: &str) -> Vec<String> {
-    let settings = RegistrySettings { insecure: true, ..Default::default() };
-    let mut t = RegistryTransport::connect(&proxy.host, repo, &settings).unwrap();
-    let (_, bytes) = t.get_manifest(tag).unwrap().expect("the pushed manifest");
+    let (_, bytes) = transport(proxy, repo).get_manifest(tag).unwrap().expect("the pushed manifest");
     let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     manifest["layers"].as_array().unwrap().iter().map(|l| l["digest"].as_str().unwrap().to_string()).collect()
 }

@@ -262,7 +262,7 @@ impl Applier {
                     )
                 };
                 let fd = self
-                    .making_room(&parent_fd, parent, name, create)?
+                    .making_room(&parent_fd, parent, name, false, create)?
                     .context(format_args!("cannot create {}", rel_path(&comps).display()))?;
                 let file = File::from(fd);
                 let declared = e.size;
@@ -315,7 +315,7 @@ impl Applier {
                         AtFlags::empty(),
                     )
                 };
-                self.making_room(&parent_fd, parent, name, link)?
+                self.making_room(&parent_fd, parent, name, false, link)?
                     .context(format_args!("cannot link {}", rel_path(&comps).display()))?;
             }
             b'2' => {
@@ -328,7 +328,7 @@ impl Applier {
                 }
                 let parent_fd = self.parent_dir(parent, &path)?;
                 let symlink = || rustix::fs::symlinkat(target.as_slice(), &parent_fd, name.as_slice());
-                self.making_room(&parent_fd, parent, name, symlink)?
+                self.making_room(&parent_fd, parent, name, false, symlink)?
                     .context(format_args!("cannot create the symlink {}", rel_path(&comps).display()))?;
                 self.set_meta_at(&parent_fd, name, &meta, false, &comps)?;
             }
@@ -347,22 +347,15 @@ impl Applier {
                 let node = || {
                     rustix::fs::mknodat(&parent_fd, name.as_slice(), ftype, Mode::from_raw_mode(0o600), rdev)
                 };
-                self.making_room(&parent_fd, parent, name, node)?
+                self.making_room(&parent_fd, parent, name, false, node)?
                     .context(format_args!("cannot create the node {}", rel_path(&comps).display()))?;
                 self.set_meta_at(&parent_fd, name, &meta, true, &comps)?;
             }
             b'5' => {
                 let parent_fd = self.parent_dir(parent, &path)?;
                 let mkdir = || rustix::fs::mkdirat(&parent_fd, name.as_slice(), Mode::from_raw_mode(0o700));
-                let made = match mkdir() {
-                    // A directory stays (its content with it); anything else goes.
-                    Err(Errno::EXIST) => {
-                        self.clear_slot(&parent_fd, parent, name, true)?;
-                        mkdir()
-                    }
-                    made => made,
-                };
-                match made {
+                // A directory stays (its content with it); anything else goes.
+                match self.making_room(&parent_fd, parent, name, true, mkdir)? {
                     Ok(()) | Err(Errno::EXIST) => {}
                     Err(err) => {
                         return Err(err).context(format_args!(
@@ -505,19 +498,21 @@ impl Applier {
 
     /// Runs `create` (an `*at` call that makes `name` in `parent_fd`, and
     /// fails with EEXIST when the name is taken); when the name is taken,
-    /// makes room with [`Self::clear_slot`] and runs it again. Trying first
-    /// spares a stat per entry of a fresh tree. The outer error is the
-    /// clearing's, the inner one `create`'s.
+    /// makes room with [`Self::clear_slot`] (`dir`: a directory comes, an
+    /// existing one stays) and runs it again. Trying first spares a stat
+    /// per entry of a fresh tree. The outer error is the clearing's, the
+    /// inner one `create`'s.
     fn making_room<T>(
         &mut self,
         parent_fd: &OwnedFd,
         parent: &[Vec<u8>],
         name: &[u8],
+        dir: bool,
         create: impl Fn() -> Result<T, Errno>,
     ) -> Result<Result<T, Errno>, StoreError> {
         match create() {
             Err(Errno::EXIST) => {
-                self.clear_slot(parent_fd, parent, name, false)?;
+                self.clear_slot(parent_fd, parent, name, dir)?;
                 Ok(create())
             }
             made => Ok(made),

@@ -90,7 +90,8 @@ pub fn write_layer(
         drop(rx);
         let produced =
             producer.join().unwrap_or_else(|_| Err(StoreError::other("the layer writer panicked")));
-        Ok::<_, StoreError>((produced?, compressed?))
+        let blob = compressed?;
+        Ok::<_, StoreError>((produced?, blob))
     })?;
     Ok(LayerBlob {
         digest: blob.digest(),

@@ -612,32 +612,24 @@ fn check_name(registry: &str, repository: &str) -> Result<(), StoreError> {
 /// certificates), and a TLS server answers a plain request with an error
 /// (Go's and nginx's: a 400) or hangs up, never with a 200 or a 401.
 async fn probe_scheme(registry: &str) -> Result<ClientProtocol, StoreError> {
-    let client = || {
-        reqwest::Client::builder()
-            .danger_accept_invalid_certs(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .map_err(|e| StoreError::other(format!("cannot set up an HTTP client: {}", errors::detail(&e))))
-    };
-    // No certificate is checked (the plain client speaks no TLS): neither
-    // client loads the system's CA certificates.
-    let plain = client()?;
-    let mut tls = None;
+    // One client for both schemes; it checks no certificate, so it loads
+    // none of the system's.
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+        .map_err(|e| StoreError::other(format!("cannot set up an HTTP client: {}", errors::detail(&e))))?;
     let mut last = None;
     for attempt in 1..=ATTEMPTS {
-        match plain.get(format!("http://{registry}/v2/")).send().await {
+        match client.get(format!("http://{registry}/v2/")).send().await {
             Ok(answer) if matches!(answer.status().as_u16(), 200 | 401) => return Ok(ClientProtocol::Http),
             // Unreachable: so is HTTPS, on the same port.
             Err(e) if e.is_connect() => last = Some(e),
             // A TLS server's answer to plain HTTP, or not a registry.
             plain_answer => {
-                let tls = match &mut tls {
-                    Some(tls) => tls,
-                    None => tls.insert(client()?),
-                };
-                match tls.get(format!("https://{registry}/v2/")).send().await {
+                match client.get(format!("https://{registry}/v2/")).send().await {
                     Ok(_) => return Ok(ClientProtocol::Https),
                     // It speaks plain HTTP only: its own answers will say
                     // what is wrong.
