@@ -261,6 +261,38 @@ fn layer_round_trip_against_base() {
     }
 }
 
+/// Xattrs an entry has and its layer entry does not are removed, also
+/// when their names take more room than the applier's first buffer: on a
+/// directory (set through a descriptor) and a symlink (by name).
+#[test]
+fn xattrs_the_layer_does_not_name_are_removed_however_many() {
+    let Some((tmp, base)) = base_scene() else { return };
+    let many: Vec<String> =
+        (0..60).map(|i| format!("trusted.snapstore-test-a-rather-long-xattr-name-{i:02}")).collect();
+    for entry in ["many", "link"] {
+        for name in many.iter().chain(["trusted.kept".to_string()].iter()) {
+            xattr::set(base.join(entry), name, b"v").unwrap();
+        }
+    }
+    let tree = tmp.path().join("tree");
+    cp_a(&base, &tree);
+    for entry in ["many", "link"] {
+        for name in &many {
+            xattr::remove(tree.join(entry), name).unwrap();
+        }
+    }
+    let layer = tmp.path().join("layer");
+    let blob = write_to(&tree, Some(&base), Compression::Zstd, &layer);
+    let out = tmp.path().join("out");
+    cp_a(&base, &out);
+    apply_from(&out, &layer, &blob).unwrap();
+    for entry in ["many", "link"] {
+        let left: Vec<_> = xattr::list(out.join(entry)).unwrap().collect();
+        assert_eq!(left, ["trusted.kept"], "xattrs of {entry} after the layer");
+    }
+    same_tree(&tree, &out, "the layer applied on the base");
+}
+
 #[test]
 fn whole_tree_round_trip() {
     let Some((tmp, base)) = base_scene() else { return };

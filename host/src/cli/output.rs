@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 use snapstore::internal::Found;
-use snapstore::{Listing, PluginInfo, StoreError};
+use snapstore::{CacheInfo, LeaseInfo, Listing, PluginInfo, ResultInfo, StoreError};
 
 /// What a command leaves behind: data to print, and an exit status.
 pub struct Output {
@@ -103,79 +103,112 @@ pub fn to_json(value: &impl serde::Serialize) -> Result<serde_json::Value, Store
 /// `snapstore list`: a table each of results, caches and leases, with a
 /// header; empty tables are left out.
 pub fn listing_text(listing: &Listing, sizes: Option<&HashMap<String, u64>>) -> String {
-    // Results made together share their second: each is formatted once.
-    let mut last_formatted: Option<(u64, String)> = None;
-    let mut when = |t: f64| {
-        let seconds = t.max(0.0) as u64;
-        match &last_formatted {
-            Some((at, text)) if *at == seconds => text.clone(),
-            _ => {
-                let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
-                let text = humantime::format_rfc3339_seconds(time).to_string();
-                last_formatted = Some((seconds, text.clone()));
-                text
-            }
-        }
-    };
-    let results = listing.results.iter().map(|r| {
-        let base = r.base.clone().unwrap_or_else(|| "-".into());
-        let mut row = Vec::with_capacity(7);
-        row.extend([r.id.clone(), base, r.children.to_string(), when(r.created), when(r.last_used)]);
-        if let Some(sizes) = sizes {
-            row.push(indicatif::HumanBytes(sizes[&r.id]).to_string());
-        }
-        row.push(r.path.to_string_lossy().into_owned());
-        row
-    });
-    let mut result_header = vec!["RESULT", "BASE", "CHILDREN", "CREATED", "LAST USED"];
-    if sizes.is_some() {
-        result_header.push("SIZE");
+    let dates = Dates::default();
+    let mut result_columns: Vec<Column<ResultInfo>> = vec![
+        Column::new("RESULT", |r: &ResultInfo, out| out.push_str(&r.id)),
+        Column::new("BASE", |r: &ResultInfo, out| out.push_str(r.base.as_deref().unwrap_or("-"))),
+        Column::new("CHILDREN", |r: &ResultInfo, out| push_display(out, r.children)),
+        Column::new("CREATED", |r: &ResultInfo, out| dates.write(r.created, out)),
+        Column::new("LAST USED", |r: &ResultInfo, out| dates.write(r.last_used, out)),
+    ];
+    if let Some(sizes) = sizes {
+        result_columns.push(Column::new("SIZE", |r: &ResultInfo, out| {
+            push_display(out, indicatif::HumanBytes(sizes[&r.id]))
+        }));
     }
-    result_header.push("PATH");
-    let caches = listing.caches.iter().map(|c| vec![c.name.clone(), c.generation.to_string()]);
-    let leases = listing.leases.iter().map(|l| {
-        let kind = if l.record.bound { "bound" } else { "held" };
-        vec![l.record.lease.clone(), l.record.cache.clone(), kind.into(), format!("{}s", l.age_seconds)]
-    });
+    result_columns.push(Column::new("PATH", |r: &ResultInfo, out| out.push_str(&r.path.to_string_lossy())));
+    let cache_columns: [Column<CacheInfo>; 2] = [
+        Column::new("CACHE", |c: &CacheInfo, out| out.push_str(&c.name)),
+        Column::new("GENERATION", |c: &CacheInfo, out| push_display(out, c.generation)),
+    ];
+    let lease_columns: [Column<LeaseInfo>; 4] = [
+        Column::new("LEASE", |l: &LeaseInfo, out| out.push_str(&l.record.lease)),
+        Column::new("CACHE", |l: &LeaseInfo, out| out.push_str(&l.record.cache)),
+        Column::new("KIND", |l: &LeaseInfo, out| out.push_str(if l.record.bound { "bound" } else { "held" })),
+        Column::new("AGE", |l: &LeaseInfo, out| push_display(out, format_args!("{}s", l.age_seconds))),
+    ];
     let tables = [
-        table(&result_header, results.collect()),
-        table(&["CACHE", "GENERATION"], caches.collect()),
-        table(&["LEASE", "CACHE", "KIND", "AGE"], leases.collect()),
+        table(&result_columns, &listing.results),
+        table(&cache_columns, &listing.caches),
+        table(&lease_columns, &listing.leases),
     ];
     tables.into_iter().filter(|t| !t.is_empty()).collect::<Vec<_>>().join("\n")
 }
 
+/// A column of a text table: its header, and how a row writes its cell.
+struct Column<'a, T> {
+    header: &'static str,
+    cell: Box<dyn Fn(&T, &mut String) + 'a>,
+}
+
+impl<'a, T> Column<'a, T> {
+    fn new(header: &'static str, cell: impl Fn(&T, &mut String) + 'a) -> Self {
+        Column { header, cell: Box::new(cell) }
+    }
+}
+
+fn push_display(out: &mut String, value: impl std::fmt::Display) {
+    use std::fmt::Write;
+    let _ = write!(out, "{value}");
+}
+
+/// Dates as RFC 3339 seconds. Results made together share their second:
+/// each second is formatted once, then copied.
+#[derive(Default)]
+struct Dates {
+    last: std::cell::RefCell<Option<(u64, String)>>,
+}
+
+impl Dates {
+    fn write(&self, unix_seconds: f64, out: &mut String) {
+        let seconds = unix_seconds.max(0.0) as u64;
+        let mut last = self.last.borrow_mut();
+        if !matches!(&*last, Some((at, _)) if *at == seconds) {
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+            *last = Some((seconds, humantime::format_rfc3339_seconds(time).to_string()));
+        }
+        if let Some((_, text)) = &*last {
+            out.push_str(text);
+        }
+    }
+}
+
 /// Rows under a header, in columns as wide as their widest cell; nothing
-/// if there are no rows.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+/// if there are no rows. Each cell is written twice, to measure it, then
+/// into the text, and never kept on its own: `list` prints 100 000 rows.
+fn table<T>(columns: &[Column<T>], rows: &[T]) -> String {
     if rows.is_empty() {
         return String::new();
     }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.header.chars().count()).collect();
+    let mut cell = String::new();
+    for row in rows {
+        for (width, column) in widths.iter_mut().zip(columns) {
+            cell.clear();
+            (column.cell)(row, &mut cell);
             *width = (*width).max(cell.chars().count());
         }
     }
-    // Written cell by cell into one string: `list` prints 100 000 rows.
-    let mut text = String::new();
-    let header = header.iter().copied();
-    for row in std::iter::once(header.collect::<Vec<_>>())
-        .chain(rows.iter().map(|r| r.iter().map(String::as_str).collect()))
-    {
+    let line_width: usize = widths.iter().map(|w| w + 2).sum();
+    let mut text = String::with_capacity(line_width * (rows.len() + 1));
+    let line = |text: &mut String, write: &dyn Fn(usize, &mut String)| {
         let start = text.len();
-        for (column, (cell, width)) in row.iter().zip(&widths).enumerate() {
-            if column > 0 {
+        for (i, width) in widths.iter().enumerate() {
+            if i > 0 {
                 text.push_str("  ");
             }
-            text.push_str(cell);
-            for _ in cell.chars().count()..*width {
-                text.push(' ');
-            }
+            let cell_start = text.len();
+            write(i, text);
+            let written = text[cell_start..].chars().count();
+            text.extend(std::iter::repeat_n(' ', width.saturating_sub(written)));
         }
         let end = start + text[start..].trim_end().len();
         text.truncate(end);
         text.push('\n');
+    };
+    line(&mut text, &|i, text| text.push_str(columns[i].header));
+    for row in rows {
+        line(&mut text, &|i, text| (columns[i].cell)(row, text));
     }
     text
 }

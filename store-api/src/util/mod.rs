@@ -43,9 +43,9 @@ pub fn list_key_names(dir: &Path) -> Result<Vec<String>, StoreError> {
     let mut names = Vec::new();
     for entry in fs::read_dir(dir).context(format_args!("cannot list {}", dir.display()))? {
         let entry = entry.context(format_args!("cannot list {}", dir.display()))?;
-        if let Some(name) = entry.file_name().to_str() {
-            if crate::key::check_name(name).is_ok() {
-                names.push(name.to_string());
+        if let Ok(name) = entry.file_name().into_string() {
+            if crate::key::check_name(&name).is_ok() {
+                names.push(name);
             }
         }
     }

@@ -567,24 +567,12 @@ impl Applier {
     /// already existed, or ACLs inherited from a parent's default ACL.
     fn set_meta_fd(&self, fd: impl AsFd, meta: &Meta, path: &[u8]) -> Result<(), StoreError> {
         let shown = || String::from_utf8_lossy(path).into_owned();
-        let mut buf = vec![0u8; 65536];
-        // A filesystem without xattrs (zfs-fuse) has none to remove.
-        let n = match rustix::fs::flistxattr(&fd, &mut buf[..]) {
-            Err(Errno::NOTSUP) => 0,
-            listed => listed.context(format_args!("cannot list the xattrs of {}", shown()))?,
-        };
-        for old in buf[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            if !meta.xattrs.iter().any(|(k, _)| k == old) {
-                // Already gone: another name of the same inode (a hard
-                // link) was set a moment ago.
-                match rustix::fs::fremovexattr(&fd, old) {
-                    Ok(()) | Err(Errno::NODATA) => {}
-                    Err(err) => {
-                        return Err(err).context(format_args!("cannot remove an xattr of {}", shown()))
-                    }
-                }
-            }
-        }
+        remove_other_xattrs(
+            meta,
+            |buf| rustix::fs::flistxattr(&fd, buf),
+            |name| rustix::fs::fremovexattr(&fd, name),
+        )
+        .context(format_args!("cannot remove the xattrs {} should not have", shown()))?;
         rustix::fs::fchown(
             &fd,
             Some(rustix::fs::Uid::from_raw(meta.uid)),
@@ -614,24 +602,12 @@ impl Applier {
         let shown = || rel_path(comps).display().to_string();
         let via_fd = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(parent_fd)))
             .join(OsStr::from_bytes(name));
-        let mut buf = vec![0u8; 65536];
-        // A filesystem without xattrs (zfs-fuse) has none to remove.
-        let n = match rustix::fs::llistxattr(&via_fd, &mut buf[..]) {
-            Err(Errno::NOTSUP) => 0,
-            listed => listed.context(format_args!("cannot list the xattrs of {}", shown()))?,
-        };
-        for old in buf[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-            if !meta.xattrs.iter().any(|(k, _)| k == old) {
-                // Already gone: another name of the same inode (a hard
-                // link) was set a moment ago.
-                match rustix::fs::lremovexattr(&via_fd, old) {
-                    Ok(()) | Err(Errno::NODATA) => {}
-                    Err(err) => {
-                        return Err(err).context(format_args!("cannot remove an xattr of {}", shown()))
-                    }
-                }
-            }
-        }
+        remove_other_xattrs(
+            meta,
+            |buf| rustix::fs::llistxattr(&via_fd, buf),
+            |name| rustix::fs::lremovexattr(&via_fd, name),
+        )
+        .context(format_args!("cannot remove the xattrs {} should not have", shown()))?;
         rustix::fs::chownat(
             parent_fd,
             name,
@@ -675,6 +651,45 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// The most a list of xattr names can take on Linux.
+const XATTR_LIST_MAX: usize = 65536;
+
+/// Removes the xattrs an entry has and `meta` does not list (those of a
+/// directory that already existed, or ACLs inherited from a parent's
+/// default ACL), through `list` and `remove` of that entry.
+fn remove_other_xattrs(
+    meta: &Meta,
+    list: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+    remove: impl Fn(&[u8]) -> rustix::io::Result<()>,
+) -> rustix::io::Result<()> {
+    // Most entries have none: a buffer on the stack, and one on the heap
+    // only for a longer list.
+    let mut small = [0u8; 1024];
+    let mut large = Vec::new();
+    let names = match list(&mut small) {
+        Ok(n) => &small[..n],
+        Err(Errno::RANGE) => {
+            large.resize(XATTR_LIST_MAX, 0);
+            let n = list(&mut large)?;
+            &large[..n]
+        }
+        // A filesystem without xattrs (zfs-fuse) has none to remove.
+        Err(Errno::NOTSUP) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    for old in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if !meta.xattrs.iter().any(|(k, _)| k == old) {
+            // Already gone: another name of the same inode (a hard link)
+            // was set a moment ago.
+            match remove(old) {
+                Ok(()) | Err(Errno::NODATA) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn resolve_error(err: Errno, path: &[u8]) -> StoreError {
