@@ -293,6 +293,28 @@ fn xattrs_the_layer_does_not_name_are_removed_however_many() {
     same_tree(&tree, &out, "the layer applied on the base");
 }
 
+/// A full disk while a layer of many small files is applied is reported
+/// as what it is, in one line naming the file, and stops both threads.
+#[test]
+fn a_full_disk_under_many_small_files_names_the_file() {
+    let Some((tmp, _)) = base_scene() else { return };
+    let tree = tmp.path().join("small-files");
+    fs::create_dir(&tree).unwrap();
+    for i in 0..200 {
+        fs::write(tree.join(format!("f{i:03}")), vec![b'x'; 64 << 10]).unwrap();
+    }
+    let layer = tmp.path().join("layer");
+    let blob = write_to(&tree, None, Compression::Zstd, &layer);
+    let disk = tmp.path().join("disk");
+    fs::create_dir(&disk).unwrap();
+    sh(&format!("mount -t tmpfs -o size=1m tmpfs {}", disk.display()));
+    let applied = apply_from(&disk, &layer, &blob);
+    sh(&format!("umount {}", disk.display()));
+    let err = applied.unwrap_err().to_string();
+    assert!(err.contains("No space left") && err.contains("cannot write f"), "{err}");
+    assert!(!err.contains('\n'), "{err}");
+}
+
 #[test]
 fn whole_tree_round_trip() {
     let Some((tmp, base)) = base_scene() else { return };
