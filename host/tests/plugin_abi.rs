@@ -433,10 +433,13 @@ fn a_commit_reported_failed_after_publishing_counts_as_done() {
     fs::write(Path::new(copy["path"].as_str().unwrap()).join("data"), "kept").unwrap();
     failing_after(&["cache", "release", copy["lease"].as_str().unwrap()]);
     f.ok(&["cache", "run", "c", "--", "grep", "-q", "kept", "data"]);
-    assert_eq!(state(&f), (vec!["x".to_string()], vec!["c".to_string()], 0));
-    // Recorded: the record knows it (its base is nothing, it was used).
+    // Recorded, not merely found: a result only adopted from the backend
+    // has no base in the record.
+    failing_after(&["build", "y", "--base", "x", "--", "true"]);
+    assert_eq!(state(&f), (vec!["x".to_string(), "y".to_string()], vec!["c".to_string()], 0));
     let listed = f.json(&["list"]);
-    assert_eq!(listed["results"][0]["id"], "x");
+    assert_eq!(listed["results"][1]["id"], "y");
+    assert_eq!(listed["results"][1]["base"], "x");
 }
 
 #[test]

@@ -222,6 +222,8 @@ impl BlockingStore {
     ) -> Result<PathBuf, StoreError> {
         match self.backend().commit(tmp, dst, parent) {
             Ok(path) => Ok(path),
+            // `dst` was there before: its presence says nothing of ours.
+            Err(err) if err.kind() == ErrorKind::ALREADY_EXISTS => Err(err),
             Err(err) => match self.backend().path(dst) {
                 Ok(Some(path)) => {
                     warn!(%dst, "the backend reported a failed commit, but the tree is committed: {err}");
