@@ -13,7 +13,6 @@
 //! ignored and rewritten.
 
 use std::fs::{self, Metadata};
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -105,10 +104,8 @@ pub fn write(meta_dir: &Path, plugin: &Metadata, verdict: &Verdict) {
         return;
     }
     let text = format!("{identity}\n{}\n{}\n{dir}\n", verdict.name, verdict.interface.as_str());
-    let _ = tempfile::NamedTempFile::new_in(meta_dir).and_then(|mut tmp| {
-        tmp.write_all(text.as_bytes())?;
-        tmp.persist(meta_dir.join(FILE)).map(drop).map_err(|e| e.error)
-    });
+    // Staged as every meta file is, so that a killed writer's is cleaned up.
+    let _ = crate::store::write_atomic(&meta_dir.join(FILE), text.as_bytes());
 }
 
 #[cfg(test)]
