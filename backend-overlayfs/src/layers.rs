@@ -174,8 +174,9 @@ impl Layers {
                 if !needed.insert(layer.clone()) {
                     break; // the rest of this chain is already known
                 }
-                // A layer whose chain is broken still keeps what it reaches.
-                next = self.lower(&layer).unwrap_or(None);
+                // A chain that cannot be read (an I/O error, a damaged
+                // `lower` file) keeps every layer: nothing goes on a guess.
+                next = self.lower(&layer)?;
             }
         }
         let dir = self.root.join(LAYERS);

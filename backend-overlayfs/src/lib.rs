@@ -321,7 +321,9 @@ impl SnapshotBackend for Overlay {
         }
         // The layer goes if no chain needs it; its mounts are detached
         // with it (in the trash, before anything is deleted).
-        let trashed = self.layers.collect(false)?;
+        // The key is gone: a collection that fails (a chain it cannot
+        // read) is left to `complete_deletes`, which reports it.
+        let trashed = self.layers.collect(false).unwrap_or_default();
         self.delete(&trashed)
     }
 
@@ -396,7 +398,8 @@ impl SnapshotBackend for Overlay {
     fn recover(&self) -> Result<(), StoreError> {
         // Unneeded layers go to the trash, and the mounts dead processes
         // left there are detached now; deleting them is complete_deletes'.
-        self.layers.collect(false)?;
+        // Left to `complete_deletes` if it fails (see `remove`).
+        let _ = self.layers.collect(false);
         let trash_dir = self.layers.trash();
         for entry in
             fs::read_dir(&trash_dir).context(format!("cannot read {}", trash_dir.display()))?.flatten()

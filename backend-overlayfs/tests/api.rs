@@ -111,6 +111,28 @@ fn depth(root: &std::path::Path, ns: &str, id: &str) -> usize {
     n
 }
 
+/// A chain that cannot be read (its `lower` file damaged) keeps every
+/// layer: nothing is deleted on a guess, and the repaired chain is whole.
+#[test]
+fn an_unreadable_chain_keeps_its_layers() {
+    let Some((fs, store)) = store(EXT4, "") else { return };
+    let root = fs.root();
+    build(&store, "a", None, |t| fs::write(t.join("a"), "a").unwrap());
+    build(&store, "b", Some("a"), |t| fs::write(t.join("b"), "b").unwrap());
+    let b_layer = root.join("result").join(fs::read_link(root.join("result/b")).unwrap());
+    let lower = b_layer.join("lower");
+    let a_layer = fs::read_to_string(&lower).unwrap();
+    fs::write(&lower, "damaged").unwrap();
+    store.remove(&key("result/a")).unwrap();
+    let err = store.complete_deletes().unwrap_err();
+    assert!(err.message().contains("does not name a layer"), "{}", err.message());
+    assert!(root.join("layers").join(&a_layer).is_dir(), "the layer b is built on was deleted");
+    fs::write(&lower, &a_layer).unwrap();
+    store.complete_deletes().unwrap();
+    assert_eq!(read(&store, "b", "a"), "a");
+    assert_eq!(read(&store, "b", "b"), "b");
+}
+
 #[test]
 fn a_chain_of_1000_steps_builds() {
     // Tiny steps, no flush: this is about depth, not durability.

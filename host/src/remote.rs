@@ -14,12 +14,15 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use store_api::{ErrorKind, IoContext, StoreError};
 use tracing::warn;
 
 use crate::config::{PullPolicy, PushPolicy, RemoteConfig};
+use crate::names::check_id;
 use crate::oci::registry::{self, RegistrySettings, RegistryTransport};
 use crate::oci::tags::tag_for_id;
+use crate::oci::verify::hex;
 use crate::oci::{ExportOptions, ExportReport, ImageTransport, ImportReport};
 use crate::store::{BlockingStore, META_DIR};
 
@@ -49,6 +52,7 @@ pub fn image_of(remote: &RemoteConfig, id: &str) -> String {
 /// Pushes result `id` to the remote (only the blobs the registry lacks),
 /// and clears its "not pushed" mark. Counts as a use of the result.
 pub fn push(store: &BlockingStore, remote: &RemoteConfig, id: &str) -> Result<ExportReport, StoreError> {
+    check_id(id)?;
     configure(remote);
     if store.result(id)?.is_none() {
         return Err(StoreError::not_found(format!("no result `{id}` to push")));
@@ -61,6 +65,8 @@ pub fn push(store: &BlockingStore, remote: &RemoteConfig, id: &str) -> Result<Ex
 /// Pulls result `id` from the remote, applying only the layers of the steps
 /// this store lacks. Counts as a use of the result.
 pub fn pull(store: &BlockingStore, remote: &RemoteConfig, id: &str) -> Result<ImportReport, StoreError> {
+    // Checked before it becomes a tag: its error names the id, not the image.
+    check_id(id)?;
     configure(remote);
     let report = store.import(id, &image_of(remote, id)).map_err(|e| {
         if e.kind() == ErrorKind::NOT_FOUND {
@@ -100,14 +106,18 @@ pub fn pull_on_miss(
 /// (see [`pending`]) and a warning returned, for `push --pending` to retry.
 pub fn push_after_build(store: &BlockingStore, remote: Option<&RemoteConfig>, id: &str) -> Option<String> {
     let remote = remote.filter(|r| r.push == PushPolicy::AfterBuild)?;
-    if let Err(mark_err) = mark_pending(store, id) {
-        return Some(format!("result `{id}` not pushed: {mark_err}"));
-    }
-    match push(store, remote, id) {
-        Ok(_) => None,
-        Err(e) => {
+    // Marked first, so that a push cut short by a kill is retried; pushed
+    // even if the mark cannot be written (a full disk).
+    let marked = mark_pending(store, id);
+    match (push(store, remote, id), marked) {
+        (Ok(_), _) => None,
+        (Err(e), Ok(())) => {
             warn!(id, "push after build failed: {e}");
             Some(format!("result `{id}` kept but not pushed ({e}); `snapstore push --pending` retries"))
+        }
+        (Err(e), Err(mark_err)) => {
+            warn!(id, "push after build failed: {e}");
+            Some(format!("result `{id}` kept but not pushed ({e}), nor marked for `push --pending` ({mark_err}); push it with `snapstore push {id}`"))
         }
     }
 }
@@ -120,7 +130,12 @@ pub fn pending(store: &BlockingStore) -> Result<Vec<String>, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(StoreError::io(format!("cannot read {}", dir.display()), &e)),
     };
-    let mut ids: Vec<String> = entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect();
+    // Only marks snapstore wrote: a stray file is no id.
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| check_id(name).is_ok())
+        .collect();
     ids.sort();
     Ok(ids)
 }
@@ -138,11 +153,15 @@ pub struct PendingPush {
 pub fn push_pending(store: &BlockingStore, remote: &RemoteConfig) -> Result<Vec<PendingPush>, StoreError> {
     let mut done = Vec::new();
     for id in pending(store)? {
-        if store.result(&id)?.is_none() {
-            clear_pending(store, &id)?;
-            continue;
-        }
-        let outcome = push(store, remote, &id);
+        let outcome = match store.result(&id) {
+            // Deleted since: nothing to push.
+            Ok(None) => match clear_pending(store, &id) {
+                Ok(()) => continue,
+                Err(e) => Err(e),
+            },
+            Ok(Some(_)) => push(store, remote, &id),
+            Err(e) => Err(e),
+        };
         done.push(PendingPush { pushed: outcome.is_ok(), error: outcome.err().map(|e| e.to_string()), id });
     }
     Ok(done)
@@ -173,6 +192,8 @@ fn clear_pending(store: &BlockingStore, id: &str) -> Result<(), StoreError> {
 #[derive(Debug, Serialize)]
 pub struct RemoteImage {
     pub tag: String,
+    /// The manifest's digest.
+    pub digest: String,
     /// The snapstore id, when snapstore pushed it.
     pub id: Option<String>,
     /// Bytes of its config and layers.
@@ -197,12 +218,13 @@ pub fn list(remote: &RemoteConfig) -> Result<Vec<RemoteImage>, StoreError> {
     let mut images = Vec::new();
     for tag in transport.tags()? {
         let Some((_, bytes)) = transport.get_manifest(&tag)? else { continue };
+        let digest = format!("sha256:{}", hex(&Sha256::digest(&bytes)));
         let manifest: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
         let size_of = |d: &serde_json::Value| d["size"].as_u64().unwrap_or(0);
         let layers = manifest["layers"].as_array().map(|l| l.iter().map(size_of).sum()).unwrap_or(0);
         let id = manifest["annotations"][crate::oci::image::ID_ANNOTATION].as_str().map(str::to_string);
         let created = image_created(&mut transport, &manifest["config"]);
-        images.push(RemoteImage { tag, id, size: layers + size_of(&manifest["config"]), created });
+        images.push(RemoteImage { tag, digest, id, size: layers + size_of(&manifest["config"]), created });
     }
     Ok(images)
 }
@@ -232,8 +254,10 @@ pub fn prune(remote: &RemoteConfig, older_than: Duration, dry_run: bool) -> Resu
         if now - created < older_than.as_secs_f64() {
             continue;
         }
+        // By the digest that was judged: a push of the tag since then is a
+        // new manifest, and stays.
         if !dry_run {
-            transport.delete_manifest(&image.tag)?;
+            transport.delete_manifest_digest(&image.digest)?;
         }
         deleted.push(image.tag);
     }

@@ -185,6 +185,18 @@ pub fn detach_mounts(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Refuses to commit `dir` unless it is still a directory: a command may
+/// have swapped its tree for a symlink to something outside the store.
+pub fn check_still_a_tree(dir: &Path) -> Result<(), StoreError> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        _ => Err(StoreError::invalid(format!(
+            "{} is no longer a directory (the command replaced or removed it): nothing is committed",
+            dir.display()
+        ))),
+    }
+}
+
 /// Before the tree `tree` of a dead owner is removed: kills the processes
 /// its command left (through its cgroup) and detaches the mounts under its
 /// `path`. Returns `false` if processes survive SIGKILL (stuck in the

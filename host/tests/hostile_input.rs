@@ -107,6 +107,27 @@ fn hostile_names_through_the_cli_stay_inside_the_store() {
 }
 
 #[test]
+fn hostile_ids_given_to_push_and_pull_are_refused_in_one_line() {
+    require_plugin("rsync");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    // Nobody listens there: an id must be refused before any request.
+    let text = "[store]\nbackend = \"rsync\"\nroot = \"store\"\n\
+                [remote]\nurl = \"docker://127.0.0.1:1/ci/results\"\ninsecure = true\n";
+    let f = Fixture::with_config(dir, &root, text);
+    // Long enough to become a hashed tag, with a character that is not
+    // ASCII where the tag's cut falls.
+    let long_with_accent = format!("{}é{}", "a".repeat(62), "a".repeat(70));
+    let too_long = "x".repeat(300);
+    for id in [long_with_accent.as_str(), "bad/id", "..", "a b", &too_long] {
+        for command in ["push", "pull"] {
+            let line = f.fails(&[command, id], 64);
+            assert!(line.contains("invalid id"), "{command} {id:?}: {line}");
+        }
+    }
+}
+
+#[test]
 fn a_plugin_writable_by_others_is_refused_when_root() {
     if !is_root() {
         skip("the ownership rule applies to a host run as root");

@@ -106,6 +106,10 @@ fn two_workers_on_different_backends_share_one_registry() {
         let inspect = run(Command::new("skopeo").args(["inspect", "--tls-verify=false", &image])).unwrap();
         let inspect: serde_json::Value = serde_json::from_str(&inspect).unwrap();
         assert_eq!(inspect["Layers"].as_array().map(Vec::len), Some(4), "{inspect}");
+        // The remote's listing names the manifest as skopeo does.
+        let listed = a.json(&["remote", "list"]);
+        let s4 = listed["images"].as_array().unwrap().iter().find(|i| i["tag"] == "s4").cloned();
+        assert_eq!(s4.map(|i| i["digest"].clone()), Some(inspect["Digest"].clone()), "{listed}");
     }
 
     // An image that skopeo pushed (a copy of an export) imports, and equals.

@@ -124,6 +124,31 @@ fn blobs_and_manifests_round_trip() {
     assert_eq!(empty.tags().unwrap(), Vec::<String>::new());
 }
 
+/// What `remote prune` relies on: a manifest deleted by the digest it
+/// was judged by takes its tag along only if the tag still names it.
+#[test]
+fn deleting_a_manifest_by_digest_spares_a_newer_push_of_its_tag() {
+    let Some(registry) = Registry::plain() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let mut t = connect(&registry, "ci/results", &insecure());
+    let old = push_small_image(&mut t, &work.path().join("old"), "old\n");
+    t.put_manifest("step", MANIFEST_TYPE, &old).unwrap();
+    // Pushed again meanwhile, with other content.
+    let new = push_small_image(&mut t, &work.path().join("new"), "new\n");
+    t.put_manifest("step", MANIFEST_TYPE, &new).unwrap();
+    assert_ne!(sha256(&old), sha256(&new));
+
+    t.delete_manifest_digest(&sha256(&old)).unwrap();
+    assert_eq!(t.get_manifest("step").unwrap(), Some((MANIFEST_TYPE.to_string(), new.clone())));
+    assert_eq!(t.get_manifest(&sha256(&old)).unwrap(), None);
+    // Gone already: not an error.
+    t.delete_manifest_digest(&sha256(&old)).unwrap();
+    // By digest, the tag's own manifest takes the tag along.
+    t.delete_manifest_digest(&sha256(&new)).unwrap();
+    assert_eq!(t.get_manifest("step").unwrap(), None);
+    assert_eq!(t.tags().unwrap(), Vec::<String>::new());
+}
+
 #[test]
 fn bad_names_are_refused_before_any_request() {
     for (host, repo) in

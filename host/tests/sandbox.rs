@@ -97,6 +97,50 @@ fn a_bind_mount_is_detached_before_commit(f: &Fixture) {
     outside.assert_intact("data outside the store");
 }
 
+/// A command that swaps its tree for a symlink to an outside directory
+/// holding a mount: the symlink is never followed (the mount and the data
+/// stay), nothing is committed or published, and the link itself goes.
+#[test]
+fn a_tree_swapped_for_a_symlink_is_refused_and_never_followed() {
+    if !is_root() {
+        skip("mounts need root");
+        return;
+    }
+    let f = Fixture::rsync();
+    let (_src_dir, src) = outside_dir();
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path();
+    let _unmount = test_support::sandbox::Unmount(victim.to_path_buf());
+    test_support::sandbox::bind(&src.path, &victim.join("m"));
+    let outside = Outside::new(victim);
+    let swap = format!("d=$(pwd); cd ..; rm -rf \"$d\"; ln -s {} \"$d\"", victim.display());
+
+    let out = f.run(&["build", "swapped", "--", "sh", "-c", &swap]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr
+            .trim()
+            .ends_with("is no longer a directory (the command replaced or removed it): nothing is committed"),
+        "{stderr}"
+    );
+    assert!(f.result("swapped").is_none());
+    // A cache copy swapped so is discarded, whether the run says so or fails.
+    f.run(&["cache", "run", "c", "--", "sh", "-c", &swap]);
+    assert_eq!(
+        f.ok(&["cache", "run", "c", "--", "sh", "-c", "ls -A | wc -l"]),
+        "0",
+        "the swap was published"
+    );
+
+    assert_eq!(test_support::sandbox::mounts_below(victim).len(), 1, "the outside mount was detached");
+    outside.assert_intact("the directory the symlink pointed at");
+    src.assert_intact("the directory mounted there");
+    for tmp in ["result-tmp", "cache-tmp"] {
+        assert_eq!(fs::read_dir(f.root.join(tmp)).unwrap().count(), 0, "a tree is left in {tmp}");
+    }
+}
+
 /// Detaches whatever a failed test left mounted in the store, before the
 /// temporary directories are removed (through the mount, otherwise).
 struct DetachOnDrop(PathBuf);

@@ -16,7 +16,9 @@ pub fn tag_for_id(id: &str) -> String {
     if id.len() < super::reference::MAX_TAG_LEN {
         return id.to_string();
     }
-    format!("{}.{}", &id[..63], hex(&Sha256::digest(id.as_bytes())))
+    // Ids are ASCII; cut at a character boundary all the same.
+    let cut = (0..=63).rev().find(|&i| id.is_char_boundary(i)).unwrap_or(0);
+    format!("{}.{}", &id[..cut], hex(&Sha256::digest(id.as_bytes())))
 }
 
 /// The result id of a layer of an image snapstore did not make: its OCI ChainID

@@ -275,6 +275,10 @@ impl Build {
         let store = self.store.clone();
         fault::point("build:before-commit");
         crate::supervise::detach_mounts(&self.path)?;
+        if let Err(err) = crate::supervise::check_still_a_tree(&self.path) {
+            self.discard();
+            return Err(err.context(format_args!("cannot commit result `{}`", self.id)));
+        }
         let result = key(Namespace::Result, &self.id)?;
         let committed = match &self.base {
             Some(base) => {

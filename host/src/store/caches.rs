@@ -145,7 +145,8 @@ impl BlockingStore {
             mode == ReleaseMode::PublishIfCurrent && latest == Some(record.generation) && copy_path.is_some();
         let released = if publish {
             let snapshot = CacheSnapshot::new(&escaped, self.next_generation()?).key()?;
-            if let Err(err) = self.commit_tree(&copy, &snapshot, None) {
+            let checked = copy_path.as_deref().map_or(Ok(()), crate::supervise::check_still_a_tree);
+            if let Err(err) = checked.and_then(|()| self.commit_tree(&copy, &snapshot, None)) {
                 // The copy could not be published (e.g. disk full): it is
                 // discarded, and the cache keeps its previous snapshot.
                 let _ = self.backend().remove(&copy);

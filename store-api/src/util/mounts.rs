@@ -20,8 +20,13 @@ use rustix::mount::{unmount, UnmountFlags};
 use crate::{IoContext, StoreError};
 
 /// The mount points at or below `tree`, as this process's mount namespace
-/// sees them, deepest first (the order to detach them in).
+/// sees them, deepest first (the order to detach them in). A `tree` that is
+/// a symlink (a command swapped its tree for one) has none: what it points
+/// at is not the store's.
 pub fn mounts_under(tree: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    if fs::symlink_metadata(tree).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return Ok(Vec::new());
+    }
     let tree = fs::canonicalize(tree).context(format_args!("cannot resolve {}", tree.display()))?;
     let table = fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
     let mut found: Vec<PathBuf> = table

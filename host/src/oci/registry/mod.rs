@@ -207,6 +207,7 @@ impl RegistryTransport {
         let reference = self.reference("latest");
         let what = format!("listing the tags of {}", self.repository);
         let mut tags = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut last: Option<String> = None;
         loop {
             let page = self.retrying(&what, |t| {
@@ -219,12 +220,15 @@ impl RegistryTransport {
             })?;
             // No such repository: nothing was pushed to it yet.
             let Some(page) = page else { return Ok(tags) };
-            let full = page.tags.len() >= 1000;
-            last = page.tags.last().cloned();
-            tags.extend(page.tags);
-            if !full {
+            // Pages go on until one brings nothing new: the empty one after
+            // the last, or a repeated one from a registry that ignores
+            // `last`. (A registry may also send fewer than asked.)
+            let new: Vec<String> = page.tags.into_iter().filter(|tag| seen.insert(tag.clone())).collect();
+            if new.is_empty() {
                 return Ok(tags);
             }
+            last = new.last().cloned();
+            tags.extend(new);
         }
     }
 
@@ -243,8 +247,15 @@ impl RegistryTransport {
             }
         })?;
         let Some(digest) = digest else { return Ok(()) };
+        self.delete_manifest_digest(&digest)
+    }
+
+    /// Deletes the manifest `digest`, and every tag naming it; a tag moved
+    /// to another manifest meanwhile stays. A manifest already gone is not
+    /// an error.
+    pub fn delete_manifest_digest(&mut self, digest: &str) -> Result<(), StoreError> {
         let url = format!("{}://{}/v2/{}/manifests/{digest}", self.scheme, self.registry, self.repository);
-        let what = format!("deleting {}:{tag}", self.repository);
+        let what = format!("deleting {}@{digest}", self.repository);
         let status = self.retrying(&what, |t| {
             let request = t.delete_request(&url)?;
             // Built inside the runtime: the request's timeout needs its timer.
