@@ -71,11 +71,14 @@ pub struct Overlay {
 /// overlayfs cannot work.
 pub fn open(root: &Path, options: &str) -> Result<Overlay, StoreError> {
     let options: Options = store_api::parse_options(options)?;
+    // A step on a chain of the deepest depth allowed is one layer more,
+    // and flattening it mounts them all as lowers: one below the kernel's.
+    let deepest = KERNEL_MAX_LOWERS - 1;
     let depth = |value: Option<usize>, default: usize, name: &str| match value {
         None => Ok(default),
-        Some(n) if (2..=KERNEL_MAX_LOWERS).contains(&n) => Ok(n),
+        Some(n) if (2..=deepest).contains(&n) => Ok(n),
         Some(n) => Err(StoreError::invalid(format!(
-            "[backend]: {name} = {n} is out of range; set it between 2 and {KERNEL_MAX_LOWERS}"
+            "[backend]: {name} = {n} is out of range; set it between 2 and {deepest}"
         ))),
     };
     // 128: far below the kernel's 500, so that a lookup that misses (it

@@ -111,6 +111,20 @@ fn depth(root: &std::path::Path, ns: &str, id: &str) -> usize {
     n
 }
 
+/// A depth whose next step the kernel could not flatten is refused, before
+/// anything is made.
+#[test]
+fn depths_the_kernel_cannot_flatten_are_refused() {
+    let root = std::path::Path::new("/nonexistent/overlay-store");
+    for option in ["max_depth = 500", "cache_max_depth = 500", "max_depth = 1"] {
+        match snapstore_overlayfs::open(root, option) {
+            Ok(_) => panic!("{option} was accepted"),
+            Err(err) => assert!(err.message().contains("set it between 2 and 499"), "{}", err.message()),
+        }
+    }
+    assert!(!root.exists());
+}
+
 /// A chain that cannot be read (its `lower` file damaged) keeps every
 /// layer: nothing is deleted on a guess, and the repaired chain is whole.
 #[test]

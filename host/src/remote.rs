@@ -101,25 +101,57 @@ pub fn pull_on_miss(
     }
 }
 
-/// With `push = "after-build"`, pushes the result a build just committed.
-/// A failure never fails the build: the result is marked "not pushed"
-/// (see [`pending`]) and a warning returned, for `push --pending` to retry.
-pub fn push_after_build(store: &BlockingStore, remote: Option<&RemoteConfig>, id: &str) -> Option<String> {
-    let remote = remote.filter(|r| r.push == PushPolicy::AfterBuild)?;
-    // Marked first, so that a push cut short by a kill is retried; pushed
-    // even if the mark cannot be written (a full disk).
-    let marked = mark_pending(store, id);
-    match (push(store, remote, id), marked) {
-        (Ok(_), _) => None,
-        (Err(e), Ok(())) => {
-            warn!(id, "push after build failed: {e}");
-            Some(format!("result `{id}` kept but not pushed ({e}); `snapstore push --pending` retries"))
-        }
-        (Err(e), Err(mark_err)) => {
-            warn!(id, "push after build failed: {e}");
-            Some(format!("result `{id}` kept but not pushed ({e}), nor marked for `push --pending` ({mark_err}); push it with `snapstore push {id}`"))
-        }
+/// The "not pushed" mark a build with `push = "after-build"` writes
+/// before it runs: a snapstore killed between the commit and the push
+/// leaves the result marked, for `push --pending`.
+pub struct MarkBeforeBuild {
+    /// Written by this build (not there before), or why it could not be.
+    made: Result<bool, StoreError>,
+}
+
+/// Marks `id` "not pushed" before its build, when the remote pushes after
+/// builds; `None` otherwise.
+pub fn mark_before_build(
+    store: &BlockingStore,
+    remote: Option<&RemoteConfig>,
+    id: &str,
+) -> Option<MarkBeforeBuild> {
+    remote.filter(|r| r.push == PushPolicy::AfterBuild)?;
+    // The id names a file: the build refuses a bad one, marked or not.
+    check_id(id).ok()?;
+    let existed = pending_dir(store).join(id).exists();
+    Some(MarkBeforeBuild { made: mark_pending(store, id).map(|()| !existed) })
+}
+
+/// After a build that committed nothing: removes the mark it wrote (one
+/// that was there before belongs to an earlier result of that id).
+pub fn unmark_failed_build(store: &BlockingStore, id: &str, mark: Option<MarkBeforeBuild>) {
+    if let Some(MarkBeforeBuild { made: Ok(true) }) = mark {
+        let _ = clear_pending(store, id);
     }
+}
+
+/// Pushes the result a build just committed, with `push = "after-build"`
+/// (`mark` is from [`mark_before_build`]). A failure never fails the
+/// build: the result stays marked "not pushed" (see [`pending`]) and a
+/// warning is returned, for `push --pending` to retry.
+pub fn push_after_build(
+    store: &BlockingStore,
+    remote: Option<&RemoteConfig>,
+    id: &str,
+    mark: Option<MarkBeforeBuild>,
+) -> Option<String> {
+    let (remote, mark) = (remote.filter(|r| r.push == PushPolicy::AfterBuild)?, mark?);
+    // Pushed even if the mark could not be written (a full disk).
+    let err = push(store, remote, id).err()?;
+    warn!(id, "push after build failed: {err}");
+    Some(match mark.made {
+        Ok(_) => format!("result `{id}` kept but not pushed ({err}); `snapstore push --pending` retries"),
+        Err(mark_err) => format!(
+            "result `{id}` kept but not pushed ({err}), nor marked for `push --pending` ({mark_err}); \
+             push it with `snapstore push {id}`"
+        ),
+    })
 }
 
 /// The results marked "not pushed", sorted.

@@ -148,6 +148,16 @@ fn a_push_that_fails_after_a_build_keeps_the_result_as_not_pushed() {
     assert!(a.result("x").is_some());
     assert_eq!(a.json(&["list"])["not_pushed"], serde_json::json!(["x"]));
     assert!(a.ok(&["list"]).contains("not pushed"));
+    // A build that fails leaves no mark; one refused (`x` is there) keeps
+    // `x`'s; a snapstore killed right after its commit leaves its result
+    // marked, for `push --pending`.
+    assert_eq!(a.run(&["build", "y", "--", "false"]).status.code(), Some(1));
+    assert!(!a.run(&["build", "x", "--", "true"]).status.success());
+    let killed =
+        a.command(&["build", "z", "--", "true"]).env("SNAPSTORE_KILL_AT", "build:committed").output();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&killed.unwrap().status), Some(9));
+    assert!(a.result("z").is_some(), "the kill came before the commit");
+    assert_eq!(a.json(&["list"])["not_pushed"], serde_json::json!(["x", "z"]));
     // An explicit push fails in one line naming the registry.
     let err = a.fails(&["push", "x"], 74);
     assert!(err.contains(&registry.host), "{err}");
@@ -155,8 +165,9 @@ fn a_push_that_fails_after_a_build_keeps_the_result_as_not_pushed() {
     registry.restart();
     let pushed = a.json(&["push", "--pending"]);
     assert_eq!(pushed["pushed"][0]["pushed"], true, "{pushed}");
+    assert_eq!(pushed["pushed"][1]["pushed"], true, "{pushed}");
     assert_eq!(a.json(&["list"])["not_pushed"], serde_json::json!([]));
-    assert_eq!(registry.stored_tags("ci/results"), vec!["x"]);
+    assert_eq!(registry.stored_tags("ci/results"), vec!["x", "z"]);
 
     // A pull that fails half-way (the registry gone) leaves no result.
     let b = rsync_worker(&registry, "never", "never");

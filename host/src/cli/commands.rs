@@ -31,13 +31,19 @@ fn run_command(cli: &Cli) -> Result<Output, StoreError> {
             if let Some(base) = base {
                 snapstore::remote::pull_on_miss(&store, remote.as_ref(), base)?;
             }
-            let out = build(&store, base.as_deref(), id, command, cli.json)?;
-            if out.status == 0 {
-                if let Some(warning) = snapstore::remote::push_after_build(&store, remote.as_ref(), id) {
-                    eprintln!("warning: {warning}");
+            let mark = snapstore::remote::mark_before_build(&store, remote.as_ref(), id);
+            let out = build(&store, base.as_deref(), id, command, cli.json);
+            match &out {
+                Ok(done) if done.status == 0 => {
+                    if let Some(warning) =
+                        snapstore::remote::push_after_build(&store, remote.as_ref(), id, mark)
+                    {
+                        eprintln!("warning: {warning}");
+                    }
                 }
+                _ => snapstore::remote::unmark_failed_build(&store, id, mark),
             }
-            Ok(out)
+            out
         }
         Cmd::Result { id } => {
             // Most lookups find their result: answered without loading the plugin.
