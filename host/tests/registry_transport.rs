@@ -124,6 +124,20 @@ fn blobs_and_manifests_round_trip() {
     assert_eq!(empty.tags().unwrap(), Vec::<String>::new());
 }
 
+/// A blob file that cannot be read is reported as ours, at once: not
+/// retried and blamed on the registry's connection.
+#[test]
+fn a_blob_file_that_cannot_be_read_is_a_local_error() {
+    let Some(registry) = Registry::plain() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let mut t = connect(&registry, "ci/results", &insecure());
+    let (desc, file) = blob(work.path(), LAYER_TYPE, b"layer");
+    std::fs::remove_file(&file).unwrap();
+    let err = t.put_blob(&desc, &file).unwrap_err();
+    assert!(err.message().starts_with(&format!("cannot read {}", file.display())), "{}", err.message());
+    assert!(!err.message().contains(&registry.host), "{}", err.message());
+}
+
 /// What `remote prune` relies on: a manifest deleted by the digest it
 /// was judged by takes its tag along only if the tag still names it.
 #[test]

@@ -124,6 +124,14 @@ fn apply_missing(
                 report.layers_skipped += 1;
                 continue;
             }
+            // The step below was deleted meanwhile: the image is there, so
+            // not "not found" (a pull on a miss would take it for absent).
+            Err(e) if e.kind() == ErrorKind::NOT_FOUND => {
+                return Err(StoreError::busy(format!(
+                    "{}; it was deleted during the import: run it again",
+                    e.message()
+                )))
+            }
             Err(e) => return Err(e),
         };
         let what = format!("{name}: layer {}", layer.desc.digest());

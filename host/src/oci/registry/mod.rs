@@ -35,7 +35,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use oci_spec::image::Descriptor;
 use sha2::{Digest as _, Sha256};
-use store_api::StoreError;
+use store_api::{IoContext, StoreError};
 
 use crate::oci::transport::ImageTransport;
 use errors::{classify, Context, ATTEMPTS};
@@ -474,6 +474,9 @@ impl ImageTransport for RegistryTransport {
         if self.mounted(&digest) {
             return Ok(());
         }
+        // A local file that cannot be read is our error, not the
+        // registry's: not retried, not reported as a dropped connection.
+        std::fs::File::open(file).context(format_args!("cannot read {}", file.display()))?;
         let what = format!("pushing blob {digest}");
         self.retrying(&what, |t| {
             // A fresh upload each try: a session the registry lost with a
