@@ -118,6 +118,29 @@ fn a_token_the_registry_refuses_is_renewed_once_then_reported() {
     assert_eq!(registry.stored_tags(REPO), vec!["a"]);
 }
 
+/// A download cut off, then refused on its resumption (its token ran out
+/// meanwhile): a fresh token, and it resumes.
+#[test]
+fn a_download_resumed_after_its_token_ran_out_gets_a_new_one() {
+    let Some(registry) = Registry::with_tokens("fleet", "s3cret", Duration::from_secs(60)) else { return };
+    let tokens = registry.token_service().unwrap();
+    let proxy = FaultProxy::start(&registry.host);
+    let work = tempfile::tempdir().unwrap();
+    let auth = auth_file(work.path(), &proxy.host, "fleet", "s3cret");
+    let mut t = RegistryTransport::connect(&proxy.host, REPO, &settings(auth))
+        .unwrap_or_else(|e| panic!("connect: {e}\nregistry log: {}", registry.log()));
+    let (layer, file) = blob(work.path(), 1 << 20, 4);
+    t.put_blob(&layer, &file).unwrap();
+
+    let before = tokens.issued();
+    let get = format!("GET /v2/{REPO}/blobs/{}", layer.digest());
+    proxy.inject(&get, Fault::DropAfter(100_000), 1);
+    proxy.inject(&get, Fault::Unauthorized(tokens.realm.clone()), 1);
+    assert!(read_all(&mut t, &layer) == std::fs::read(&file).unwrap());
+    assert!(tokens.issued() > before, "no new token for the resumption");
+    assert_eq!(proxy.faults_injected(), 2, "{:#?}", proxy.log());
+}
+
 #[test]
 fn wrong_or_missing_credentials_for_the_token_service_are_one_line() {
     let Some(registry) = Registry::with_tokens("fleet", "s3cret", LIFETIME) else { return };

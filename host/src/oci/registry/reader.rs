@@ -60,6 +60,8 @@ pub struct BlobReader<'a> {
     /// Bytes of a full resent body still to skip.
     skip: u64,
     failures: u32,
+    /// A fresh token was asked for once already.
+    reauthenticated: bool,
     /// The body ended, whole: later reads return 0 without polling the
     /// finished stream again (oci-client's digest check would run twice,
     /// the second time on nothing).
@@ -78,6 +80,7 @@ impl<'a> BlobReader<'a> {
             offset: 0,
             skip: 0,
             failures: 0,
+            reauthenticated: false,
             done: false,
         };
         let what = reader.what();
@@ -122,6 +125,14 @@ impl<'a> BlobReader<'a> {
         self.failures += 1;
         let what = self.what();
         let failure = classify(&cause, &self.transport.context(&what));
+        // A token that ran out during a long download: a fresh one, once,
+        // as for every other request (`retrying`).
+        if failure.unauthorized && !self.reauthenticated {
+            self.reauthenticated = true;
+            return self.transport.authenticate().map_err(|e| {
+                io::Error::other(classify(&e, &self.transport.context(&what)).error.message().to_string())
+            });
+        }
         if !failure.transient || self.failures >= ATTEMPTS {
             return Err(io::Error::other(failure.error.message().to_string()));
         }
