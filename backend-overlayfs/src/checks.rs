@@ -32,8 +32,23 @@ pub fn check(
     Ok(lines)
 }
 
+/// How long a probe may run: an older one in the trash is a killed
+/// process's, and goes with the rest.
+const PROBE_LIFE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether the trash entry `entry` is the probe of a check running now
+/// (another process's: `complete_deletes` must leave it).
+pub fn is_running_probe(entry: &fs::DirEntry) -> bool {
+    let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+    entry.file_name().to_string_lossy().starts_with(PROBE_PREFIX) && age.is_some_and(|age| age < PROBE_LIFE)
+}
+
+/// The name probes start with (`probe-XXXX`, in the trash).
+const PROBE_PREFIX: &str = "probe-";
+
 /// Tries everything the backend needs in a probe directory under
-/// `ROOT/trash`, removed afterwards (a crash leaves it to complete_deletes).
+/// `ROOT/trash`, removed afterwards (a crash leaves it to complete_deletes,
+/// once it is [`PROBE_LIFE`] old).
 pub fn probe(root: &Path) -> Result<Vec<String>, StoreError> {
     if !rustix::process::geteuid().is_root() {
         return Err(StoreError::new(
@@ -68,7 +83,7 @@ pub fn probe(root: &Path) -> Result<Vec<String>, StoreError> {
     let trash = root.join(TRASH);
     let trash_made = !trash.exists();
     fs::create_dir_all(&trash).context(format!("cannot create {}", trash.display()))?;
-    let dir = trash.join(unique_name("probe"));
+    let dir = trash.join(unique_name(PROBE_PREFIX.trim_end_matches('-')));
     fs::create_dir(&dir).context(format!("cannot create {}", dir.display()))?;
     let result = probe_in(&dir, &fs_name, &mut lines);
     let _ = detach_mounts_under(&dir);

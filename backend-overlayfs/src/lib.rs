@@ -364,6 +364,7 @@ impl SnapshotBackend for Overlay {
         let doomed: Vec<PathBuf> = entries
             .flatten()
             .filter(|entry| !trash::is_stuck(&entry.file_name().to_string_lossy()))
+            .filter(|entry| !checks::is_running_probe(entry))
             .map(|entry| entry.path())
             .collect();
         self.delete(&doomed)

@@ -111,6 +111,21 @@ fn depth(root: &std::path::Path, ns: &str, id: &str) -> usize {
     n
 }
 
+/// A probe in the trash (a `check` running in another process) is left by
+/// `complete_deletes` until it is an hour old, when it is a killed check's.
+#[test]
+fn a_running_checks_probe_is_left_alone() {
+    let Some((fs, store)) = store(EXT4, "") else { return };
+    let probe = fs.root().join("trash/probe-0123456789abcdef");
+    fs::create_dir_all(probe.join("upper")).unwrap();
+    store.complete_deletes().unwrap();
+    assert!(probe.join("upper").is_dir(), "a running check's probe was deleted");
+    let touched = std::process::Command::new("touch").args(["-d", "2 hours ago"]).arg(&probe).status();
+    assert!(touched.unwrap().success());
+    store.complete_deletes().unwrap();
+    assert!(!probe.exists(), "a killed check's probe was left");
+}
+
 /// A depth whose next step the kernel could not flatten is refused, before
 /// anything is made.
 #[test]
