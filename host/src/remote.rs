@@ -123,11 +123,14 @@ pub fn mark_before_build(
     Some(MarkBeforeBuild { made: mark_pending(store, id).map(|()| !existed) })
 }
 
-/// After a build that committed nothing: removes the mark it wrote (one
-/// that was there before belongs to an earlier result of that id).
+/// After a build that committed nothing: removes the mark it wrote, unless
+/// result `id` is there all the same (a concurrent build of the same id
+/// committed it, and its push clears the mark).
 pub fn unmark_failed_build(store: &BlockingStore, id: &str, mark: Option<MarkBeforeBuild>) {
     if let Some(MarkBeforeBuild { made: Ok(true) }) = mark {
-        let _ = clear_pending(store, id);
+        if matches!(store.result(id), Ok(None)) {
+            let _ = clear_pending(store, id);
+        }
     }
 }
 
