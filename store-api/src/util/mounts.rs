@@ -10,11 +10,12 @@
 use std::ffi::CStr;
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{statx, AtFlags, StatxAttributes, StatxFlags};
+use rustix::fs::{open, openat2, statx, AtFlags, Mode, OFlags, ResolveFlags, StatxAttributes, StatxFlags};
+use rustix::io::Errno;
 use rustix::mount::{unmount, UnmountFlags};
 
 use crate::{IoContext, StoreError};
@@ -24,15 +25,61 @@ use crate::{IoContext, StoreError};
 /// a symlink (a command swapped its tree for one) has none: what it points
 /// at is not the store's.
 pub fn mounts_under(tree: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    if fs::symlink_metadata(tree).is_ok_and(|meta| meta.file_type().is_symlink()) {
-        return Ok(Vec::new());
+    match open_tree(tree)? {
+        Some((_, real)) => points_under(&real),
+        None => Ok(Vec::new()),
     }
-    let tree = fs::canonicalize(tree).context(format_args!("cannot resolve {}", tree.display()))?;
+}
+
+/// Detaches (`umount2(MNT_DETACH)`) every mount at or below `tree`,
+/// deepest first, and returns what was detached. Only mounts under `tree`
+/// are touched; the data they showed is left as it was. Each mount is
+/// reached from `tree` by descriptor, through no symlink: a process that
+/// swaps a directory for a link meanwhile cannot lead it outside.
+pub fn detach_mounts_under(tree: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let Some((dir, real)) = open_tree(tree)? else { return Ok(Vec::new()) };
+    let mut detached = Vec::new();
+    // A point may hold stacked mounts: go round until none is left.
+    for _ in 0..64 {
+        let mounts = points_under(&real)?;
+        if mounts.is_empty() {
+            return Ok(detached);
+        }
+        for point in mounts {
+            if detach(&dir, &real, &point)? {
+                detached.push(point);
+            }
+        }
+    }
+    Err(StoreError::other(format!(
+        "cannot detach the mounts under {}: they keep coming back",
+        tree.display()
+    )))
+}
+
+/// `tree` opened as a directory (not through a final symlink), with the
+/// path the kernel resolved it to; `None` if it is a symlink or no
+/// directory. Later swaps of any of its components change neither.
+fn open_tree(tree: &Path) -> Result<Option<(OwnedFd, PathBuf)>, StoreError> {
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dir = match open(tree, flags, Mode::empty()) {
+        Ok(dir) => dir,
+        Err(Errno::NOTDIR | Errno::LOOP) => return Ok(None),
+        Err(e) => return Err(StoreError::io(format_args!("cannot open {}", tree.display()), &e.into())),
+    };
+    let real = fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .context(format_args!("cannot resolve {}", tree.display()))?;
+    Ok(Some((dir, real)))
+}
+
+/// The mount points at or below the directory `real` in
+/// `/proc/self/mountinfo`, deepest first.
+fn points_under(real: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let table = fs::read("/proc/self/mountinfo").context("cannot read /proc/self/mountinfo")?;
     let mut found: Vec<PathBuf> = table
         .split(|&b| b == b'\n')
         .filter_map(mount_point)
-        .filter(|point| point.starts_with(&tree))
+        .filter(|point| point.starts_with(real))
         .collect();
     // Deeper mounts first; of stacked mounts on one point, the last made
     // (listed last) first.
@@ -42,35 +89,40 @@ pub fn mounts_under(tree: &Path) -> Result<Vec<PathBuf>, StoreError> {
     Ok(found)
 }
 
-/// Detaches (`umount2(MNT_DETACH | UMOUNT_NOFOLLOW)`) every mount at or
-/// below `tree`, deepest first, and returns what was detached. Only mounts
-/// under `tree` are touched; the data they showed is left as it was.
-pub fn detach_mounts_under(tree: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    let mut detached = Vec::new();
-    // A point may hold stacked mounts: go round until none is left.
-    for _ in 0..64 {
-        let mounts = mounts_under(tree)?;
-        if mounts.is_empty() {
-            return Ok(detached);
-        }
-        for point in mounts {
-            match unmount(&point, UnmountFlags::DETACH | UnmountFlags::NOFOLLOW) {
-                // EINVAL: no longer a mount point (a parent's detach took it).
-                Ok(()) | Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOENT) => {}
-                Err(e) => {
-                    return Err(StoreError::io(
-                        format_args!("cannot detach the mount at {}", point.display()),
-                        &io::Error::from(e),
-                    ))
-                }
+/// Detaches the top mount at `point`, a path below `dir` (whose path is
+/// `real`), reached beneath `dir` through no symlink. Returns `false` when
+/// it is no longer there that way (gone, or behind a symlink now).
+fn detach(dir: &OwnedFd, real: &Path, point: &Path) -> Result<bool, StoreError> {
+    let relative = point.strip_prefix(real).unwrap_or(point);
+    let opened;
+    let target = if relative.as_os_str().is_empty() {
+        dir.as_fd()
+    } else {
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+        match openat2(
+            dir,
+            relative,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve,
+        ) {
+            Ok(fd) => {
+                opened = fd;
+                opened.as_fd()
             }
-            detached.push(point);
+            Err(Errno::NOENT | Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => return Ok(false),
+            Err(e) => return Err(StoreError::io(format_args!("cannot open {}", point.display()), &e.into())),
+        }
+    };
+    // Through the descriptor: nothing is looked up by name again.
+    match unmount(format!("/proc/self/fd/{}", target.as_raw_fd()), UnmountFlags::DETACH) {
+        Ok(()) => Ok(true),
+        // EINVAL: no longer a mount point (a parent's detach took it).
+        Err(Errno::INVAL | Errno::NOENT) => Ok(false),
+        Err(e) => {
+            Err(StoreError::io(format_args!("cannot detach the mount at {}", point.display()), &e.into()))
         }
     }
-    Err(StoreError::other(format!(
-        "cannot detach the mounts under {}: they keep coming back",
-        tree.display()
-    )))
 }
 
 /// Whether `name` in the directory `dir` is the root of a mount (another
@@ -176,6 +228,55 @@ mod tests {
         );
         fs::remove_dir_all(&tree).unwrap();
         fs::remove_dir_all(&outside).unwrap();
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_never_leads_a_detach_outside() {
+        if !rustix::process::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "this test needs root, and CI runs as root"
+            );
+            eprintln!("SKIPPED: detaching mounts needs root");
+            return;
+        }
+        let (tree, outside, victim) = (tempfile_dir(), tempfile_dir(), tempfile_dir());
+        struct Cleanup(Vec<PathBuf>);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                for dir in &self.0 {
+                    let _ = detach_mounts_under(dir);
+                    let _ = fs::remove_dir_all(dir);
+                }
+            }
+        }
+        let _cleanup = Cleanup(vec![tree.clone(), victim.clone(), outside.clone()]);
+        fs::write(outside.join("keep"), b"data").unwrap();
+        // A mount in the tree, and one outside the store.
+        for point in [tree.join("a/mnt"), victim.join("mnt")] {
+            fs::create_dir_all(&point).unwrap();
+            rustix::mount::mount_bind(&outside, &point).unwrap();
+        }
+        let (dir, real) = open_tree(&tree).unwrap().unwrap();
+        let listed = points_under(&real).unwrap();
+        assert_eq!(listed, vec![fs::canonicalize(tree.join("a/mnt")).unwrap()]);
+        // Between the listing and the detach, a process moves `a` away and
+        // puts a symlink to the outside directory in its place.
+        fs::rename(tree.join("a"), tree.join("moved")).unwrap();
+        std::os::unix::fs::symlink(&victim, tree.join("a")).unwrap();
+        assert!(!detach(&dir, &real, &listed[0]).unwrap());
+        let victim_real = fs::canonicalize(&victim).unwrap();
+        assert_eq!(points_under(&victim_real).unwrap().len(), 1, "the mount outside was detached");
+        // The moved mount is still under the tree, and goes next time.
+        assert_eq!(detach_mounts_under(&tree).unwrap().len(), 1);
+        assert!(points_under(&real).unwrap().is_empty());
+        assert_eq!(points_under(&victim_real).unwrap().len(), 1, "the mount outside was detached");
+        // A tree that is itself a symlink has no mounts of ours.
+        let link = tree.join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(mounts_under(&link).unwrap().is_empty());
+        assert!(detach_mounts_under(&link).unwrap().is_empty());
+        assert_eq!(points_under(&victim_real).unwrap().len(), 1, "the mount outside was detached");
     }
 
     fn tempfile_dir() -> PathBuf {
