@@ -18,6 +18,7 @@ use std::process::Command;
 use nix::fcntl::{renameat2, RenameFlags};
 use serde::Deserialize;
 use store_api::util::copy::{copy_tree, FileData, WorkerPool};
+use store_api::util::remove::rename_tree;
 use store_api::util::{mounts, remove_tree, trash, unique_name, DirLayout, FileLock, LockMode};
 use store_api::{
     export_backend, parse_options, IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError,
@@ -130,11 +131,8 @@ fn rsync(src: &Path, dst: &Path, extra: &[&OsStr]) -> Result<(), StoreError> {
 
 /// Renames without replacing: fails with `ALREADY_EXISTS` if `to` exists.
 fn rename_new(from: &Path, to: &Path) -> Result<(), StoreError> {
-    renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE).context(format_args!(
-        "cannot rename {} to {}",
-        from.display(),
-        to.display()
-    ))
+    let rename = || renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE);
+    rename_tree(from, rename).context(format_args!("cannot rename {} to {}", from.display(), to.display()))
 }
 
 fn exists(path: &Path) -> bool {
@@ -187,7 +185,8 @@ impl Rsync {
     /// Moves `path` into the trash (atomic), then deletes it.
     fn discard(&self, path: &Path) -> Result<(), StoreError> {
         let doomed = self.trash().join(unique_name("del"));
-        match fs::rename(path, &doomed) {
+        let rename = || renameat2(None, path, None, &doomed, RenameFlags::RENAME_NOREPLACE);
+        match rename_tree(path, rename).map_err(std::io::Error::from) {
             Ok(()) => trash::remove_or_set_aside(&doomed),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StoreError::io(format_args!("cannot remove {}", path.display()), &e)),

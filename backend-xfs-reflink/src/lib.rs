@@ -23,6 +23,7 @@ use nix::unistd::{access, AccessFlags, Uid};
 use rayon::prelude::*;
 use serde::Deserialize;
 use store_api::util::copy::WorkerPool;
+use store_api::util::remove::rename_tree;
 use store_api::util::{trash, unique_name, DirLayout};
 use store_api::{IoContext, Key, Namespace, Owner, SnapshotBackend, StoreError};
 
@@ -124,7 +125,8 @@ impl SnapshotBackend for XfsReflink {
             nix::unistd::syncfs(dir.as_raw_fd()).context(format!("cannot sync {}", from.display()))?;
         }
         // Atomic, and never replaces an existing tree (not even an empty one).
-        match renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE) {
+        let rename = || renameat2(None, &from, None, &to, RenameFlags::RENAME_NOREPLACE);
+        match rename_tree(&from, rename) {
             Ok(()) => {}
             Err(Errno::EEXIST | Errno::ENOTEMPTY) => {
                 return Err(StoreError::already_exists(format!("`{dst}` already exists")))
@@ -149,7 +151,8 @@ impl SnapshotBackend for XfsReflink {
         let path = self.layout.path_of(key);
         let trashed = self.root.join(TRASH).join(unique_name("del"));
         // Out of view at once; the slow part happens in the trash.
-        match renameat2(None, &path, None, &trashed, RenameFlags::RENAME_NOREPLACE) {
+        let rename = || renameat2(None, &path, None, &trashed, RenameFlags::RENAME_NOREPLACE);
+        match rename_tree(&path, rename) {
             Ok(()) => {}
             Err(Errno::ENOENT) => return Ok(()),
             Err(e) => {

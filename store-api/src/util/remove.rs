@@ -277,6 +277,51 @@ impl Parent<'_> {
     }
 }
 
+/// Runs `rename`, a move of the directory `tree`, once more if it failed
+/// because the tree's top directory was immutable or unwritable (a build
+/// may make it so) and [`unlock_top`] could undo that.
+pub fn rename_tree<E: Copy + Into<std::io::Error>>(
+    tree: &Path,
+    rename: impl Fn() -> Result<(), E>,
+) -> Result<(), E> {
+    match rename() {
+        Err(e) => {
+            let code = e.into().raw_os_error();
+            let locked = [Errno::PERM, Errno::ACCESS].iter().any(|errno| Some(errno.raw_os_error()) == code);
+            if locked && unlock_top(tree) {
+                rename()
+            } else {
+                Err(e)
+            }
+        }
+        ok => ok,
+    }
+}
+
+/// Undoes what keeps the directory `path` from being moved into place or
+/// into the trash: its immutable and append-only flags, and a missing
+/// write permission (a move to another parent rewrites its `..`). A build
+/// may set either on its tree. Never follows a symlink, never touches the
+/// root of a mount. Whether anything changed: the caller then retries.
+pub fn unlock_top(path: &Path) -> bool {
+    let Some((parent_path, name)) = split(path) else { return false };
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let Ok(parent) = openat(CWD, parent_path, flags, Mode::empty()) else { return false };
+    let Ok(mount) = mount_id(&parent) else { return false };
+    let outside = Parent { fd: parent.as_fd(), path: parent_path, in_tree: false, mount };
+    let mut changed = outside.clear_flags(&name);
+    let handle_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if let Ok(handle) = openat(&parent, &name, handle_flags, Mode::empty()) {
+        let mode = fstat(&handle).map(|st| Mode::from_raw_mode(st.st_mode));
+        if mount_id(&handle).ok() == Some(mount) && mode.is_ok_and(|mode| !mode.contains(Mode::WUSR)) {
+            let proc_path = format!("/proc/self/fd/{}", handle.as_raw_fd());
+            changed |=
+                rustix::fs::chmod(proc_path.as_str(), mode.unwrap_or(Mode::empty()) | Mode::RWXU).is_ok();
+        }
+    }
+    changed
+}
+
 /// Clears `FS_IMMUTABLE_FL` and `FS_APPEND_FL`; whether either was set.
 fn clear_flags_of(fd: BorrowedFd) -> bool {
     let sticky = IFlags::IMMUTABLE | IFlags::APPEND;
