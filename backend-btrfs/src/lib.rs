@@ -134,7 +134,13 @@ impl Btrfs {
         };
         // The common case, a subvolume without nested ones: one atomic ioctl.
         if let Some(id) = id {
-            match sys::snap_destroy(&dir.file, name) {
+            let destroyed = match sys::snap_destroy(&dir.file, name) {
+                Err(err) if is_errno(&err, Errno::EPERM) && tree::unlock(dir, name) => {
+                    sys::snap_destroy(&dir.file, name)
+                }
+                other => other,
+            };
+            match destroyed {
                 Ok(()) => return Ok(vec![id]),
                 Err(err) if is_errno(&err, Errno::ENOENT) => return Ok(Vec::new()),
                 Err(err) if is_errno(&err, Errno::ENOTEMPTY) => {} // nested subvolumes

@@ -154,6 +154,16 @@ pub fn snapshot_nested(src: &Dir, dst: &Dir) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Clears the immutable and append-only flags a build may set on its tree
+/// `name` of `dir`, which keep it from being deleted (its read-only flag
+/// first, which keeps them; it is being deleted). Whether any was set.
+pub fn unlock(dir: &Dir, name: &OsStr) -> bool {
+    if let Ok(sub) = dir.child(name) {
+        let _ = sys::set_readonly(&sub.file, false);
+    }
+    store_api::util::remove::unlock_top(&dir.path.join(name))
+}
+
 /// Deletes entry `name` of `dir`, whatever it is: a subvolume (read-only
 /// or not, with nested subvolumes or not), a plain directory tree that may
 /// hold subvolumes, or a file. Absent is fine (a concurrent sweeper may
@@ -199,6 +209,7 @@ pub fn delete_entry(dir: &Dir, name: &OsStr) -> Result<Vec<u64>, StoreError> {
             drop(sub);
             sys::snap_destroy(&dir.file, name)
         }
+        Errno::EPERM if unlock(dir, name) => return delete_entry(dir, name),
         _ => Err(err),
     };
     match result {

@@ -168,6 +168,34 @@ fn nested_subvolumes_are_kept_and_deleted() {
     assert_eq!(subvolumes(&fs, true), Vec::<String>::new());
 }
 
+/// A build that makes its own tree immutable or append-only: the commit
+/// goes through (the read-only result carries the flag along) and the
+/// result, then everything, is deleted.
+#[test]
+fn an_immutable_tree_commits_and_is_deleted() {
+    let Some(fs) = LoopBtrfs::new("immutable") else {
+        return;
+    };
+    let s = store(&fs);
+    build(&s, "base", None, &[("f", "1")]);
+    for (id, flag) in [("i", "+i"), ("a", "+a")] {
+        let tmp = key(&format!("result-tmp/{id}"));
+        let dir = s.clone_tree(&key("result/base"), &tmp).expect("clone");
+        fs::write(dir.join("g"), "2").expect("write");
+        run("chattr", &[flag, dir.to_str().expect("utf8")]).expect("chattr");
+        let result = s.commit(&tmp, &key(&format!("result/{id}")), None).expect("commit");
+        assert_eq!(fs::read_to_string(result.join("g")).expect("read"), "2");
+        s.remove(&key(&format!("result/{id}"))).expect("remove");
+    }
+    s.remove(&key("result/base")).expect("remove");
+    s.complete_deletes().expect("complete_deletes");
+    assert_eq!(subvolumes(&fs, false), Vec::<String>::new());
+    for ns in Namespace::ALL {
+        let left: Vec<_> = fs::read_dir(fs.root().join(ns.as_str())).expect("read_dir").collect();
+        assert!(left.is_empty(), "{ns}: {left:?}");
+    }
+}
+
 #[test]
 fn nothing_is_left_after_deleting_everything() {
     let Some(fs) = LoopBtrfs::new("everything") else {
