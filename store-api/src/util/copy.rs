@@ -67,7 +67,7 @@ pub fn copy_tree(src: &Path, dst: &Path, data: FileData) -> Result<(), StoreErro
     rfs::mkdirat(CWD, dst, Mode::RWXU).context(format_args!("cannot create {}", dst.display()))?;
     let dst_dir = open_dir(CWD, dst).context(format_args!("cannot open {}", dst.display()))?;
     let walker = Walker { data, dev: dev_of(&st), links: Mutex::new(HashMap::new()) };
-    walker.fill_dir(&src_dir, &dst_dir, src, dst)?;
+    walker.fill_dir(&src_dir, &dst_dir, src, dst, 0)?;
     copy_fd_meta(&src_dir, &dst_dir, &st, dst)
 }
 
@@ -153,14 +153,22 @@ impl Walker {
         dst: &OwnedFd,
         src_path: &Path,
         dst_path: &Path,
+        depth: usize,
     ) -> Result<(), StoreError> {
+        if depth >= super::MAX_DEPTH {
+            return Err(StoreError::unsupported(format!(
+                "cannot copy {}: the tree is deeper than {} directories",
+                src_path.display(),
+                super::MAX_DEPTH
+            )));
+        }
         let names = read_dir(src).context(format_args!("cannot read directory {}", src_path.display()))?;
         let src = At { dir: src.as_fd(), path: src_path };
         let dst = At { dir: dst.as_fd(), path: dst_path };
-        names.par_iter().try_for_each(|name| self.copy_entry(src, dst, name))
+        names.par_iter().try_for_each(|name| self.copy_entry(src, dst, name, depth))
     }
 
-    fn copy_entry(&self, src: At, dst: At, name: &CStr) -> Result<(), StoreError> {
+    fn copy_entry(&self, src: At, dst: At, name: &CStr, depth: usize) -> Result<(), StoreError> {
         // One statx gives the metadata and whether this is a mount root.
         let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT;
         let st = rfs::statx(src.dir, name, flags, StatxFlags::BASIC_STATS).map_err(src.err("stat", name))?;
@@ -181,7 +189,7 @@ impl Walker {
             )));
         }
         if kind(&st) == FileType::Directory {
-            self.copy_dir(src, dst, name, &st)
+            self.copy_dir(src, dst, name, &st, depth + 1)
         } else if st.stx_nlink > 1 {
             self.copy_linked(src, dst, name, &st)
         } else {
@@ -189,12 +197,12 @@ impl Walker {
         }
     }
 
-    fn copy_dir(&self, src: At, dst: At, name: &CStr, st: &Statx) -> Result<(), StoreError> {
+    fn copy_dir(&self, src: At, dst: At, name: &CStr, st: &Statx, depth: usize) -> Result<(), StoreError> {
         rfs::mkdirat(dst.dir, name, Mode::RWXU).map_err(dst.err("create directory", name))?;
         let src_dir = open_source(src.dir, name, OFlags::DIRECTORY).map_err(src.err("open", name))?;
         let dst_dir = open_dir(dst.dir, name).map_err(dst.err("open", name))?;
         let dst_path = dst.join(name);
-        self.fill_dir(&src_dir, &dst_dir, &src.join(name), &dst_path)?;
+        self.fill_dir(&src_dir, &dst_dir, &src.join(name), &dst_path, depth)?;
         copy_fd_meta(&src_dir, &dst_dir, st, &dst_path)
     }
 
@@ -455,4 +463,35 @@ fn times(st: &Statx) -> Timestamps {
 
 fn owner(st: &Statx) -> (Uid, Gid) {
     (Uid::from_raw(st.stx_uid), Gid::from_raw(st.stx_gid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_deeper_than_the_limit_is_refused_not_overflowed() {
+        let base = std::env::temp_dir().join(format!("snapstore-copy-{}", super::super::random_token()));
+        std::fs::create_dir(&base).unwrap();
+        // Removed with `rm -rf`: the store's own removal refuses such a tree.
+        struct Cleanup(PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("rm").arg("-rf").arg(&self.0).status();
+            }
+        }
+        let _cleanup = Cleanup(base.clone());
+        let src = base.join("src");
+        std::fs::create_dir(&src).unwrap();
+        // Made through descriptors: the path is longer than PATH_MAX.
+        let mut dir = open_dir(CWD, &src).unwrap();
+        for _ in 0..super::super::MAX_DEPTH + 5 {
+            rfs::mkdirat(&dir, c"d", Mode::RWXU).unwrap();
+            dir = open_dir(&dir, c"d").unwrap();
+        }
+        let pool = WorkerPool::new(Some(2), "copy-test").unwrap();
+        let copied = pool.install(|| copy_tree(&src, &base.join("dst"), FileData::Copy)).unwrap();
+        let err = copied.unwrap_err();
+        assert!(err.message().contains("deeper than 2000 directories"), "{}", err.message());
+    }
 }

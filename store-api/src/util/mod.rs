@@ -32,6 +32,10 @@ pub mod mounts;
 pub mod remove;
 pub mod trash;
 
+/// How deep a tree the walks (copies, removals) go: deeper ones are
+/// refused rather than risking the walker's stack.
+const MAX_DEPTH: usize = 2000;
+
 pub use layout::DirLayout;
 pub use lock::{try_lock_open, FileLock, LockMode};
 pub use remove::remove_tree;

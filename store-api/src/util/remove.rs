@@ -36,8 +36,7 @@ use rustix::io::Errno;
 
 use crate::{IoContext, StoreError};
 
-/// Deeper trees are refused rather than risking the walker's stack.
-const MAX_DEPTH: usize = 2000;
+use super::MAX_DEPTH;
 
 /// Removes the tree (or file) at `path` the way the module documentation
 /// says: mounts under it detached first, then deleted without following a
