@@ -16,6 +16,10 @@ pub fn tree_size(path: &Path) -> u64 {
     };
     let mut seen = HashSet::new();
     let mut total = top.blocks() * 512;
+    // A symlink (a tree a command swapped for one) is not walked through.
+    if !top.is_dir() {
+        return total;
+    }
     let mut dirs = vec![path.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -33,4 +37,20 @@ pub fn tree_size(path: &Path) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_that_is_a_symlink_is_not_walked_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        fs::create_dir(&target).unwrap();
+        fs::write(target.join("big"), vec![1u8; 1 << 20]).unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join("link")).unwrap();
+        assert!(tree_size(&target) >= 1 << 20);
+        assert!(tree_size(&dir.path().join("link")) < 1 << 20);
+    }
 }

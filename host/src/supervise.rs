@@ -62,7 +62,7 @@ pub fn run(command: &[String], dir: &Path, tree: &Key) -> Result<u8, StoreError>
             if let Some(cgroup) = cgroup {
                 cgroup.end();
             }
-            eprintln!("error: cannot run `{}`: {err}", command[0]);
+            eprintln!("error: cannot run `{}`: {err}", command.first().map_or("", String::as_str));
             if err.kind() == std::io::ErrorKind::NotFound {
                 127
             } else {
