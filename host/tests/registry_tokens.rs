@@ -89,17 +89,33 @@ fn a_push_and_pull_that_outlive_their_token_get_a_new_one() {
     assert_eq!(t.get_manifest("a").unwrap(), None);
 }
 
-#[test]
-fn a_token_the_registry_refuses_is_renewed_once_then_reported() {
-    let Some(registry) = Registry::with_tokens("fleet", "s3cret", Duration::from_secs(60)) else { return };
-    let tokens = registry.token_service().unwrap();
+/// A registry with token auth behind a fault proxy, a transport to it
+/// through the proxy, and one blob of 1 MiB pushed.
+struct Proxied {
+    registry: Registry,
+    proxy: FaultProxy,
+    _work: tempfile::TempDir,
+    t: RegistryTransport,
+    layer: Descriptor,
+    file: PathBuf,
+}
+
+fn proxied(seed: u8) -> Option<Proxied> {
+    let registry = Registry::with_tokens("fleet", "s3cret", Duration::from_secs(60))?;
     let proxy = FaultProxy::start(&registry.host);
     let work = tempfile::tempdir().unwrap();
     let auth = auth_file(work.path(), &proxy.host, "fleet", "s3cret");
     let mut t = RegistryTransport::connect(&proxy.host, REPO, &settings(auth))
         .unwrap_or_else(|e| panic!("connect: {e}\nregistry log: {}", registry.log()));
-    let (layer, file) = blob(work.path(), 1 << 20, 3);
+    let (layer, file) = blob(work.path(), 1 << 20, seed);
     t.put_blob(&layer, &file).unwrap();
+    Some(Proxied { registry, proxy, _work: work, t, layer, file })
+}
+
+#[test]
+fn a_token_the_registry_refuses_is_renewed_once_then_reported() {
+    let Some(Proxied { registry, proxy, _work, mut t, layer, .. }) = proxied(3) else { return };
+    let tokens = registry.token_service().unwrap();
 
     // The registry refuses a token that the client still thinks valid (it
     // expired early, or was revoked): a new token, and it goes through.
@@ -122,15 +138,8 @@ fn a_token_the_registry_refuses_is_renewed_once_then_reported() {
 /// meanwhile): a fresh token, and it resumes.
 #[test]
 fn a_download_resumed_after_its_token_ran_out_gets_a_new_one() {
-    let Some(registry) = Registry::with_tokens("fleet", "s3cret", Duration::from_secs(60)) else { return };
+    let Some(Proxied { registry, proxy, _work, mut t, layer, file }) = proxied(4) else { return };
     let tokens = registry.token_service().unwrap();
-    let proxy = FaultProxy::start(&registry.host);
-    let work = tempfile::tempdir().unwrap();
-    let auth = auth_file(work.path(), &proxy.host, "fleet", "s3cret");
-    let mut t = RegistryTransport::connect(&proxy.host, REPO, &settings(auth))
-        .unwrap_or_else(|e| panic!("connect: {e}\nregistry log: {}", registry.log()));
-    let (layer, file) = blob(work.path(), 1 << 20, 4);
-    t.put_blob(&layer, &file).unwrap();
 
     let before = tokens.issued();
     let get = format!("GET /v2/{REPO}/blobs/{}", layer.digest());

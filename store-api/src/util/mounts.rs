@@ -187,25 +187,11 @@ mod tests {
 
     #[test]
     fn bind_mounts_under_a_tree_are_detached_and_the_outside_kept() {
-        if !rustix::process::geteuid().is_root() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "this test needs root, and CI runs as root"
-            );
-            eprintln!("SKIPPED: detaching mounts needs root");
+        if !can_mount() {
             return;
         }
         let (tree, outside) = (tempfile_dir(), tempfile_dir());
-        // Detaches and removes what the test made, also when it fails.
-        struct Cleanup(PathBuf, PathBuf);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                let _ = detach_mounts_under(&self.0);
-                let _ = fs::remove_dir_all(&self.0);
-                let _ = fs::remove_dir_all(&self.1);
-            }
-        }
-        let _cleanup = Cleanup(tree.clone(), outside.clone());
+        let _cleanup = Cleanup(vec![tree.clone(), outside.clone()]);
         fs::write(outside.join("keep"), b"data").unwrap();
         let point = tree.join("a b").join("mnt");
         fs::create_dir_all(&point).unwrap();
@@ -232,24 +218,10 @@ mod tests {
 
     #[test]
     fn a_directory_swapped_for_a_symlink_never_leads_a_detach_outside() {
-        if !rustix::process::geteuid().is_root() {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "this test needs root, and CI runs as root"
-            );
-            eprintln!("SKIPPED: detaching mounts needs root");
+        if !can_mount() {
             return;
         }
         let (tree, outside, victim) = (tempfile_dir(), tempfile_dir(), tempfile_dir());
-        struct Cleanup(Vec<PathBuf>);
-        impl Drop for Cleanup {
-            fn drop(&mut self) {
-                for dir in &self.0 {
-                    let _ = detach_mounts_under(dir);
-                    let _ = fs::remove_dir_all(dir);
-                }
-            }
-        }
         let _cleanup = Cleanup(vec![tree.clone(), victim.clone(), outside.clone()]);
         fs::write(outside.join("keep"), b"data").unwrap();
         // A mount in the tree, and one outside the store.
@@ -277,6 +249,29 @@ mod tests {
         assert!(mounts_under(&link).unwrap().is_empty());
         assert!(detach_mounts_under(&link).unwrap().is_empty());
         assert_eq!(points_under(&victim_real).unwrap().len(), 1, "the mount outside was detached");
+    }
+
+    /// Whether this process may mount (root); a loud skip otherwise, and a
+    /// failure on CI, which runs as root.
+    fn can_mount() -> bool {
+        if rustix::process::geteuid().is_root() {
+            return true;
+        }
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "this test needs root, and CI runs as root");
+        eprintln!("SKIPPED: detaching mounts needs root");
+        false
+    }
+
+    /// Detaches and removes what a test made, also when it fails.
+    struct Cleanup(Vec<PathBuf>);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for dir in &self.0 {
+                let _ = detach_mounts_under(dir);
+                let _ = fs::remove_dir_all(dir);
+            }
+        }
     }
 
     fn tempfile_dir() -> PathBuf {
