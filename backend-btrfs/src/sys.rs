@@ -170,13 +170,23 @@ pub fn snap_destroy(dir: &File, name: &OsStr) -> io::Result<()> {
 /// Flips the read-only flag of the subvolume open as `subvol`. The kernel
 /// commits a transaction for it, so the flag is durable on return.
 pub fn set_readonly(subvol: &File, readonly: bool) -> io::Result<()> {
-    let mut flags = 0u64;
-    check(unsafe { ioc_subvol_getflags(subvol.as_raw_fd(), &mut flags) })?;
+    let flags = subvol_flags(subvol)?;
     let new = if readonly { flags | SUBVOL_RDONLY } else { flags & !SUBVOL_RDONLY };
     if new == flags {
         return Ok(());
     }
     check(unsafe { ioc_subvol_setflags(subvol.as_raw_fd(), &new) })
+}
+
+/// Whether the subvolume open as `subvol` is read-only.
+pub fn is_readonly(subvol: &File) -> io::Result<bool> {
+    Ok(subvol_flags(subvol)? & SUBVOL_RDONLY != 0)
+}
+
+fn subvol_flags(subvol: &File) -> io::Result<u64> {
+    let mut flags = 0u64;
+    check(unsafe { ioc_subvol_getflags(subvol.as_raw_fd(), &mut flags) })?;
+    Ok(flags)
 }
 
 /// `BTRFS_IOC_SYNC`: writes out dirty data, commits the transaction and

@@ -155,13 +155,21 @@ pub fn snapshot_nested(src: &Dir, dst: &Dir) -> Result<(), StoreError> {
 }
 
 /// Clears the immutable and append-only flags a build may set on its tree
-/// `name` of `dir`, which keep it from being deleted (its read-only flag
-/// first, which keeps them; it is being deleted). Whether any was set.
+/// `name` of `dir`, which keep it from being deleted. Its read-only flag
+/// keeps them, so it is cleared first, and set again if there was nothing
+/// to clear. Whether anything changed.
 pub fn unlock(dir: &Dir, name: &OsStr) -> bool {
-    if let Ok(sub) = dir.child(name) {
+    let path = dir.path.join(name);
+    let Ok(sub) = dir.child(name) else { return store_api::util::remove::unlock_top(&path) };
+    let readonly = sys::is_readonly(&sub.file).unwrap_or(false);
+    if readonly {
         let _ = sys::set_readonly(&sub.file, false);
     }
-    store_api::util::remove::unlock_top(&dir.path.join(name))
+    let unlocked = store_api::util::remove::unlock_top(&path);
+    if readonly && !unlocked {
+        let _ = sys::set_readonly(&sub.file, true);
+    }
+    unlocked
 }
 
 /// Deletes entry `name` of `dir`, whatever it is: a subvolume (read-only

@@ -40,11 +40,13 @@ const PROBE_LIFE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// (another process's: `complete_deletes` must leave it).
 pub fn is_running_probe(entry: &fs::DirEntry) -> bool {
     let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-    entry.file_name().to_string_lossy().starts_with(PROBE_PREFIX) && age.is_some_and(|age| age < PROBE_LIFE)
+    let probe =
+        entry.file_name().to_string_lossy().strip_prefix(PROBE).is_some_and(|rest| rest.starts_with('-'));
+    probe && age.is_some_and(|age| age < PROBE_LIFE)
 }
 
-/// The name probes start with (`probe-XXXX`, in the trash).
-const PROBE_PREFIX: &str = "probe-";
+/// What probes are named after (`probe-XXXX`, in the trash).
+const PROBE: &str = "probe";
 
 /// Tries everything the backend needs in a probe directory under
 /// `ROOT/trash`, removed afterwards (a crash leaves it to complete_deletes,
@@ -83,7 +85,7 @@ pub fn probe(root: &Path) -> Result<Vec<String>, StoreError> {
     let trash = root.join(TRASH);
     let trash_made = !trash.exists();
     fs::create_dir_all(&trash).context(format!("cannot create {}", trash.display()))?;
-    let dir = trash.join(unique_name(PROBE_PREFIX.trim_end_matches('-')));
+    let dir = trash.join(unique_name(PROBE));
     fs::create_dir(&dir).context(format!("cannot create {}", dir.display()))?;
     let result = probe_in(&dir, &fs_name, &mut lines);
     let _ = detach_mounts_under(&dir);

@@ -144,7 +144,8 @@ pub fn push_after_build(
     id: &str,
     mark: Option<MarkBeforeBuild>,
 ) -> Option<String> {
-    let (remote, mark) = (remote.filter(|r| r.push == PushPolicy::AfterBuild)?, mark?);
+    // A mark is made only when the remote pushes after builds.
+    let (remote, mark) = (remote?, mark?);
     // Pushed even if the mark could not be written (a full disk).
     let err = push(store, remote, id).err()?;
     warn!(id, "push after build failed: {err}");

@@ -275,12 +275,8 @@ impl Build {
         let store = self.store.clone();
         fault::point("build:before-commit");
         crate::supervise::detach_mounts(&self.path)?;
-        if let Err(err) = crate::supervise::check_still_a_tree(&self.path) {
-            self.discard();
-            return Err(err.context(format_args!("cannot commit result `{}`", self.id)));
-        }
         let result = key(Namespace::Result, &self.id)?;
-        let committed = match &self.base {
+        let committed = crate::supervise::check_still_a_tree(&self.path).and_then(|()| match &self.base {
             Some(base) => {
                 // The base may have been deleted meanwhile; then there is
                 // nothing to share storage with.
@@ -290,7 +286,7 @@ impl Build {
                 store.commit_tree(&self.tmp, &result, parent)
             }
             None => store.commit_tree(&self.tmp, &result, None),
-        };
+        });
         match committed {
             Ok(path) => {
                 fault::point("build:committed");

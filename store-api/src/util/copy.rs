@@ -468,10 +468,11 @@ fn owner(st: &Statx) -> (Uid, Gid) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::{random_token, MAX_DEPTH};
 
     #[test]
     fn a_tree_deeper_than_the_limit_is_refused_not_overflowed() {
-        let base = std::env::temp_dir().join(format!("snapstore-copy-{}", super::super::random_token()));
+        let base = std::env::temp_dir().join(format!("snapstore-copy-{}", random_token()));
         std::fs::create_dir(&base).unwrap();
         // Removed with `rm -rf`: the store's own removal refuses such a tree.
         struct Cleanup(PathBuf);
@@ -485,7 +486,7 @@ mod tests {
         std::fs::create_dir(&src).unwrap();
         // Made through descriptors: the path is longer than PATH_MAX.
         let mut dir = open_dir(CWD, &src).unwrap();
-        for _ in 0..super::super::MAX_DEPTH + 5 {
+        for _ in 0..MAX_DEPTH + 5 {
             rfs::mkdirat(&dir, c"d", Mode::RWXU).unwrap();
             dir = open_dir(&dir, c"d").unwrap();
         }

@@ -94,26 +94,19 @@ fn points_under(real: &Path) -> Result<Vec<PathBuf>, StoreError> {
 /// it is no longer there that way (gone, or behind a symlink now).
 fn detach(dir: &OwnedFd, real: &Path, point: &Path) -> Result<bool, StoreError> {
     let relative = point.strip_prefix(real).unwrap_or(point);
-    let opened;
-    let target = if relative.as_os_str().is_empty() {
-        dir.as_fd()
+    // The tree's own mount is reached through `dir` itself.
+    let opened = if relative.as_os_str().is_empty() {
+        None
     } else {
-        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
-        match openat2(
-            dir,
-            relative,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve,
-        ) {
-            Ok(fd) => {
-                opened = fd;
-                opened.as_fd()
-            }
+        let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        match openat2(dir, relative, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS)
+        {
+            Ok(fd) => Some(fd),
             Err(Errno::NOENT | Errno::LOOP | Errno::XDEV | Errno::NOTDIR) => return Ok(false),
             Err(e) => return Err(StoreError::io(format_args!("cannot open {}", point.display()), &e.into())),
         }
     };
+    let target = opened.as_ref().unwrap_or(dir);
     // Through the descriptor: nothing is looked up by name again.
     match unmount(format!("/proc/self/fd/{}", target.as_raw_fd()), UnmountFlags::DETACH) {
         Ok(()) => Ok(true),

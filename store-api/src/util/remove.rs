@@ -225,17 +225,28 @@ impl Parent<'_> {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         match openat(self.fd, name, flags, Mode::empty()) {
             Err(Errno::ACCESS) => {
-                let handle = openat(self.fd, name, OFlags::PATH | flags, Mode::empty())?;
-                if mount_id(&handle).ok() != Some(self.mount) {
+                if !self.grant_rwxu(name)? {
                     return Err(Errno::ACCESS);
                 }
-                let mode = Mode::from_raw_mode(fstat(&handle)?.st_mode) | Mode::RWXU;
-                let proc_path = format!("/proc/self/fd/{}", handle.as_raw_fd());
-                rustix::fs::chmod(proc_path.as_str(), mode)?;
                 openat(self.fd, name, flags, Mode::empty())
             }
             other => other,
         }
+    }
+
+    /// Gives the directory `name` `u+rwx` if it lacks any of them, through
+    /// an `O_PATH` descriptor (so never through a symlink), and only on
+    /// this mount. Whether its mode changed.
+    fn grant_rwxu(&self, name: &CStr) -> Result<bool, Errno> {
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let handle = openat(self.fd, name, flags, Mode::empty())?;
+        let mode = Mode::from_raw_mode(fstat(&handle)?.st_mode);
+        if mount_id(&handle).ok() != Some(self.mount) || mode.contains(Mode::RWXU) {
+            return Ok(false);
+        }
+        let proc_path = format!("/proc/self/fd/{}", handle.as_raw_fd());
+        rustix::fs::chmod(proc_path.as_str(), mode | Mode::RWXU)?;
+        Ok(true)
     }
 
     fn make_writable(&self) -> Result<(), Errno> {
@@ -285,8 +296,10 @@ pub fn rename_tree<E: Copy + Into<std::io::Error>>(
 ) -> Result<(), E> {
     match rename() {
         Err(e) => {
-            let code = e.into().raw_os_error();
-            let locked = [Errno::PERM, Errno::ACCESS].iter().any(|errno| Some(errno.raw_os_error()) == code);
+            let locked = matches!(
+                e.into().raw_os_error().map(Errno::from_raw_os_error),
+                Some(Errno::PERM | Errno::ACCESS)
+            );
             if locked && unlock_top(tree) {
                 rename()
             } else {
@@ -308,17 +321,8 @@ pub fn unlock_top(path: &Path) -> bool {
     let Ok(parent) = openat(CWD, parent_path, flags, Mode::empty()) else { return false };
     let Ok(mount) = mount_id(&parent) else { return false };
     let outside = Parent { fd: parent.as_fd(), path: parent_path, in_tree: false, mount };
-    let mut changed = outside.clear_flags(&name);
-    let handle_flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    if let Ok(handle) = openat(&parent, &name, handle_flags, Mode::empty()) {
-        let mode = fstat(&handle).map(|st| Mode::from_raw_mode(st.st_mode));
-        if mount_id(&handle).ok() == Some(mount) && mode.is_ok_and(|mode| !mode.contains(Mode::WUSR)) {
-            let proc_path = format!("/proc/self/fd/{}", handle.as_raw_fd());
-            changed |=
-                rustix::fs::chmod(proc_path.as_str(), mode.unwrap_or(Mode::empty()) | Mode::RWXU).is_ok();
-        }
-    }
-    changed
+    let flags_cleared = outside.clear_flags(&name);
+    outside.grant_rwxu(&name).unwrap_or(false) || flags_cleared
 }
 
 /// Clears `FS_IMMUTABLE_FL` and `FS_APPEND_FL`; whether either was set.
