@@ -37,10 +37,12 @@ pub fn mounts_under(tree: &Path) -> Result<Vec<PathBuf>, StoreError> {
 /// reached from `tree` by descriptor, through no symlink: a process that
 /// swaps a directory for a link meanwhile cannot lead it outside.
 pub fn detach_mounts_under(tree: &Path) -> Result<Vec<PathBuf>, StoreError> {
-    let Some((dir, real)) = open_tree(tree)? else { return Ok(Vec::new()) };
     let mut detached = Vec::new();
-    // A point may hold stacked mounts: go round until none is left.
+    // A point may hold stacked mounts: go round until none is left. The
+    // tree is opened again each round: once its own mount is detached, a
+    // descriptor of it no longer reaches what is mounted there now.
     for _ in 0..64 {
+        let Some((dir, real)) = open_tree(tree)? else { return Ok(detached) };
         let mounts = points_under(&real)?;
         if mounts.is_empty() {
             return Ok(detached);
@@ -207,6 +209,24 @@ mod tests {
         );
         fs::remove_dir_all(&tree).unwrap();
         fs::remove_dir_all(&outside).unwrap();
+    }
+
+    /// A tree that is itself a mount point (an overlay view, a dataset),
+    /// with mounts stacked on it and under it: all go.
+    #[test]
+    fn mounts_stacked_on_the_tree_itself_are_all_detached() {
+        if !can_mount() {
+            return;
+        }
+        let (tree, outside) = (tempfile_dir(), tempfile_dir());
+        let _cleanup = Cleanup(vec![tree.clone(), outside.clone()]);
+        fs::create_dir(outside.join("sub")).unwrap();
+        for _ in 0..2 {
+            rustix::mount::mount_bind(&outside, &tree).unwrap();
+        }
+        rustix::mount::mount_bind(&outside, tree.join("sub")).unwrap();
+        assert_eq!(detach_mounts_under(&tree).unwrap().len(), 3);
+        assert!(mounts_under(&tree).unwrap().is_empty());
     }
 
     #[test]
